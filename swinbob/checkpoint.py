@@ -1,0 +1,189 @@
+"""Checkpoint files: atomic saving, safe loading, and weight transfer between Swin-UNETR variants.
+
+Our format is a plain dict (see :func:`make_checkpoint`) loadable with ``weights_only=True``, so a
+checkpoint from a stranger can never run code. :func:`load_state_dict_from` also reads the
+upstream research format (``{"state_dict", "epoch", "best_acc"}`` with a numpy ``best_acc``), bare
+state dicts, DDP/compile/backbone prefixes, and MONAI's self-supervised Swin-ViT encoder weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from swinbob.files import atomic_write
+
+FORMAT_VERSION = 1
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+_SSL_ENCODER_KEYS = re.compile(r"^(patch_embed|layers[1-4])\.")
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def _numpy_safe_globals() -> list:
+    """Numpy types that upstream checkpoints pickle (``best_acc`` as a numpy scalar); data only."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file safely (``weights_only=True``) onto the CPU.
+
+    Raises :class:`CheckpointError` for a missing, truncated or corrupt file, and for a pickle
+    that needs arbitrary Python classes (which could run code when loaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it needs Python objects beyond tensors and plain data, "
+            f"which could run arbitrary code. Only load it if you trust its author, and re-save it "
+            f"as a plain state_dict. Details: {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({exc})") from exc
+    if isinstance(obj, dict):
+        return obj
+    raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DDP ``module.``, ``torch.compile`` ``_orig_mod.`` and ``backbone.`` key prefixes."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _STRIP_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _ssl_to_swinunetr(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map MONAI self-supervised Swin-ViT encoder keys onto SwinUNETR's ``swinViT.`` names."""
+    out = {}
+    for key, value in state.items():
+        if _SSL_ENCODER_KEYS.match(key):
+            key = "swinViT." + key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
+        out[key] = value
+    return out
+
+
+def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Find the model weights in any supported checkpoint layout and normalise their names."""
+    for key in ("model", "state_dict", "model_state_dict", "net"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError("no tensors found in the checkpoint (expected a state_dict)")
+    return _ssl_to_swinunetr(strip_prefixes(state))
+
+
+@dataclass
+class TransferReport:
+    """What :func:`transfer_weights` did, for the log and for tests."""
+
+    loaded: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    total: int = 0
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)}/{self.total} tensors"]
+        if self.shape_mismatch:
+            lines.append(f"  re-initialised (shape differs): {', '.join(self.shape_mismatch)}")
+        if self.missing:
+            lines.append(f"  re-initialised (not in checkpoint): {len(self.missing)} tensors, e.g. {', '.join(self.missing[:5])}")
+        if self.unexpected:
+            lines.append(f"  skipped (not in model): {len(self.unexpected)} tensors, e.g. {', '.join(self.unexpected[:5])}")
+        return "\n".join(lines)
+
+
+def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> TransferReport:
+    """Copy every tensor whose name and shape match into ``model``; report the rest.
+
+    Used both for exact loading and for fine-tuning into another head (73 UKBOB outputs into 14
+    BTCV ones): mismatching tensors keep the model's fresh initialisation. Zero matches is an
+    error, because it always means the wrong file or an unknown key layout.
+    """
+    own = model.state_dict()
+    report = TransferReport(total=len(own))
+    to_load = {}
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.shape_mismatch.append(f"{key} {tuple(value.shape)}->{tuple(own[key].shape)}")
+        else:
+            to_load[key] = value
+            report.loaded.append(key)
+    report.missing = [k for k in own if k not in state]
+    if not to_load:
+        raise CheckpointError(f"{source}: no tensor matches the model by name and shape (wrong file or model?)")
+    model.load_state_dict(to_load, strict=False)
+    return report
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool = False) -> TransferReport:
+    """Load weights from ``path`` into ``model``; with ``strict`` every model tensor must match."""
+    report = transfer_weights(model, extract_state_dict(load_checkpoint(path)), source=str(path))
+    if strict and (report.missing or report.shape_mismatch):
+        raise CheckpointError(f"{path} does not fit the model exactly:\n{report.summary()}")
+    log.info("%s: %s", path, report.summary())
+    return report
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights on the CPU under plain names (no DDP or compile wrappers)."""
+    return strip_prefixes({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+def make_checkpoint(model: torch.nn.Module, config: dict, **state: Any) -> dict[str, Any]:
+    """Assemble our checkpoint dict; ``state`` holds optimizer, scheduler, scaler, epoch, ... ."""
+    return {"format_version": FORMAT_VERSION, "model": model_state(model), "config": config, **state}
+
+
+def _check_finite(state: dict[str, torch.Tensor]) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"refusing to save a checkpoint with NaN/Inf weights in {', '.join(bad[:5])}")
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write ``checkpoint`` atomically: a crash leaves the previous file intact, never a torn one."""
+    if isinstance(checkpoint.get("model"), dict):
+        _check_finite(checkpoint["model"])
+    for key in ("best_metric", "best_acc"):
+        value = checkpoint.get(key)
+        if isinstance(value, (np.floating, np.integer)):
+            checkpoint[key] = value.item()
+        if isinstance(checkpoint.get(key), float) and math.isnan(checkpoint[key]):
+            checkpoint[key] = None
+    with atomic_write(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)

@@ -1,0 +1,209 @@
+"""Datalists and MONAI transforms shared by training, validation and inference.
+
+Preprocessing is the same deterministic chain everywhere (load, channel first, orientation to
+RAS, resampling to the task spacing, intensity normalisation, foreground crop, labels to regions
+for region tasks) so that a model sees at test time exactly what it saw in training, and so that
+MONAI's inverse transforms can map predictions back to each input's own space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai import transforms as T
+from monai.config import KeysCollection
+
+from swinbob.files import resolve_inside
+from swinbob.labels import IGNORE_LABEL
+from swinbob.tasks import Intensity, Task
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data settings resolved from the task defaults and the command line."""
+
+    spacing: tuple[float, float, float]
+    intensity: Intensity
+    roi: tuple[int, int, int]
+    num_samples: int = 4
+    flip_prob: float = 0.2
+    rotate90_prob: float = 0.2
+    scale_intensity_prob: float = 0.1
+    shift_intensity_prob: float = 0.1
+
+    @classmethod
+    def from_task(cls, task: Task, **overrides: Any) -> DataConfig:
+        fields = {"spacing": task.spacing, "intensity": task.intensity, "roi": task.roi, "num_samples": task.num_samples}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
+
+
+# ----------------------------------------------------------------------------------------------
+# Datalists
+# ----------------------------------------------------------------------------------------------
+
+def find_datalist(json_list: str | os.PathLike, data_dir: str | os.PathLike) -> Path:
+    """Locate the datalist: as given, else inside ``data_dir`` (the upstream scripts join them)."""
+    as_given = Path(json_list)
+    if as_given.is_file():
+        return as_given
+    joined = Path(data_dir) / json_list
+    if joined.is_file():
+        return joined
+    raise FileNotFoundError(f"datalist {json_list} not found (also looked for {joined})")
+
+
+def _resolve_entry(entry: Mapping[str, Any], data_dir: Path, allow_absolute: bool) -> dict[str, Any]:
+    out = dict(entry)
+    for key in ("image", "label"):
+        if key not in entry:
+            continue
+        value = entry[key]
+        if isinstance(value, (list, tuple)):
+            out[key] = [str(resolve_inside(data_dir, v, allow_absolute)) for v in value]
+        else:
+            out[key] = str(resolve_inside(data_dir, value, allow_absolute))
+    return out
+
+
+def load_datalist(
+    json_list: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "training",
+    fold: int | None = None,
+    allow_absolute: bool = False,
+) -> list[dict[str, Any]]:
+    """Read a Decathlon datalist and return entries with paths resolved inside ``data_dir``.
+
+    ``split`` is ``"training"`` or ``"validation"``. With ``fold`` (BraTS), entries of the
+    ``training`` list whose ``"fold"`` equals it form the validation split and the others the
+    training split, as in the upstream BraTS folds file.
+    """
+    path = find_datalist(json_list, data_dir)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
+    if fold is not None and any("fold" in e for e in content.get("training", [])):
+        entries = [e for e in content["training"] if (int(e.get("fold", -1)) == fold) == (split == "validation")]
+    else:
+        entries = content.get(split, [])
+    if not isinstance(entries, list):
+        raise ValueError(f"datalist {path}: '{split}' must be a list of entries")
+    data_path = Path(data_dir)
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise ValueError(f"datalist {path}: entry {index} of '{split}' has no 'image'")
+    return [_resolve_entry(e, data_path, allow_absolute) for e in entries]
+
+
+def case_name(entry: Mapping[str, Any]) -> str:
+    """A readable case id from an entry: the first image file's name without NIfTI suffix."""
+    image = entry["image"]
+    first = Path(image[0] if isinstance(image, (list, tuple)) else image).name
+    for suffix in (".nii.gz", ".nii"):
+        if first.endswith(suffix):
+            return first[: -len(suffix)]
+    return first
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------
+
+class LabelsToRegionsd(T.MapTransform):
+    """Turn a raw label map (1, X, Y, Z) into one binary channel per region (TC/WT/ET for BraTS).
+
+    Voxels with the ignore value stay ``IGNORE_LABEL`` in every region channel so that the loss
+    can mask them.
+    """
+
+    def __init__(self, keys: KeysCollection, regions: Mapping[str, Sequence[int]]) -> None:
+        super().__init__(keys)
+        self.regions = {name: tuple(labels) for name, labels in regions.items()}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            raw = label[0]
+            channels = [torch.isin(raw, torch.as_tensor(ids, device=raw.device)) for ids in self.regions.values()]
+            regions = torch.stack(channels).to(torch.float32)
+            regions[:, raw == IGNORE_LABEL] = IGNORE_LABEL
+            d[key] = label.new_tensor(regions) if hasattr(label, "new_tensor") else regions
+            if hasattr(label, "meta") and hasattr(d[key], "meta"):
+                d[key].meta = label.meta
+        return d
+
+
+def intensity_transform(intensity: Intensity) -> T.MapTransform:
+    """The intensity normalisation of a task as a dictionary transform on ``image``."""
+    if intensity.kind == "window":
+        return T.ScaleIntensityRanged(
+            keys="image", a_min=intensity.a_min, a_max=intensity.a_max,
+            b_min=intensity.b_min, b_max=intensity.b_max, clip=True,
+        )
+    return T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)
+
+
+def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = True) -> list[T.Transform]:
+    """Deterministic chain from files to normalised RAS tensors at the task spacing (invertible)."""
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+    chain: list[T.Transform] = [
+        T.LoadImaged(keys=keys, image_only=True),
+        T.EnsureChannelFirstd(keys=keys),
+        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),
+        intensity_transform(config.intensity),
+    ]
+    if task.crop_foreground:
+        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+    if with_label and task.mode == "regions":
+        chain.append(LabelsToRegionsd(keys="label", regions=task.regions))
+    return chain
+
+
+def augment_transforms(task: Task, config: DataConfig) -> list[T.Transform]:
+    """Random patch sampling and augmentations of the reference recipes (training only)."""
+    keys = ["image", "label"]
+    if task.mode == "regions":
+        crop: T.Transform = T.RandSpatialCropd(keys=keys, roi_size=config.roi, random_size=False)
+    else:
+        crop = T.RandCropByPosNegLabeld(
+            keys=keys, label_key="label", spatial_size=config.roi, pos=1, neg=1,
+            num_samples=config.num_samples, image_key="image", image_threshold=0,
+        )
+    return [
+        T.SpatialPadd(keys=keys, spatial_size=config.roi),
+        crop,
+        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
+        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
+        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
+        T.RandRotate90d(keys=keys, prob=config.rotate90_prob, max_k=3),
+        T.RandScaleIntensityd(keys="image", factors=0.1, prob=config.scale_intensity_prob),
+        T.RandShiftIntensityd(keys="image", offsets=0.1, prob=config.shift_intensity_prob),
+    ]
+
+
+def train_transforms(task: Task, config: DataConfig) -> T.Compose:
+    """Preprocessing followed by augmentation; cache datasets cache up to the first random step."""
+    return T.Compose(preprocess_transforms(task, config) + augment_transforms(task, config))
+
+
+def eval_transforms(task: Task, config: DataConfig, with_label: bool = True) -> T.Compose:
+    """Preprocessing only: whole volumes for validation and inference."""
+    return T.Compose(preprocess_transforms(task, config, with_label=with_label))
+
+
+def as_numpy_label(label: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A label tensor (possibly a MetaTensor) as an integer numpy array."""
+    array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    return array.astype(np.int64)

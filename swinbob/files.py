@@ -1,0 +1,146 @@
+"""Safe file handling: atomic writes, NIfTI reading with clear errors, paths kept inside a root.
+
+Every output of the toolkit goes through :func:`atomic_write` so that an interrupted run never
+leaves a half-written file under the final name, and every input volume through
+:func:`read_nifti` so that a broken file is reported with its name and what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+MAX_VOXELS = 2_000_000_000
+"""Volumes larger than this are refused from the header, before any allocation."""
+
+
+class NiftiError(ValueError):
+    """A NIfTI file that cannot be used; the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps ``suffix`` (e.g. ``.nii.gz``) so that writers which choose the format
+    from the extension still work. The file is fsynced before ``os.replace``, so after a crash
+    ``path`` holds either the old content or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def nifti_suffix(path: str | os.PathLike) -> str:
+    """``.nii.gz`` or ``.nii`` (the suffix nibabel needs to pick the format)."""
+    name = str(path)
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis: the column norms of the affine's 3×3 part."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def check_affine(affine: np.ndarray, path: str | os.PathLike) -> None:
+    """Refuse affines that cannot place voxels in the world (NaN, zero spacing, singular)."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise NiftiError(f"{path}: affine contains NaN or Inf")
+    spacing = voxel_spacing(affine)
+    if np.any(spacing <= 1e-6):
+        raise NiftiError(f"{path}: zero voxel spacing in the affine ({spacing.round(6).tolist()})")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9 * float(np.prod(spacing)):
+        raise NiftiError(f"{path}: singular affine (axes are not independent)")
+
+
+def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Open a NIfTI lazily and validate its header: exists, readable, sane size and affine."""
+    path = Path(path)
+    if not path.is_file():
+        raise NiftiError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for broken headers
+        raise NiftiError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    shape = img.shape
+    if len(shape) == 0 or any(int(s) <= 0 for s in shape):
+        raise NiftiError(f"{path}: empty volume (shape {tuple(shape)})")
+    if int(np.prod([int(s) for s in shape], dtype=np.int64)) > MAX_VOXELS:
+        raise NiftiError(f"{path}: volume of shape {tuple(shape)} is larger than {MAX_VOXELS} voxels")
+    check_affine(img.affine, path)
+    return img
+
+
+def read_nifti(path: str | os.PathLike, ndim: int | None = 3, dtype: type | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI volume and return ``(array, affine)``.
+
+    ``ndim`` requires that many dimensions (trailing singleton dimensions are squeezed first, as
+    scanners often write 3D volumes as X×Y×Z×1). Truncated or corrupt data is reported as a
+    :class:`NiftiError` naming the file instead of an exception from deep inside zlib.
+    """
+    img = load_nifti_header(path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # truncated gzip streams raise EOFError, OSError, zlib.error ...
+        raise NiftiError(f"{path}: data could not be read; the file is truncated or corrupt ({exc})") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if ndim is not None and data.ndim != ndim:
+        raise NiftiError(f"{path}: expected a {ndim}D volume, got shape {data.shape}")
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None) -> Path:
+    """Write ``array`` as NIfTI atomically; ``header`` (if given) is copied and its dtype updated."""
+    path = Path(path)
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)
+    img.set_data_dtype(np.asarray(array).dtype)
+    if header is None:
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    with atomic_write(path, suffix=nifti_suffix(path)) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def resolve_inside(root: str | os.PathLike, relative: str | os.PathLike, allow_absolute: bool = False) -> Path:
+    """Join ``relative`` to ``root`` and refuse results that escape ``root``.
+
+    Datalists from other people may hold ``../../etc/passwd`` or absolute paths; those are refused
+    with a clear message unless ``allow_absolute`` is set (then absolute paths are taken as given).
+    """
+    root_path = Path(root).resolve()
+    rel = Path(relative)
+    if rel.is_absolute():
+        if allow_absolute:
+            return rel
+        raise ValueError(f"absolute path {str(relative)!r} refused (paths must be relative to {root_path}; "
+                         "pass --allow_absolute_paths to accept absolute paths)")
+    candidate = (root_path / rel).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        raise ValueError(f"path {str(relative)!r} escapes the directory {root_path}")
+    return candidate

@@ -1,0 +1,55 @@
+"""Label maps of the three benchmarks (facts from the upstream projects).
+
+Kept as plain ``{id: name}`` dictionaries so that they can be written into dataset.json files,
+checkpoint configs and reports without conversion.
+"""
+
+from __future__ import annotations
+
+IGNORE_LABEL = 255
+"""Label value written by SOLF for rejected organs: such voxels give no supervision at all."""
+
+_TOTALVIBE_NAMES = (
+    "background spleen kidney_right kidney_left gallbladder liver stomach pancreas "
+    "adrenal_gland_right adrenal_gland_left lung_upper_lobe_left lung_lower_lobe_left "
+    "lung_upper_lobe_right lung_middle_lobe_right lung_lower_lobe_right esophagus trachea "
+    "thyroid_gland intestine duodenum unused urinary_bladder prostate sacrum heart aorta "
+    "pulmonary_vein brachiocephalic_trunk subclavian_artery_right subclavian_artery_left "
+    "common_carotid_artery_right common_carotid_artery_left brachiocephalic_vein_left "
+    "brachiocephalic_vein_right atrial_appendage_left superior_vena_cava inferior_vena_cava "
+    "portal_vein_and_splenic_vein iliac_artery_left iliac_artery_right iliac_vena_left "
+    "iliac_vena_right humerus_left humerus_right scapula_left scapula_right clavicula_left "
+    "clavicula_right femur_left femur_right hip_left hip_right spinal_cord gluteus_maximus_left "
+    "gluteus_maximus_right gluteus_medius_left gluteus_medius_right gluteus_minimus_left "
+    "gluteus_minimus_right autochthon_left autochthon_right iliopsoas_left iliopsoas_right sternum "
+    "costal_cartilages subcutaneous_fat muscle inner_fat IVD vertebra_body "
+    "vertebra_posterior_elements spinal_channel bone_other"
+).split()
+
+TOTALVIBE_LABELS: dict[int, str] = dict(enumerate(_TOTALVIBE_NAMES))
+"""TotalVibeSegmentator IDs 0..72 (UKBOB). ID 20 is unused but kept so that IDs equal channels."""
+
+BTCV_LABELS: dict[int, str] = dict(
+    enumerate(
+        (
+            "background spleen right_kidney left_kidney gallbladder esophagus liver stomach aorta "
+            "inferior_vena_cava portal_and_splenic_veins pancreas right_adrenal_gland "
+            "left_adrenal_gland"
+        ).split()
+    )
+)
+
+BRATS_LABELS_2023: dict[int, str] = {0: "background", 1: "NCR", 2: "SNFH", 3: "ET"}
+BRATS_LABELS_2021: dict[int, str] = {0: "background", 1: "NCR", 2: "SNFH", 4: "ET"}
+
+
+def brats_regions(et_label: int = 3) -> dict[str, tuple[int, ...]]:
+    """TC/WT/ET regions as sets of raw BraTS labels; ``et_label`` is 3 (2023) or 4 (2021)."""
+    if et_label not in (3, 4):
+        raise ValueError(f"BraTS enhancing-tumour label must be 3 (BraTS 2023) or 4 (BraTS 2021), got {et_label}")
+    return {"TC": (1, et_label), "WT": (1, 2, et_label), "ET": (et_label,)}
+
+
+def ids_by_name(label_map: dict[int, str]) -> dict[str, int]:
+    """Inverse of a label map, for readable rules and tests (``ids_by_name(m)["liver"]``)."""
+    return {name: label for label, name in label_map.items()}
