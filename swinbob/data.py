@@ -160,7 +160,7 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
     chain: list[T.Transform] = [
         T.LoadImaged(keys=keys, image_only=True),
         T.EnsureChannelFirstd(keys=keys),
-        T.Orientationd(keys=keys, axcodes="RAS"),
+        T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),
         intensity_transform(config.intensity),
     ]
