@@ -1,0 +1,11 @@
+"""SOLF (Specialized Organ Label Filter): per-organ QC of TotalVibeSegmentator label maps.
+
+Pass 1 (:mod:`~swinbob.solf.features`, :mod:`~swinbob.solf.cases`, :mod:`~swinbob.solf.store`)
+measures every organ of every scan; pass 2 (:mod:`~swinbob.solf.rules`,
+:mod:`~swinbob.solf.decide`, :mod:`~swinbob.solf.outputs`) keeps, cleans or rejects each organ and
+writes the cleaned training set; :mod:`~swinbob.solf.pipeline` runs the stages and the CLI.
+"""
+
+from swinbob.solf.pipeline import SolfConfig, organ_filtering_entry, run_solf
+
+__all__ = ["SolfConfig", "organ_filtering_entry", "run_solf"]

@@ -1,0 +1,167 @@
+"""Finding the scans of a SOLF run on disk and measuring one scan (the unit of parallel work).
+
+A case is one label file ``{case_id}.nii.gz`` (or ``.nii``) in the input folder. Its images, when
+an image folder is given, are found by case id in either naming scheme:
+
+* UKBOB: ``{case_id}_{channel}.nii.gz`` per channel name (``fat``, ``in_phase``, ...);
+* nnU-Net: ``{case_id}_0000.nii.gz``, ``{case_id}_0001.nii.gz``, ... in channel-name order.
+
+Every problem with one scan becomes a failed record with a readable reason; only configuration
+problems (missing folders, no scans) raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from swinbob.files import NiftiError, read_nifti
+from swinbob.solf.features import LabelError, measure_organs, validate_labels
+
+FEATURE_FORMAT = 1
+"""Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+GRID_TOLERANCE_MM = 1e-3
+
+
+class ConfigError(ValueError):
+    """A problem with the run's configuration (flags, folders): the run stops with exit code 2."""
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """Everything a worker process needs to measure one scan (plain, picklable values)."""
+
+    case_id: str
+    label_path: str
+    image_paths: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    fingerprint: str
+    image_error: str | None = None
+
+
+def case_id_of(path: Path) -> str | None:
+    """Case id of a NIfTI file name (suffix removed), or None for other files."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix) and not path.name.startswith("."):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def discover_cases(input_dir: Path) -> dict[str, Path]:
+    """Label files of ``input_dir`` by case id, sorted; refuses a missing or empty folder."""
+    if not input_dir.is_dir():
+        raise ConfigError(f"input folder {input_dir} does not exist")
+    cases: dict[str, Path] = {}
+    for path in sorted(input_dir.iterdir()):
+        case_id = case_id_of(path)
+        if case_id is None or not path.is_file():
+            continue
+        if case_id in cases:
+            raise ConfigError(f"case {case_id!r} appears twice in {input_dir} ({cases[case_id].name}, {path.name})")
+        cases[case_id] = path
+    if not cases:
+        raise ConfigError(f"no label files (*.nii.gz, *.nii) in {input_dir}")
+    return dict(sorted(cases.items()))
+
+
+def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
+                        channel_names: tuple[str, ...]) -> tuple[str, ...]:
+    """Paths of the image channels of ``case_id`` in channel order (UKBOB or nnU-Net naming).
+
+    ``image_names`` is the listing of ``image_dir`` (read once per run, not once per case).
+    Raises ``FileNotFoundError`` naming what was looked for when no complete set exists.
+    """
+    for pattern in ("{case}_{name}{suffix}", "{case}_{index:04d}{suffix}"):
+        found = []
+        for index, name in enumerate(channel_names):
+            for suffix in NIFTI_SUFFIXES:
+                candidate = pattern.format(case=case_id, name=name, index=index, suffix=suffix)
+                if candidate in image_names:
+                    found.append(str(image_dir / candidate))
+                    break
+        if len(found) == len(channel_names):
+            return tuple(found)
+    raise FileNotFoundError(f"images not found in {image_dir}: expected {case_id}_{{{','.join(channel_names)}}}.nii.gz "
+                            f"or {case_id}_0000..{len(channel_names) - 1:04d}.nii.gz")
+
+
+def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
+    """Identity of a scan's inputs (size and modification time of each file, feature format).
+
+    A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
+    never served stale features.
+    """
+    parts: list = [FEATURE_FORMAT, list(channel_names)]
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            parts.append([Path(path).name, stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            parts.append([Path(path).name, None])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+
+def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
+              channel_names: tuple[str, ...]) -> CaseTask:
+    """The :class:`CaseTask` of one case, with its image channels resolved if images are used."""
+    image_paths: tuple[str, ...] = ()
+    image_error = None
+    if image_dir is not None:
+        try:
+            image_paths = find_image_channels(image_names, image_dir, case_id, channel_names)
+        except FileNotFoundError as exc:
+            image_error = str(exc)
+    names = channel_names if image_dir is not None else ()
+    return CaseTask(case_id, str(label_path), image_paths, names,
+                    fingerprint([str(label_path), *image_paths], names), image_error)
+
+
+def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The image channels as one (C, X, Y, Z) float32 array, checked against the label grid."""
+    channels = []
+    for path in task.image_paths:
+        data, image_affine = read_nifti(path, ndim=3, dtype=np.float32)
+        if data.shape != shape:
+            raise NiftiError(f"{path}: image/label grid mismatch (image shape {data.shape}, label shape {shape})")
+        if not np.allclose(image_affine, affine, atol=GRID_TOLERANCE_MM):
+            raise NiftiError(f"{path}: image/label grid mismatch (affines differ)")
+        channels.append(data)
+    return np.stack(channels)
+
+
+def failed_record(task: CaseTask, reason: str) -> dict:
+    """The record of a scan that could not be measured."""
+    return {"case_id": task.case_id, "status": "failed", "reason": reason, "fingerprint": task.fingerprint}
+
+
+def measure_case(task: CaseTask) -> dict:
+    """Read, validate and measure one scan; never raises for problems of the scan itself.
+
+    Returns a JSON-ready record: ``status`` ``ok`` with grid information and the organ feature
+    columns, or ``failed`` with the reason (unreadable or truncated file, 4D volume, values that
+    are no TotalVibeSegmentator IDs, missing images, image/label grid mismatch).
+    """
+    try:
+        data, affine = read_nifti(task.label_path, ndim=3)
+        label = validate_labels(data)
+        if task.image_error:
+            return failed_record(task, task.image_error)
+        images = _read_images(task, label.shape, affine) if task.image_paths else None
+        organs = measure_organs(label, affine, images, task.channel_names)
+    except LabelError as exc:
+        return failed_record(task, f"{task.label_path}: {exc}")
+    except (NiftiError, OSError, MemoryError) as exc:
+        return failed_record(task, str(exc))
+    return {
+        "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
+        "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
+        "orientation": "".join(nib.aff2axcodes(affine)), "organs": organs,
+    }

@@ -1,0 +1,252 @@
+"""SOLF outputs: cleaned label maps, the Decathlon dataset.json and the report tables.
+
+Cleaning policy. A rejected organ's voxels become :data:`~swinbob.labels.IGNORE_LABEL` (255),
+not background: the organ is there, only its outline is untrustworthy, and calling it background
+would teach the model that the organ is absent. Fragments removed from a cleaned organ become
+255 as well: a stray island of "liver" is most likely another tissue mislabelled, but which
+one is unknown, so the honest training signal is none (background would be a guess).
+
+Every file is written atomically (:func:`swinbob.files.atomic_write`), inputs are only read, and
+re-running is idempotent: outputs are deterministic functions of the inputs and settings (gzip
+without time stamps, sorted tables, no dates in the summary), and cleaned labels whose inputs and
+decisions are unchanged (a manifest of keys) are not even rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from swinbob.files import NiftiError, atomic_write_text, load_nifti_header, read_nifti, write_nifti
+from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
+from swinbob.solf.decide import CLEANED, KEPT, REJECTED, Decisions
+from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, LabelError, validate_labels
+from swinbob.solf.rules import RuleSet
+from swinbob.solf.store import FeatureTable, csv_text
+
+DECISION_COLUMNS = ("case_id", "label", "name", "decision", "reasons", "voxel_count", "n_components",
+                    "largest_share", "z_log_volume", "z_log_surface", "z_sphericity", "z_eccentricity",
+                    "z_position", "scan_excluded")
+
+
+@dataclass(frozen=True)
+class CleanTask:
+    """What a worker needs to write one cleaned label map (plain, picklable values)."""
+
+    case_id: str
+    label_path: str
+    output_path: str
+    rejected: tuple[int, ...]
+    keep_components: dict[int, int] = field(default_factory=dict)
+
+    def key(self, fingerprint: str) -> str:
+        """Manifest key: changes when the input or the decisions for this scan change."""
+        payload = [fingerprint, sorted(self.rejected), sorted(self.keep_components.items()), IGNORE_LABEL]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
+
+
+def output_dtype(stored: np.dtype) -> np.dtype:
+    """The input's integer type if it can hold the ignore value, else uint8 (e.g. float labels)."""
+    stored = np.dtype(stored)
+    if stored.kind in "iu" and np.iinfo(stored).max >= IGNORE_LABEL:
+        return stored
+    return np.dtype(np.uint8)
+
+
+def clean_label(label: np.ndarray, rejected: tuple[int, ...] | list[int], keep_components: dict[int, int]) -> np.ndarray:
+    """Cleaned copy of a validated uint8 label map.
+
+    Rejected organs become the ignore value; for each organ in ``keep_components`` only its
+    N largest 26-connected components stay (ties broken by scan order), the rest become ignore.
+    """
+    lut = np.arange(256, dtype=np.uint8)
+    lut[list(rejected)] = IGNORE_LABEL
+    out = lut[label]
+    if not keep_components:
+        return out
+    boxes = ndimage.find_objects(label, max_label=MAX_LABEL)
+    for organ, n_keep in keep_components.items():
+        box = boxes[organ - 1]
+        if box is None:
+            continue
+        components, n = ndimage.label(label[box] == organ, structure=CONNECTIVITY)
+        sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+        drop = np.ones(n + 1, dtype=bool)
+        drop[0] = False
+        drop[np.argsort(-sizes, kind="stable")[:n_keep] + 1] = False
+        out[box][drop[components]] = IGNORE_LABEL
+    return out
+
+
+def clean_case(task: CleanTask) -> tuple[str, str | None]:
+    """Write one cleaned label map with the input's affine and header; ``(case_id, error or None)``."""
+    try:
+        header = load_nifti_header(task.label_path).header.copy()
+        data, affine = read_nifti(task.label_path, ndim=3)
+        cleaned = clean_label(validate_labels(data), task.rejected, task.keep_components)
+        dtype = output_dtype(header.get_data_dtype())
+        header.set_slope_inter(1.0, 0.0)
+        write_nifti(task.output_path, cleaned.astype(dtype), affine, header=header)
+    except (NiftiError, LabelError, OSError) as exc:
+        return task.case_id, str(exc)
+    return task.case_id, None
+
+
+def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, included: list[str],
+                label_paths: dict[str, Path], suffix: str = ".nii.gz") -> list[CleanTask]:
+    """One :class:`CleanTask` per included scan, from the row decisions."""
+    cols = table.columns
+    index = {case: i for i, case in enumerate(table.case_ids)}
+    wanted = {index[c] for c in included}
+    rejected: dict[int, list[int]] = {i: [] for i in wanted}
+    keep: dict[int, dict[int, int]] = {i: {} for i in wanted}
+    for row in np.flatnonzero(decisions.decision != KEPT):
+        case = int(cols["case_index"][row])
+        if case not in wanted:
+            continue
+        label = int(cols["label"][row])
+        if decisions.decision[row] == REJECTED:
+            rejected[case].append(label)
+        else:
+            keep[case][label] = int(decisions.keep_components[row])
+    return [CleanTask(table.case_ids[i], str(label_paths[table.case_ids[i]]),
+                      str(labels_dir / f"{table.case_ids[i]}{suffix}"), tuple(rejected[i]), keep[i])
+            for i in sorted(wanted)]
+
+
+def split_cases(case_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split: the cases with the lowest ``hash(seed, case)`` validate.
+
+    Ranking by a per-case hash (rather than shuffling a list) keeps a case on the same side when
+    other cases are added or excluded, so re-filtering with other thresholds does not leak
+    validation cases into training.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ranked = sorted(case_ids, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    n_val = round(val_fraction * len(ranked))
+    if val_fraction > 0 and len(ranked) >= 2:
+        n_val = min(max(n_val, 1), len(ranked) - 1)
+    validation = set(ranked[:n_val])
+    return sorted(c for c in case_ids if c not in validation), sorted(validation)
+
+
+def _relative(path: str | Path, start: Path) -> str:
+    """``path`` relative to ``start`` with ``/`` separators (symbolic links are not followed)."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(start))).as_posix()
+
+
+def data_root(json_path: Path, files: list[Path]) -> Path:
+    """The deepest common folder of the datalist and ``files`` (absolute, links not followed)."""
+    return Path(os.path.commonpath([os.path.abspath(json_path.parent), *(os.path.abspath(f) for f in files)]))
+
+
+def dataset_json(json_path: Path, train: list[str], validation: list[str], label_files: dict[str, Path],
+                 image_files: dict[str, tuple[str, ...]], channel_names: tuple[str, ...]) -> dict:
+    """Decathlon datalist with paths relative to one data root (train with ``--data_dir`` = that root).
+
+    The root is the deepest folder holding the datalist and every label and image file, so images
+    that live outside the output folder never need ``..`` (which training refuses as escaping its
+    data dir). ``data_root`` records it relative to the json's folder.
+    """
+    files = [Path(p) for case in train + validation for p in (label_files[case], *image_files.get(case, ()))]
+    root = data_root(json_path, files)
+
+    def entry(case: str) -> dict:
+        item: dict = {}
+        if image_files.get(case):
+            item["image"] = [_relative(p, root) for p in image_files[case]]
+        item["label"] = _relative(label_files[case], root)
+        return item
+
+    content: dict = {
+        "name": "UKBOB", "description": "TotalVibeSegmentator labels cleaned by SOLF (Swin-BOB)",
+        "reference": "UKBOB, ICCV 2025", "tensorImageSize": "4D" if channel_names else "3D",
+    }
+    if channel_names:
+        content["modality"] = {str(i): name for i, name in enumerate(channel_names)}
+    content.update({
+        "data_root": _relative(root, json_path.parent),
+        "labels": {str(i): name for i, name in TOTALVIBE_LABELS.items()},
+        "ignore_label": IGNORE_LABEL,
+        "numTraining": len(train), "numValidation": len(validation),
+        "training": [entry(c) for c in train], "validation": [entry(c) for c in validation],
+    })
+    return content
+
+
+def write_json(path: Path, content: object) -> None:
+    """Pretty, key-order-preserving JSON written atomically."""
+    atomic_write_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def write_decisions_csv(path: Path, table: FeatureTable, decisions: Decisions) -> None:
+    """The per-(scan, organ) decision table with reasons and robust z-scores."""
+    cols, z = table.columns, decisions.zscores
+    lists = {name: z[name].round(3).tolist() for name in ("log_volume", "log_surface", "sphericity", "eccentricity", "position")}
+    rows = []
+    for row, (case, label) in enumerate(zip(cols["case_index"].tolist(), cols["label"].tolist())):
+        rows.append([table.case_ids[case], label, TOTALVIBE_LABELS[label], decisions.decision[row], decisions.reasons[row],
+                     cols["voxel_count"][row], cols["n_components"][row], round(float(cols["largest_share"][row]), 4),
+                     *("" if np.isnan(lists[n][row]) else lists[n][row] for n in lists),
+                     int(decisions.scan_excluded[case])])
+    atomic_write_text(path, csv_text(list(DECISION_COLUMNS), rows))
+
+
+def write_failures(report_dir: Path, failures: list[dict]) -> None:
+    """``failures.csv`` and ``failures.json``: one entry per failed scan (case, stage, reason)."""
+    failures = sorted(failures, key=lambda f: (f["case_id"], f["stage"]))
+    rows = [[f["case_id"], f["stage"], f["reason"]] for f in failures]
+    atomic_write_text(report_dir / "failures.csv", csv_text(["case_id", "stage", "reason"], rows))
+    write_json(report_dir / "failures.json", failures)
+
+
+def per_organ_summary(table: FeatureTable, decisions: Decisions) -> dict[str, dict]:
+    """Per organ: how often present, kept, cleaned, rejected, retention and reason counts."""
+    labels = table.columns["label"]
+    out = {}
+    for label in np.unique(labels).tolist():
+        rows = np.flatnonzero(labels == label)
+        verdicts = Counter(decisions.decision[rows].tolist())
+        reasons = Counter(r for row in rows for r in decisions.reasons[row].split(";") if r)
+        out[TOTALVIBE_LABELS[label]] = {
+            "label": label, "present": int(rows.size), "kept": verdicts[KEPT], "cleaned": verdicts[CLEANED],
+            "rejected": verdicts[REJECTED], "retention": round((rows.size - verdicts[REJECTED]) / rows.size, 4),
+            "population_checked": bool(np.isfinite(decisions.population["log_volume"].median[label])),
+            "reasons": dict(sorted(reasons.items())),
+        }
+    return out
+
+
+def summary(table: FeatureTable, decisions: Decisions, rules: RuleSet, split: tuple[list[str], list[str]],
+            failures: list[dict]) -> dict:
+    """Run summary: scan and organ counts, per-organ retention and the settings used."""
+    verdicts = Counter(decisions.decision.tolist())
+    return {
+        "scans": {"total": len(table.scans), "measured": len(table.case_ids),
+                  "failed": len({f["case_id"] for f in failures}),
+                  "excluded": int(decisions.scan_excluded.sum()),
+                  "training": len(split[0]), "validation": len(split[1])},
+        "organs": {"present": int(decisions.decision.size), "kept": verdicts[KEPT],
+                   "cleaned": verdicts[CLEANED], "rejected": verdicts[REJECTED]},
+        "per_organ": per_organ_summary(table, decisions),
+        "settings": rules.to_json()["settings"],
+        "ignore_label": IGNORE_LABEL,
+    }
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """Keys of the cleaned labels written by earlier runs (empty if none or unreadable)."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in content.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+

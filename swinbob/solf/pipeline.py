@@ -1,0 +1,320 @@
+"""SOLF orchestration: pass 1 (features), merge, pass 2 (decisions and outputs), and the CLI.
+
+Stages, so that a cluster can run pass 1 as an array job and pass 2 once::
+
+    organ_filtering.py --stage features --num_shards 100 --shard_id $SLURM_ARRAY_TASK_ID
+    organ_filtering.py --stage decide          # merges all shard logs, then decides and writes
+
+``--stage all`` (the default) does both in one process pool; with ``--max_scans`` it measures that
+many more scans and runs pass 2 only once every scan is measured. Layout of ``--output_dir``::
+
+    labelsTr/{case}.nii.gz   cleaned labels (rejected organs and fragments -> 255)
+    dataset.json             Decathlon datalist (paths relative to it)
+    features/                pass-1 shard logs and the cleaned-label manifest (resume state)
+
+and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
+``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``.
+Exit status: 0 on success, 1 when every scan failed, 2 for configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from swinbob.solf.cases import CaseTask, ConfigError, discover_cases, make_task, measure_case
+from swinbob.solf.decide import decide
+from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
+                                  summary, write_decisions_csv, write_failures, write_json)
+from swinbob.solf.rules import RuleSet, RulesError, load_rules
+from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
+                                shard_log_path, write_features_csv, write_scans_csv)
+
+log = logging.getLogger("swinbob.solf")
+
+STAGES = ("features", "merge", "decide", "all")
+UKBOB_CHANNELS = ("fat", "in_phase", "opposed_phase", "water")
+
+
+@dataclass(frozen=True)
+class SolfConfig:
+    """Everything a SOLF run needs; the CLI flags map one to one onto these fields."""
+
+    input_dir: Path
+    output_dir: Path
+    image_dir: Path | None = None
+    report_dir: Path | None = None
+    channel_names: tuple[str, ...] = UKBOB_CHANNELS
+    stage: str = "all"
+    workers: int = 1
+    num_shards: int = 1
+    shard_id: int = 0
+    rules_path: Path | None = None
+    mad_threshold: float | None = None
+    position_threshold: float | None = None
+    max_rejected_fraction: float | None = None
+    min_population: int | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    max_scans: int | None = None
+    overwrite: bool = False
+    figure: bool = True
+
+    @property
+    def report(self) -> Path:
+        """Folder of the tables, summary and figure."""
+        return self.report_dir or self.output_dir / "report"
+
+    @property
+    def labels_dir(self) -> Path:
+        """Folder of the cleaned label maps."""
+        return self.output_dir / "labelsTr"
+
+    @property
+    def features_dir(self) -> Path:
+        """Folder of the resumable pass-1 state."""
+        return self.output_dir / "features"
+
+    def rules(self) -> RuleSet:
+        """Default rules, the rules file, then the threshold flags (in that order of precedence)."""
+        return load_rules(self.rules_path, mad_threshold=self.mad_threshold, position_threshold=self.position_threshold,
+                          max_rejected_fraction=self.max_rejected_fraction, min_population=self.min_population)
+
+
+def check_config(config: SolfConfig) -> None:
+    """Refuse inconsistent settings before any work (raises :class:`ConfigError`)."""
+    if config.stage not in STAGES:
+        raise ConfigError(f"unknown stage {config.stage!r}; choose one of {', '.join(STAGES)}")
+    if config.num_shards < 1 or not 0 <= config.shard_id < config.num_shards:
+        raise ConfigError(f"need num_shards >= 1 and 0 <= shard_id < num_shards, got {config.shard_id}/{config.num_shards}")
+    if config.stage == "all" and config.num_shards > 1:
+        raise ConfigError("sharded runs use --stage features per shard, then one --stage decide")
+    if config.workers < 0 or (config.max_scans is not None and config.max_scans < 0):
+        raise ConfigError("workers and max_scans must be >= 0")
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
+    if config.image_dir is not None and not config.image_dir.is_dir():
+        raise ConfigError(f"image folder {config.image_dir} does not exist")
+    if config.labels_dir.resolve() == config.input_dir.resolve():
+        raise ConfigError("the output labels folder is the input folder; inputs are never modified")
+    if len(set(config.channel_names)) != len(config.channel_names) or not config.channel_names:
+        raise ConfigError(f"channel names must be distinct and non-empty, got {config.channel_names}")
+
+
+def case_tasks(config: SolfConfig) -> dict[str, CaseTask]:
+    """The :class:`CaseTask` of every input scan (images matched by case id), by case id."""
+    labels = discover_cases(config.input_dir)
+    names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
+    return {case: make_task(case, path, config.image_dir, names, config.channel_names) for case, path in labels.items()}
+
+
+def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc: str) -> Iterator[Any]:
+    """Results of ``function`` over ``items`` as they complete, with a progress bar.
+
+    ``workers`` <= 1 runs in this process (easy to debug); otherwise a process pool, since the
+    work is numpy/scipy on whole volumes and decompression, which threads would serialise.
+    """
+    bar = tqdm(total=len(items), desc=desc, unit="scan", disable=None)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            for item in items:
+                yield function(item)
+                bar.update()
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for future in as_completed([pool.submit(function, item) for item in items]):
+                yield future.result()
+                bar.update()
+    finally:
+        bar.close()
+
+
+def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
+    """Pass 1 for this shard: measure every scan without a current record; return how many."""
+    path = shard_log_path(config.features_dir, config.shard_id, config.num_shards)
+    if config.overwrite:  # only this shard's log: other shards may be running right now
+        path.unlink(missing_ok=True)
+    logged = read_records(config.features_dir) if config.features_dir.is_dir() and not config.overwrite else {}
+    mine = shard_cases(list(tasks), config.num_shards, config.shard_id)
+    todo = [tasks[c] for c in mine if tasks[c].fingerprint not in logged.get(c, {})]
+    log.info("pass 1, shard %d/%d: %d scans, %d already measured, %d to measure", config.shard_id, config.num_shards,
+             len(mine), len(mine) - len(todo), len(todo))
+    if config.max_scans is not None:
+        todo = todo[: config.max_scans]
+    with ShardLog(path) as shard_log:
+        for record in parallel_map(measure_case, todo, config.workers, "SOLF features"):
+            shard_log.append(record)
+            if record["status"] == "failed":
+                log.warning("scan %s failed: %s", record["case_id"], record["reason"])
+    return len(todo)
+
+
+def current_records(config: SolfConfig, tasks: dict[str, CaseTask]) -> tuple[list[dict], list[str]]:
+    """Logged records matching the current inputs, and the cases still without one."""
+    logged = read_records(config.features_dir) if config.features_dir.is_dir() else {}
+    return select_current(logged, {c: t.fingerprint for c, t in tasks.items()})
+
+
+def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTable:
+    """Collect the current record of every scan from all shard logs; write the pass-1 tables."""
+    records, missing = current_records(config, tasks)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ConfigError(f"{len(missing)} scans have no features yet ({shown}); run --stage features for every shard first")
+    table = build_table(records)
+    write_features_csv(table, config.report / "features.csv")
+    write_scans_csv(table, config.report / "scans.csv")
+    log.info("merged features of %d scans (%d failed) into %s", len(table.scans),
+             len(table.scans) - len(table.case_ids), config.report / "features.csv")
+    return table
+
+
+def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dict[str, str]) -> dict[str, str]:
+    """Write the cleaned labels that are new or changed; remove stale ones; return failures."""
+    manifest_path = config.features_dir / "cleaned_manifest.json"
+    manifest = {} if config.overwrite else read_manifest(manifest_path)
+    keys = {t.case_id: t.key(fingerprints[t.case_id]) for t in tasks}
+    todo = [t for t in tasks if manifest.get(t.case_id) != keys[t.case_id] or not Path(t.output_path).exists()]
+    failures = {}
+    for case_id, error in parallel_map(clean_case, todo, config.workers, "SOLF cleaned labels"):
+        if error:
+            failures[case_id] = error
+            log.warning("scan %s could not be cleaned: %s", case_id, error)
+    for case_id in set(manifest) - set(keys):
+        for path in config.labels_dir.glob(f"{case_id}.nii*"):
+            path.unlink()
+    new_manifest = {c: k for c, k in sorted(keys.items()) if c not in failures}
+    if new_manifest != manifest:
+        write_json(manifest_path, new_manifest)
+    log.info("cleaned labels: %d written, %d unchanged, %d failed", len(todo) - len(failures), len(tasks) - len(todo), len(failures))
+    return failures
+
+
+def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTask]) -> dict:
+    """Pass 2: decisions, cleaned labels, dataset.json and the report; returns the summary."""
+    rules = config.rules()
+    decisions = decide(table, rules)
+    excluded = {c for c, e in zip(table.case_ids, decisions.scan_excluded.tolist()) if e}
+    included = [c for c in table.case_ids if c not in excluded]
+    label_paths = {c: Path(tasks[c].label_path) for c in table.case_ids}
+    cleaning = clean_tasks(table, decisions, config.labels_dir, included, label_paths)
+    clean_failures = _write_cleaned(config, cleaning, {c: t.fingerprint for c, t in tasks.items()})
+    usable = [c for c in included if c not in clean_failures]
+    train, validation = split_cases(usable, config.val_fraction, config.seed)
+    json_path = config.output_dir / "dataset.json"
+    label_files = {t.case_id: Path(t.output_path) for t in cleaning}
+    images = {c: tasks[c].image_paths for c in usable}
+    channels = config.channel_names if config.image_dir is not None else ()
+    datalist = dataset_json(json_path, train, validation, label_files, images, channels)
+    write_json(json_path, datalist)
+    log.info("train on it with: --json_list=%s --data_dir=%s", json_path, os.path.normpath(json_path.parent / datalist["data_root"]))
+    failures = [{"case_id": s["case_id"], "stage": "features", "reason": s["reason"]} for s in table.scans if s["status"] != "ok"]
+    failures += [{"case_id": c, "stage": "clean", "reason": r} for c, r in clean_failures.items()]
+    write_decisions_csv(config.report / "decisions.csv", table, decisions)
+    write_failures(config.report, failures)
+    content = summary(table, decisions, rules, (train, validation), failures)
+    write_json(config.report / "summary.json", content)
+    if config.figure:
+        from swinbob.solf.figure import plot_report
+        plot_report(config.report / "solf_report.png", table, decisions, rules)
+    log.info("SOLF: %d scans, %d failed, %d excluded, %d training + %d validation; organs kept %d, cleaned %d, rejected %d",
+             content["scans"]["total"], content["scans"]["failed"], content["scans"]["excluded"], len(train),
+             len(validation), content["organs"]["kept"], content["organs"]["cleaned"], content["organs"]["rejected"])
+    return content
+
+
+def run_solf(config: SolfConfig) -> int:
+    """Run the configured stage(s); return the exit status (see the module docstring)."""
+    check_config(config)
+    rules = config.rules()  # a bad rules file is a configuration error before any work
+    log.debug("rules: %s", rules.settings)
+    tasks = case_tasks(config)
+    if config.stage in ("features", "all"):
+        run_features(config, tasks)
+        if config.stage == "features":
+            return 0
+        remaining = len(current_records(config, tasks)[1])
+        if remaining:
+            log.info("%d scans still to measure (--max_scans); run again to continue", remaining)
+            return 0
+    table = merge_features(config, tasks)
+    if config.stage == "merge":
+        return 0
+    run_decide(config, table, tasks)
+    if not table.case_ids:
+        log.error("every scan failed; see %s", config.report / "failures.csv")
+        return 1
+    return 0
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (respects cgroup/affinity limits where the OS reports them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``organ_filtering.py`` argument parser (upstream flags plus the pipeline's own)."""
+    p = argparse.ArgumentParser(prog="organ_filtering.py", description="SOLF: clean TotalVibeSegmentator label maps "
+                                "into a training set (features, decisions, cleaned labels, dataset.json, report).")
+    p.add_argument("--input_dir", type=Path, default=Path("./data/labels"), help="label maps {case}.nii.gz (default: %(default)s)")
+    p.add_argument("--output_dir", type=Path, default=Path("./data/cleaned"),
+                   help="cleaned labelsTr/, dataset.json and resume state (default: %(default)s)")
+    p.add_argument("--image_dir", type=Path, default=None, help="Dixon images {case}_{channel}.nii.gz or {case}_0000.nii.gz")
+    p.add_argument("--report", type=Path, default=None, help="report folder (default: OUTPUT_DIR/report)")
+    p.add_argument("--channel_names", default=",".join(UKBOB_CHANNELS), help="image channels in order (default: %(default)s)")
+    p.add_argument("--stage", choices=STAGES, default="all",
+                   help="features: pass 1 only; merge: shard logs -> features.csv; decide: merge + pass 2 (default: all)")
+    p.add_argument("--merge", action="store_true", help="same as --stage merge")
+    p.add_argument("--workers", type=int, default=min(8, available_cpus()), help="worker processes, 1 = no pool (default: %(default)s)")
+    p.add_argument("--num_shards", type=int, default=1, help="split pass 1 into this many array jobs (default: 1)")
+    p.add_argument("--shard_id", type=int, default=0, help="this job's shard, 0-based (default: 0)")
+    p.add_argument("--max_scans", type=int, default=None, help="measure at most this many new scans in this run")
+    p.add_argument("--rules", type=Path, default=None, help="JSON (or YAML) file overriding the organ rules")
+    p.add_argument("--dump_rules", action="store_true", help="print the effective rules as JSON and exit")
+    p.add_argument("--mad_threshold", type=float, default=None, help="robust z limit for shape outliers (default: 4.5)")
+    p.add_argument("--position_threshold", type=float, default=None, help="robust z limit for position (default: 4.5)")
+    p.add_argument("--max_rejected_fraction", type=float, default=None,
+                   help="exclude scans with a larger share of rejected organs (default: 0.25)")
+    p.add_argument("--min_population", type=int, default=None, help="scans needed for population tests (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="train/validation split seed (default: 0)")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="share of included scans for validation (default: 0.1)")
+    p.add_argument("--overwrite", action="store_true", help="re-measure every scan and rewrite every output")
+    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure")
+    p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SolfConfig:
+    """:class:`SolfConfig` from parsed flags."""
+    return SolfConfig(
+        input_dir=args.input_dir, output_dir=args.output_dir, image_dir=args.image_dir, report_dir=args.report,
+        channel_names=tuple(c.strip() for c in args.channel_names.split(",") if c.strip()),
+        stage="merge" if args.merge else args.stage, workers=args.workers, num_shards=args.num_shards,
+        shard_id=args.shard_id, rules_path=args.rules, mad_threshold=args.mad_threshold,
+        position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
+        min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
+        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure)
+
+
+def organ_filtering_entry(argv: list[str] | None = None) -> int:
+    """Command-line entry point of ``UKBOB/filtering/organ_filtering.py``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    try:
+        if args.dump_rules:
+            print(json.dumps(config.rules().to_json(), indent=2))
+            return 0
+        return run_solf(config)
+    except (ConfigError, RulesError) as exc:
+        log.error("configuration error: %s", exc)
+        return 2

@@ -1,0 +1,220 @@
+"""SOLF pass 2 configuration: organ-specific rules and population-outlier settings.
+
+The defaults are a readable table (:data:`COMPONENT_RANGES`) built from TotalVibeSegmentator's
+own quality-control expectations (DESIGN.md §6): one connected component for most organs, up to
+two for the thyroid (two lobes) and the pulmonary veins, 4–30 costal cartilages, 1–25 IVDs and
+vertebral bodies, up to 1000 for the fat and muscle classes. The ranges for the other
+many-piece classes (posterior vertebral elements, intestine, bone_other) are our choice.
+
+Users override any of it with a JSON file (YAML when PyYAML is installed)::
+
+    {"settings": {"mad_threshold": 4.0, "max_rejected_fraction": 0.3},
+     "default":  {"min_voxels": 20},
+     "organs":   {"liver": {"max_components": 2}, "64": {"min_components": 2}}}
+
+Organs are named by TotalVibeSegmentator name or ID; unknown names or fields are errors, so a
+typo never silently leaves a default in place. ``organ_filtering.py --dump_rules`` prints the
+complete effective table in this format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
+
+OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity")
+"""Features tested against the population (log scale for the size-like ones)."""
+
+COMPONENT_RANGES: dict[str, tuple[int, int]] = {
+    "thyroid_gland": (1, 2),
+    "pulmonary_vein": (1, 2),
+    "costal_cartilages": (4, 30),
+    "IVD": (1, 25),
+    "vertebra_body": (1, 25),
+    "vertebra_posterior_elements": (1, 25),
+    "intestine": (1, 100),
+    "bone_other": (1, 100),
+    "subcutaneous_fat": (1, 1000),
+    "muscle": (1, 1000),
+    "inner_fat": (1, 1000),
+}
+"""Expected connected-component range per organ; every organ not listed expects exactly one."""
+
+NOT_EXPECTED = ("unused",)
+"""Label names that should never occur in a TotalVibeSegmentator output (ID 20)."""
+
+
+class RulesError(ValueError):
+    """An invalid rules file or setting (a configuration error: the run stops)."""
+
+
+@dataclass(frozen=True)
+class OrganRule:
+    """What is expected of one organ in one scan.
+
+    ``max_components`` is the number of components kept when cleaning: extra (smaller) ones are
+    fragments. A single-component organ whose largest component holds at most
+    ``min_largest_share`` of its voxels is not "one organ plus debris" and is rejected instead.
+    """
+
+    min_components: int = 1
+    max_components: int = 1
+    min_voxels: int = 10
+    min_largest_share: float = 0.5
+    check_shape: bool = True
+    check_position: bool = True
+    expected: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Population and scan-level thresholds shared by all organs.
+
+    Robust z-scores are ``0.6745 (x - median) / MAD``; ``mad_floor`` bounds the MAD from below
+    per feature so that a very homogeneous population does not turn noise into outliers
+    (log-volume 0.1 ≈ 10 % volume, positions in mm).
+    """
+
+    mad_threshold: float = 4.5
+    position_threshold: float = 4.5
+    min_population: int = 20
+    max_rejected_fraction: float = 0.25
+    mad_floor: dict[str, float] = field(default_factory=lambda: {
+        "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0})
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Settings plus one :class:`OrganRule` per label ID (1..72)."""
+
+    settings: Settings
+    organs: dict[int, OrganRule]
+
+    def to_json(self) -> dict:
+        """The complete effective rules in the override-file format (organs by name)."""
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "organs": {TOTALVIBE_LABELS[i]: dataclasses.asdict(rule) for i, rule in sorted(self.organs.items())},
+        }
+
+
+def default_rules() -> RuleSet:
+    """The built-in rule table (see the module docstring for its sources)."""
+    organs = {}
+    for label, name in TOTALVIBE_LABELS.items():
+        if label == 0:
+            continue
+        low, high = COMPONENT_RANGES.get(name, (1, 1))
+        organs[label] = OrganRule(min_components=low, max_components=high,
+                                  min_largest_share=0.5 if high == 1 else 0.0,
+                                  expected=name not in NOT_EXPECTED)
+    return RuleSet(Settings(), organs)
+
+
+def _organ_id(key: str) -> int:
+    names = ids_by_name(TOTALVIBE_LABELS)
+    if key in names and names[key] != 0:
+        return names[key]
+    if key.isdigit() and 1 <= int(key) <= max(TOTALVIBE_LABELS):
+        return int(key)
+    raise RulesError(f"unknown organ {key!r} in rules (use a TotalVibeSegmentator name or an ID 1..72)")
+
+
+def _same_kind(current: object, value: object) -> bool:
+    """Whether ``value`` may replace ``current`` (an int field takes no float, a bool no number)."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, int):
+        return isinstance(value, int)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(current))
+
+
+def _replace_checked(obj, values: dict, where: str):
+    """``dataclasses.replace`` that names unknown fields and wrong types instead of ignoring them."""
+    if not isinstance(values, dict):
+        raise RulesError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise RulesError(f"{where}: unknown field {key!r} (known: {', '.join(sorted(known))})")
+        if not _same_kind(getattr(obj, key), value):
+            raise RulesError(f"{where}.{key}: expected {type(getattr(obj, key)).__name__}, got {value!r}")
+    if "mad_floor" in values:
+        values = {**values, "mad_floor": {**obj.mad_floor, **values["mad_floor"]}}
+    return dataclasses.replace(obj, **values)
+
+
+def validate_rules(rules: RuleSet) -> RuleSet:
+    """Check ranges (counts ≥ 0, min ≤ max, positive thresholds); return ``rules`` unchanged."""
+    s = rules.settings
+    if s.mad_threshold <= 0 or s.position_threshold <= 0:
+        raise RulesError("mad_threshold and position_threshold must be positive")
+    if not 0.0 <= s.max_rejected_fraction <= 1.0:
+        raise RulesError(f"max_rejected_fraction must be in [0, 1], got {s.max_rejected_fraction}")
+    if s.min_population < 3:
+        raise RulesError(f"min_population must be at least 3, got {s.min_population}")
+    if set(s.mad_floor) != set(OUTLIER_FEATURES) | {"position_mm"}:
+        raise RulesError(f"mad_floor needs exactly the keys {', '.join(OUTLIER_FEATURES)}, position_mm")
+    if any(not isinstance(v, (int, float)) or v <= 0 for v in s.mad_floor.values()):
+        raise RulesError("mad_floor values must be positive numbers")
+    for label, rule in rules.organs.items():
+        if not 0 <= rule.min_components <= rule.max_components or rule.max_components < 1:
+            raise RulesError(f"{TOTALVIBE_LABELS[label]}: need 0 <= min_components <= max_components, max >= 1")
+        if rule.min_voxels < 0 or not 0.0 <= rule.min_largest_share <= 1.0:
+            raise RulesError(f"{TOTALVIBE_LABELS[label]}: min_voxels >= 0 and min_largest_share in [0, 1]")
+    return rules
+
+
+def apply_overrides(rules: RuleSet, overrides: dict) -> RuleSet:
+    """Rules with ``overrides`` (the parsed file format of the module docstring) applied."""
+    if not isinstance(overrides, dict):
+        raise RulesError("a rules file must hold a mapping with 'settings', 'default' and/or 'organs'")
+    unknown = set(overrides) - {"settings", "default", "organs"}
+    if unknown:
+        raise RulesError(f"unknown top-level keys in rules: {', '.join(sorted(unknown))}")
+    settings = _replace_checked(rules.settings, overrides.get("settings", {}), "settings")
+    default_values = overrides.get("default", {})
+    organs = {i: _replace_checked(r, default_values, "default") for i, r in rules.organs.items()}
+    organ_values = overrides.get("organs", {})
+    if not isinstance(organ_values, dict):
+        raise RulesError("'organs' must map organ names to rule fields")
+    for key, values in organ_values.items():
+        label = _organ_id(str(key))
+        organs[label] = _replace_checked(organs[label], values, f"organs.{key}")
+    return validate_rules(RuleSet(settings, organs))
+
+
+def read_rules_file(path: str | Path) -> dict:
+    """Parse a JSON (or, with PyYAML installed, YAML) rules file into a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise RulesError(f"rules file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        if importlib.util.find_spec("yaml") is None:
+            raise RulesError(f"{path}: YAML rules need PyYAML (pip install pyyaml), or use JSON")
+        import yaml
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise RulesError(f"{path}: invalid YAML ({exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RulesError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def load_rules(path: str | Path | None = None, **settings: float | None) -> RuleSet:
+    """Default rules, then the file at ``path`` (if any), then non-None ``settings`` (CLI flags)."""
+    rules = default_rules()
+    if path is not None:
+        rules = apply_overrides(rules, read_rules_file(path))
+    flags = {k: v for k, v in settings.items() if v is not None}
+    return apply_overrides(rules, {"settings": flags}) if flags else validate_rules(rules)

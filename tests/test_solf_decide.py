@@ -1,0 +1,133 @@
+"""SOLF pass 2 on small hand-made cohorts: rules, population outliers, left/right in RAS."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
+from swinbob.solf.decide import CLEANED, KEPT, REJECTED, decide
+from swinbob.solf.features import measure_organs
+from swinbob.solf.rules import apply_overrides, default_rules
+from swinbob.solf.store import build_table
+
+ID = ids_by_name(TOTALVIBE_LABELS)
+# Stored LAS: the first array axis runs towards the subject's LEFT (world x = 40 - 2 i), so index
+# order and world order disagree and a sign error in the left/right test would show.
+LAS = np.array([[-2.0, 0, 0, 40], [0, 2.0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+ORGANS = {  # name: (i range, j range, k range), right-sided organs at small i
+    "kidney_right": ((5, 10), (6, 11), (4, 10)),
+    "kidney_left": ((30, 35), (6, 11), (4, 10)),
+    "liver": ((6, 15), (11, 18), (13, 20)),
+    "spleen": ((27, 33), (11, 16), (13, 19)),
+}
+
+
+def _scan(rng: np.random.Generator, edit=None) -> np.ndarray:
+    label = np.zeros((40, 24, 24), np.uint8)
+    label[2:38, 2:22, 2:22] = ID["muscle"]
+    for name, ranges in ORGANS.items():
+        box = tuple(slice(a + rng.integers(0, 2), b + rng.integers(0, 2)) for a, b in ranges)
+        label[box] = ID[name]
+    for piece in range(5):
+        label[6 + 6 * piece: 8 + 6 * piece, 19:21, 19:21] = ID["costal_cartilages"]
+    if edit is not None:
+        edit(label)
+    return label
+
+
+def _decide(edits: dict[int, object], n: int = 24, overrides: dict | None = None):
+    rng = np.random.default_rng(0)
+    records = [{"case_id": f"case_{i:02d}", "status": "ok", "fingerprint": "-",
+                "organs": measure_organs(_scan(rng, edits.get(i)), LAS)} for i in range(n)]
+    table = build_table(records)
+    rules = apply_overrides(default_rules(), overrides or {})
+    decisions = decide(table, rules)
+    rows = {(table.case_ids[c], TOTALVIBE_LABELS[label]): r for r, (c, label) in
+            enumerate(zip(table.columns["case_index"], table.columns["label"]))}
+    return table, decisions, rows
+
+
+def _verdict(decisions, rows, case: int, organ: str) -> tuple[str, str]:
+    row = rows[(f"case_{case:02d}", organ)]
+    return str(decisions.decision[row]), decisions.reasons[row]
+
+
+def _swap_kidneys(label):
+    right, left = label == ID["kidney_right"], label == ID["kidney_left"]
+    label[right], label[left] = ID["kidney_left"], ID["kidney_right"]
+
+
+def test_clean_cohort_keeps_everything_and_right_means_larger_world_x():
+    assert nib.aff2axcodes(LAS) == ("L", "A", "S")
+    table, decisions, rows = _decide({})
+    assert set(decisions.decision.tolist()) == {KEPT}
+    x = dict(zip(table.columns["label"][:8].tolist(), table.columns["centroid_x"][:8].tolist()))
+    assert x[ID["kidney_right"]] > 0 > x[ID["kidney_left"]]  # RAS+: +x is the subject's right
+
+
+def test_swapped_left_right_pair_rejects_both_organs():
+    _, decisions, rows = _decide({3: _swap_kidneys})
+    for organ in ("kidney_right", "kidney_left"):
+        verdict, reasons = _verdict(decisions, rows, 3, organ)
+        assert verdict == REJECTED and "wrong_side" in reasons.split(";")
+    assert _verdict(decisions, rows, 4, "kidney_left")[0] == KEPT
+
+
+def test_organ_moved_across_the_midline_blames_only_itself():
+    def move_right_kidney(label):
+        label[label == ID["kidney_right"]] = ID["muscle"]
+        label[33:37, 6:11, 12:17] = ID["kidney_right"]  # left of the left kidney
+    _, decisions, rows = _decide({5: move_right_kidney})
+    verdict, reasons = _verdict(decisions, rows, 5, "kidney_right")
+    assert verdict == REJECTED and {"wrong_side", "misplaced"} <= set(reasons.split(";"))
+    assert _verdict(decisions, rows, 5, "kidney_left")[0] == KEPT
+
+
+def test_small_fragment_is_cleaned_but_an_even_split_is_rejected():
+    def add_island(label):
+        label[20, 3, 3] = ID["liver"]
+
+    def split_spleen(label):
+        label[label == ID["spleen"]] = ID["muscle"]
+        label[27:30, 11:15, 13:19] = ID["spleen"]
+        label[31:34, 11:15, 13:19] = ID["spleen"]
+    _, decisions, rows = _decide({1: add_island, 2: split_spleen})
+    verdict, reasons = _verdict(decisions, rows, 1, "liver")
+    assert verdict == CLEANED and reasons == "fragments"
+    assert decisions.keep_components[rows[("case_01", "liver")]] == 1
+    verdict, reasons = _verdict(decisions, rows, 2, "spleen")
+    assert verdict == REJECTED and "fragmented" in reasons
+
+
+def test_multi_part_organs_follow_their_component_range():
+    def two_cartilages(label):
+        label[label == ID["costal_cartilages"]] = ID["muscle"]
+        label[6:8, 19:21, 19:21] = label[20:22, 19:21, 19:21] = ID["costal_cartilages"]
+    _, decisions, rows = _decide({6: two_cartilages})
+    assert _verdict(decisions, rows, 0, "costal_cartilages")[0] == KEPT  # 5 pieces expected (4-30)
+    verdict, reasons = _verdict(decisions, rows, 6, "costal_cartilages")
+    assert verdict == REJECTED and "too_few_components" in reasons
+
+
+def test_size_outliers_need_a_population():
+    def shrink_liver(label):
+        label[label == ID["liver"]] = ID["muscle"]
+        label[8:10, 12:14, 14:16] = ID["liver"]  # 8 voxels instead of ~400
+    _, decisions, rows = _decide({7: shrink_liver}, overrides={"default": {"min_voxels": 2}})
+    verdict, reasons = _verdict(decisions, rows, 7, "liver")
+    assert verdict == REJECTED and "outlier_log_volume" in reasons
+    _, decisions, rows = _decide({7: shrink_liver}, n=12, overrides={"default": {"min_voxels": 2}})
+    assert _verdict(decisions, rows, 7, "liver")[0] == KEPT  # 12 scans < min_population 20
+
+
+def test_unused_label_and_scan_exclusion():
+    def unused(label):
+        label[20, 20, 5] = ID["unused"]
+    table, decisions, rows = _decide({8: unused, 9: _swap_kidneys},
+                                     overrides={"settings": {"max_rejected_fraction": 0.2}})
+    assert _verdict(decisions, rows, 8, "unused") == (REJECTED, "unexpected_label;too_small")
+    excluded = {table.case_ids[i] for i in np.flatnonzero(decisions.scan_excluded)}
+    assert excluded == {"case_09"}  # 2 of 6 organs rejected > 20 %; case 8: 1 of 7 < 20 %
+    assert decisions.scan_rejected_fraction[9] == pytest.approx(2 / 6)
