@@ -1,0 +1,188 @@
+"""Datalist checking, datasets and data loaders for training and validation.
+
+:func:`check_datalist` reads every file a datalist names before a run starts and lists *all*
+problems at once (missing or unreadable files, image/label grids that disagree, channel counts,
+label values the task cannot represent), so a multi-day UKBOB run never dies hours in on case
+9,731. Evaluation reuses it for its test lists.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data.utils import json_hashing, set_rnd
+from torch.utils.data.distributed import DistributedSampler
+
+from swinbob.data import case_name, load_datalist
+from swinbob.files import NiftiError, load_nifti_header, read_nifti
+from swinbob.tasks import LabelValueError, Task
+
+AFFINE_ATOL_MM = 1e-3
+"""Image and label affines may differ by float32 rounding of the header, not by a real shift."""
+AFFINE_RTOL = 1e-5
+
+
+class DatalistError(ValueError):
+    """A datalist that cannot be used; the message lists every problem found."""
+
+    def __init__(self, problems: Sequence[str], source: str = "datalist") -> None:
+        self.problems = list(problems)
+        listed = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s) found, nothing was trained:\n{listed}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Datalists: loading and checking
+# ----------------------------------------------------------------------------------------------
+
+def load_splits(
+    json_list: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    fold: int | None = None,
+    allow_absolute: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and validation entries of a Decathlon datalist (``fold`` selects BraTS folds).
+
+    Any problem reading the list itself (not found, bad JSON, a path escaping ``data_dir``)
+    becomes a :class:`DatalistError` so that the caller has one error type to report.
+    """
+    try:
+        train = load_datalist(json_list, data_dir, "training", fold, allow_absolute)
+        val = load_datalist(json_list, data_dir, "validation", fold, allow_absolute)
+    except (OSError, ValueError) as exc:
+        raise DatalistError([str(exc)], source=str(json_list)) from exc
+    if not train:
+        raise DatalistError(["the 'training' list is empty"], source=str(json_list))
+    return train, val
+
+
+def _as_list(paths: str | Sequence[str]) -> list[str]:
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+
+
+def _grid_problem(path: str, shape: tuple, affine: np.ndarray, ref: tuple[str, tuple, np.ndarray]) -> str | None:
+    ref_path, ref_shape, ref_affine = ref
+    if shape != ref_shape:
+        return f"{path}: grid shape {shape} differs from {ref_shape} of {ref_path}"
+    if not np.allclose(affine, ref_affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
+        delta = float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max())
+        return f"{path}: affine differs from that of {ref_path} (max difference {delta:.4g})"
+    return None
+
+
+def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True) -> list[str]:
+    """Every problem of one datalist entry, as messages that name the file.
+
+    Images are checked from their headers (exists, readable, sane affine); labels are read in
+    full because their values must be checked (``task.check_label_values``), which also catches
+    truncated label files. All images and the label must share one grid (shape and affine).
+    """
+    problems: list[str] = []
+    grids: list[tuple[str, tuple, np.ndarray]] = []
+    channels, images = 0, _as_list(entry["image"])
+    for path in images:
+        try:
+            header = load_nifti_header(path)
+        except NiftiError as exc:
+            problems.append(str(exc))
+            continue
+        shape = tuple(int(s) for s in header.shape)
+        channels += shape[3] if len(shape) == 4 else 1
+        grids.append((str(path), shape[:3], np.asarray(header.affine)))
+    if len(grids) == len(images) and channels != task.in_channels:  # count only when all images opened
+        problems.append(f"case {case_name(entry)}: {channels} image channel(s), task {task.name!r} needs {task.in_channels}")
+    if "label" in entry:
+        try:
+            label, affine = read_nifti(entry["label"], ndim=3)
+            grids.append((str(entry["label"]), tuple(label.shape), affine))
+            task.check_label_values(label, str(entry["label"]))
+        except (NiftiError, LabelValueError) as exc:
+            problems.append(str(exc))
+    elif require_label:
+        problems.append(f"case {case_name(entry)}: entry has no 'label'")
+    problems += [p for g in grids[1:] if (p := _grid_problem(*g, ref=grids[0]))]
+    return problems
+
+
+def check_datalist(
+    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4
+) -> list[str]:
+    """Problems of all ``entries`` (empty when usable), checked in parallel threads.
+
+    Threads suffice: the work is file I/O and zlib, both of which release the GIL.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = pool.map(lambda e: entry_problems(e, task, require_label), entries)
+        return [problem for problems in found for problem in problems]
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets and loaders
+# ----------------------------------------------------------------------------------------------
+
+def make_dataset(
+    entries: Sequence[Mapping[str, Any]],
+    transform: Any,
+    cache_dir: str | os.PathLike | None = None,
+    use_normal_dataset: bool = False,
+    cache_rate: float = 1.0,
+    workers: int = 0,
+) -> Dataset:
+    """In-memory ``CacheDataset`` (default), on-disk ``PersistentDataset`` or plain ``Dataset``.
+
+    Caches hold the output of the deterministic preprocessing only; random augmentation runs
+    on every access. The persistent cache key includes the transform chain, so changing e.g.
+    the spacing never silently reuses stale volumes.
+    """
+    data = list(entries)
+    if use_normal_dataset:
+        return Dataset(data, transform)
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_transform=json_hashing)
+    return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, workers), progress=False)
+
+
+def shard(entries: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Every ``world_size``-th entry from ``rank``: each case on exactly one rank, no padding.
+
+    ``DistributedSampler`` pads with duplicates to equal lengths, which would count some
+    validation cases twice; validation needs each case exactly once.
+    """
+    return list(entries)[rank::world_size]
+
+
+def train_loader(
+    dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world_size: int = 1, seed: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled training loader; a ``DistributedSampler`` splits the cases between ranks."""
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed) if world_size > 1 else None
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=pin_memory,
+    )
+
+
+def val_loader(dataset: Dataset, workers: int, pin_memory: bool = False) -> DataLoader:
+    """One whole volume at a time, in datalist order."""
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+
+
+def start_epoch(loader: DataLoader, epoch: int) -> None:
+    """Prepare ``loader`` for ``epoch``: sampler epoch and fresh augmentation seeds.
+
+    With ``workers=0`` MONAI's transforms keep their own random state across epochs, which a
+    checkpoint does not hold; reseeding them from the (checkpointed) torch generator at each
+    epoch makes a resumed run draw exactly the augmentations of an uninterrupted one. With
+    workers, MONAI's ``worker_init_fn`` does the same from the loader's torch-drawn base seed.
+    """
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    set_rnd(loader.dataset, int(torch.randint(0, 2**31 - 1, ()).item()))

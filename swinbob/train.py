@@ -1,0 +1,467 @@
+"""The Swin-BOB training engine: a short loop of small functions.
+
+``main`` parses the upstream flags (:mod:`swinbob.train_cli`), checks everything it can before
+any process starts, and hands a :class:`~swinbob.train_cli.TrainPlan` to every process
+(:mod:`swinbob.distributed`). Each process checks its share of the datalist files, builds model,
+data and optimiser, restores state (``--resume``, ``--checkpoint`` or fine-tuning weights) and
+runs :func:`fit`. The learning rate is a pure function of training progress, so resuming needs no
+scheduler object; only the main rank writes files (checkpoints, TensorBoard, config.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from monai.data import DataLoader, MetaTensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from swinbob.checkpoint import (
+    CheckpointError, extract_state_dict, load_checkpoint, load_weights, make_checkpoint, save_checkpoint, transfer_weights,
+)
+from swinbob.data import eval_transforms, train_transforms
+from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
+from swinbob.files import atomic_write_text
+from swinbob.inference import sliding_window_logits
+from swinbob.labels import IGNORE_LABEL
+from swinbob.loaders import DatalistError, check_datalist, make_dataset, shard, start_epoch, train_loader, val_loader
+from swinbob.losses import build_loss
+from swinbob.metrics import dice_from_masks, dice_per_class
+from swinbob.model import build_model
+from swinbob.runtime import autocast_dtype, seed_everything
+from swinbob.tasks import Task
+from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
+from swinbob.train_state import (
+    TrainState, full_checkpoint, restore_rng, restore_training, rng_state, run_config, upstream_start,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses: the run stops rather than train on garbage."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimisation
+# ----------------------------------------------------------------------------------------------
+
+def learning_rate(progress: float, base_lr: float, schedule: str, warmup_epochs: float, max_epochs: float) -> float:
+    """Learning rate after ``progress`` epochs (fractional): linear warm-up, then cosine to 0.
+
+    ``warmup_cosine`` is upstream's LinearWarmupCosineAnnealingLR evaluated per step instead of
+    per epoch (so the first epoch does not train at lr 0); ``cosine_anneal`` has no warm-up;
+    ``none`` keeps ``base_lr``.
+    """
+    if schedule == "none":
+        return base_lr
+    warmup = warmup_epochs if schedule == "warmup_cosine" else 0.0
+    if progress < warmup:
+        return base_lr * progress / warmup
+    fraction = min(1.0, (progress - warmup) / max(max_epochs - warmup, 1e-8))
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+
+def build_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """AdamW (reference recipe), Adam, or Nesterov SGD as upstream."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose adamw, adam or sgd")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set ``lr`` on every parameter group (the schedule lives in :func:`learning_rate`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """MetaTensor -> Tensor: metadata tracking costs time in every op of the step."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch: dict,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """One optimisation step on ``batch``; returns (detached loss on the device, whether it stepped).
+
+    A non-finite loss on any rank skips the update on every rank (DDP has already averaged the
+    NaN into all gradients). Reading that flag is the step's only wait for the GPU.
+    """
+    device = next(model.parameters()).device
+    image = _plain(batch["image"]).to(device, non_blocking=True)
+    label = _plain(batch["label"]).to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device, amp_dtype):
+        logits = model(image)
+    loss = loss_fn(logits.float(), label)
+    scaler.scale(loss).backward()
+    nonfinite = all_reduce_sum((~torch.isfinite(loss.detach())).float())
+    if nonfinite.item():
+        return loss.detach(), False
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), True
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+def case_dice(logits: torch.Tensor, label: torch.Tensor, task: Task) -> torch.Tensor:
+    """Dice per scored class (NaN where absent from both) of one case's logits (1, C, ...)."""
+    if task.mode == "regions":
+        target = label[0]
+        return dice_from_masks(logits[0] > 0, target == 1, valid=target != IGNORE_LABEL)
+    return dice_per_class(logits[0].argmax(0), label[0, 0].long(), task.scored_classes)
+
+
+def validate(
+    model: torch.nn.Module,
+    loader: DataLoader | None,
+    task: Task,
+    roi: Sequence[int],
+    sw_batch_size: int = 4,
+    overlap: float = 0.5,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Mean Dice per scored class over this rank's cases, summed over all ranks, plus ``mean``.
+
+    Each class is averaged over the cases where it is present in prediction or ground truth
+    (NaN Dice left out, as nnU-Net); ``mean`` averages the classes. Ranks hold disjoint shards
+    of the validation list, so every case counts exactly once.
+    """
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(task.scored_classes), dtype=torch.float64, device=device)
+    counts = torch.zeros_like(sums)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader or ():
+            image = _plain(batch["image"]).to(device, non_blocking=True)
+            logits = sliding_window_logits(model, image, tuple(roi), sw_batch_size, overlap, amp_dtype)
+            dice = case_dice(logits, _plain(batch["label"]).to(logits.device), task).to(device)
+            sums += torch.nan_to_num(dice.double(), nan=0.0)
+            counts += ~torch.isnan(dice)
+    model.train(was_training)
+    all_reduce_sum(sums)
+    all_reduce_sum(counts)
+    per_class = (sums / counts).tolist()  # 0/0 = NaN: class never present in any case
+    result = {task.class_names[c]: value for c, value in zip(task.scored_classes, per_class)}
+    present = [v for v in per_class if not math.isnan(v)]
+    result["mean"] = sum(present) / len(present) if present else float("nan")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingRun:
+    """The objects of one process's run; ``net`` trains (DDP/compiled), ``model`` is the bare network."""
+
+    plan: TrainPlan
+    ctx: DistContext
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    amp_dtype: torch.dtype | None
+    state: TrainState
+    config: dict
+    schedule: dict
+    writer: SummaryWriter | None
+    nan_streak: int = 0
+
+
+def check_files(plan: TrainPlan, ctx: DistContext) -> None:
+    """Check every datalist file before training; each rank checks a shard, all see all problems."""
+    entries = shard(plan.train_entries + plan.val_entries, ctx.rank, ctx.world_size)
+    # Reading headers and labels waits on the disk more than on the CPU: use a few threads at least.
+    problems = all_gather_objects(check_datalist(entries, plan.task, workers=max(4, plan.args.workers)))
+    found = [p for rank_problems in problems for p in rank_problems]
+    if found:
+        raise DatalistError(found, source=str(plan.args.json_list))
+
+
+def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLoader | None]:
+    """Cached training and validation loaders; validation cases are sharded across ranks."""
+    args, pin = plan.args, ctx.device.type == "cuda"
+    cache = {"cache_dir": args.cache_dir, "use_normal_dataset": args.use_normal_dataset, "workers": args.workers}
+    train_ds = make_dataset(plan.train_entries, train_transforms(plan.task, plan.data), cache_rate=args.cache_rate, **cache)
+    loader = train_loader(train_ds, args.batch_size, args.workers, ctx.rank, ctx.world_size, args.seed, pin)
+    val_entries = shard(plan.val_entries, ctx.rank, ctx.world_size)
+    if not val_entries:
+        return loader, None
+    val_ds = make_dataset(val_entries, eval_transforms(plan.task, plan.data), **cache)
+    return loader, val_loader(val_ds, args.workers, pin)
+
+
+def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, schedule: dict, ctx: DistContext) -> TrainState:
+    """Counters and weights from ``--resume``, ``--checkpoint`` or fine-tuning weights, else fresh."""
+    args = plan.args
+    if plan.resume is not None:
+        ckpt = load_checkpoint(plan.resume)
+        state = restore_training(ckpt, str(plan.resume), model, optimizer, scaler, schedule)
+        rng = ckpt.get("rng") or []
+        if rng:
+            if len(rng) != ctx.world_size:
+                log.warning("resuming %d rank(s) from a %d-rank run: augmentation streams differ", ctx.world_size, len(rng))
+            restore_rng(rng[ctx.rank % len(rng)], ctx.device)
+        log.info("resumed from %s after epoch %d (step %d, best Dice %s)", plan.resume, state.epoch, state.global_step, state.best_metric)
+        return state
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+        report = transfer_weights(model, extract_state_dict(ckpt), source=args.checkpoint)
+        log.info("%s: %s", args.checkpoint, report.summary())
+        return upstream_start(ckpt)
+    if plan.pretrained is not None:
+        load_weights(model, plan.pretrained)
+    return TrainState()
+
+
+def wrap(model: torch.nn.Module, compile_model: bool, ctx: DistContext) -> torch.nn.Module:
+    """The network to train: compiled if asked, DDP-wrapped when distributed.
+
+    Validation uses the bare model instead: ranks validate different numbers of cases, which
+    DDP's forward (it expects ranks in step) must not see.
+    """
+    net = torch.compile(model) if compile_model else model
+    if not ctx.distributed:
+        return net
+    return DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
+    """Seed, build model, optimiser, loss and loaders, restore state, and open the log."""
+    args = plan.args
+    seed_everything(args.seed + ctx.rank)  # ranks differ in augmentation; DDP syncs the initial weights
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not args.deterministic
+    model = build_model(plan.model).to(ctx.device)
+    amp_dtype = autocast_dtype(ctx.device, plan.amp)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16)
+    optimizer = build_optimizer(args.optim_name, model, plan.lr, plan.weight_decay, args.momentum)
+    loss_fn = build_loss(plan.task, args.squared_dice, args.smooth_nr, args.smooth_dr, args.bce_weight)
+    loaders = build_loaders(plan, ctx)  # before restoring RNG: MONAI's DataLoader reseeds torch
+    schedule = {"lrschedule": args.lrschedule, "lr": plan.lr, "warmup_epochs": plan.warmup_epochs, "max_epochs": plan.max_epochs}
+    state = initial_state(plan, model, optimizer, scaler, schedule, ctx)
+    net = wrap(model, args.compile, ctx)
+    writer = None
+    if ctx.is_main:
+        plan.logdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(plan.logdir / "config.json", json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
+        writer = SummaryWriter(log_dir=str(plan.logdir))
+    precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + gradient scaler"}[amp_dtype]
+    log.info("%s on %s x%d, %s, %d training / %d validation cases, logging to %s", plan.task.name, ctx.device,
+             ctx.world_size, precision, len(plan.train_entries), len(plan.val_entries), plan.logdir)
+    return TrainingRun(plan, ctx, model, net, optimizer, scaler, loss_fn, *loaders, amp_dtype, state,
+                       run_config(plan.task, plan.model, plan.data), schedule, writer)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
+    """Batches per epoch, capped by ``--max_steps_per_epoch``."""
+    return min(len(loader), max_steps) if max_steps else len(loader)
+
+
+def skip_nonfinite(run: TrainingRun, step: int) -> None:
+    """Count a skipped step; too many in a row mean divergence (e.g. lr too high, broken data)."""
+    run.nan_streak += 1
+    run.state.skipped_steps += 1
+    patience = run.plan.args.nan_patience
+    if run.ctx.is_main:
+        log.warning("epoch %d step %d: non-finite loss, update skipped (%d in a row, %d in total)",
+                    run.state.epoch + 1, step + 1, run.nan_streak, run.state.skipped_steps)
+    if run.nan_streak >= patience:
+        raise TrainingDiverged(
+            f"{run.nan_streak} consecutive non-finite losses (--nan_patience {patience}): training diverged. "
+            "Lower --optim_lr, try --noamp, or check the data; the last good state is in last.pt"
+        )
+
+
+def train_epoch(run: TrainingRun, epoch: int) -> float:
+    """One pass over the training loader; returns the mean loss over all ranks' finite steps."""
+    plan, args, ctx = run.plan, run.plan.args, run.ctx
+    steps = steps_per_epoch(run.train_loader, args.max_steps_per_epoch)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{plan.max_epochs}", disable=not ctx.is_main, leave=False, dynamic_ncols=True)
+    totals = torch.zeros(2, device=ctx.device)  # loss sum and finite steps: read once per log interval
+    window_loss, window_steps, patches, tic = torch.zeros((), device=ctx.device), 0, 0, time.perf_counter()
+    lr = 0.0
+    for step, batch in enumerate(run.train_loader):
+        if step >= steps:
+            break
+        lr = learning_rate(epoch + (step + 1) / steps, plan.lr, args.lrschedule, plan.warmup_epochs, plan.max_epochs)
+        set_lr(run.optimizer, lr)
+        loss, stepped = train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.amp_dtype)
+        if stepped:
+            run.nan_streak = 0
+            run.state.global_step += 1
+            window_loss += loss
+            window_steps += 1
+        else:
+            skip_nonfinite(run, step)
+        patches += batch["image"].shape[0] * ctx.world_size
+        bar.update()
+        if (step + 1) % args.log_every == 0 or step + 1 == steps:
+            rate = patches / (time.perf_counter() - tic)
+            mean = window_loss.item() / max(window_steps, 1)  # the interval's one extra wait for the GPU
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", patches_s=f"{rate:.1f}")
+            if run.writer:
+                for name, value in (("loss", mean), ("lr", lr), ("patches_per_s", rate)):
+                    run.writer.add_scalar(f"train/{name}", value, run.state.global_step)
+            totals += torch.stack([window_loss, torch.tensor(float(window_steps), device=ctx.device)])
+            window_loss, window_steps, patches, tic = torch.zeros((), device=ctx.device), 0, 0, time.perf_counter()
+    bar.close()
+    loss_sum, finite_steps = all_reduce_sum(totals).tolist()
+    return loss_sum / max(finite_steps, 1.0)
+
+
+def report_validation(run: TrainingRun, metrics: dict[str, float], improved: bool) -> None:
+    """Console line with class names, and TensorBoard scalars (main rank only)."""
+    if not run.ctx.is_main:
+        return
+    epoch = run.state.epoch
+    classes = ", ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name != "mean")
+    best = " (new best)" if improved else f" (best {run.state.best_metric:.4f})" if run.state.best_metric is not None else ""
+    log.info("validation after epoch %d: mean Dice %.4f%s | %s", epoch, metrics["mean"], best, classes)
+    if run.writer:
+        run.writer.add_scalar("val/mean_dice", metrics["mean"], epoch)
+        for name, value in metrics.items():
+            if name != "mean":
+                run.writer.add_scalar(f"val/dice/{name}", value, epoch)
+
+
+def weights_checkpoint(run: TrainingRun) -> dict:
+    """``model.pt`` / ``model_final.pt``: weights, config and counters (for inference and fine-tuning)."""
+    state = run.state
+    return make_checkpoint(run.model, run.config, epoch=state.epoch, global_step=state.global_step, best_metric=state.best_metric)
+
+
+def save_epoch(run: TrainingRun, improved: bool) -> None:
+    """Write ``last.pt`` (full state) and, on a new best with ``--save_checkpoint``, ``model.pt``.
+
+    Every rank checks the (DDP-identical) weights, so a NaN stops all ranks together instead of
+    leaving the others waiting at the next collective; checkpoints never hold NaN weights.
+    """
+    if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        raise TrainingDiverged(f"weights became NaN/Inf in epoch {run.state.epoch}; kept the previous last.pt")
+    rng = all_gather_objects(rng_state(run.ctx.device))
+    if not run.ctx.is_main:
+        return
+    logdir = run.plan.logdir
+    save_checkpoint(logdir / "last.pt", full_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.config, run.schedule, rng))
+    if improved and run.plan.args.save_checkpoint:
+        save_checkpoint(logdir / "model.pt", weights_checkpoint(run))
+        log.info("saved %s (mean Dice %.4f)", logdir / "model.pt", run.state.best_metric)
+
+
+def fit(run: TrainingRun) -> TrainState:
+    """Train from ``run.state.epoch`` to ``max_epochs``, validating every ``val_every`` epochs."""
+    plan, args, state = run.plan, run.plan.args, run.state
+    if run.ctx.is_main and not args.save_checkpoint:
+        log.warning("--save_checkpoint not given: only %s (for --resume) is written", plan.logdir / "last.pt")
+    if run.ctx.is_main and not plan.val_entries:
+        log.warning("the datalist has no validation cases for this split: no validation, no model.pt")
+    for epoch in range(state.epoch, plan.max_epochs):
+        tic = time.perf_counter()
+        start_epoch(run.train_loader, epoch)
+        loss = train_epoch(run, epoch)
+        state.epoch = epoch + 1
+        if run.ctx.is_main:
+            log.info("epoch %d/%d: loss %.4f, %.1f s", state.epoch, plan.max_epochs, loss, time.perf_counter() - tic)
+            if run.writer:
+                run.writer.add_scalar("train/epoch_loss", loss, state.epoch)
+        improved = False
+        if plan.val_entries and (state.epoch % plan.val_every == 0 or state.epoch == plan.max_epochs):
+            metrics = validate(run.model, run.val_loader, plan.task, plan.model.roi, args.sw_batch_size, plan.overlap, run.amp_dtype)
+            improved = not math.isnan(metrics["mean"]) and (state.best_metric is None or metrics["mean"] > state.best_metric)
+            if improved:
+                state.best_metric = metrics["mean"]
+            report_validation(run, metrics, improved)
+        save_epoch(run, improved)
+    if run.ctx.is_main and args.save_checkpoint:
+        save_checkpoint(plan.logdir / "model_final.pt", weights_checkpoint(run))
+        log.info("finished: best mean Dice %s; checkpoints in %s", state.best_metric, plan.logdir)
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+def configure_logging(verbose: bool) -> None:
+    """Timestamped messages on stderr; ranks other than the main one report warnings only."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("swinbob").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
+    """One process's whole run; returns an exit code (2 bad data, 3 diverged or unsavable)."""
+    configure_logging(ctx.is_main)
+    try:
+        check_files(plan, ctx)
+        run = setup(plan, ctx)
+        try:
+            fit(run)
+        finally:
+            if run.writer:
+                run.writer.close()
+    except DatalistError as exc:
+        if ctx.is_main:
+            log.error("%s", exc)
+        return 2
+    except (TrainingDiverged, CheckpointError) as exc:
+        if ctx.is_main:  # every rank raises alike: DDP keeps their weights identical
+            log.error("%s", exc)
+        return 3
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
+    """Parse upstream-compatible flags, check flags and datalist, and train; returns an exit code."""
+    args = build_parser(default_task).parse_args(argv)
+    configure_logging(verbose=True)
+    try:
+        plan = resolve_plan(args)
+    except DatalistError as exc:
+        log.error("%s", exc)
+        return 2
+    return launch(train_worker, plan, distributed=args.distributed, world_size=args.world_size,
+                  node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend, device_name=args.device)
+
+
+if __name__ == "__main__":  # python -m swinbob.train --task btcv ...
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""Training command line (upstream ``main.py`` flags plus a few new ones) and its resolution.
+
+:func:`build_parser` accepts the upstream research commands unchanged; :func:`resolve_plan`
+turns the parsed flags into a :class:`TrainPlan` of plain, checked values (task defaults filled
+in, paths resolved, the datalist read) before any process is spawned, so that mistakes are
+reported once, immediately, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swinbob.cli import add_data_args, add_model_args, add_task_args, data_config, infer_overlap, model_config, resolve_task
+from swinbob.data import DataConfig
+from swinbob.loaders import load_splits
+from swinbob.model import ROI_MULTIPLE, ModelConfig
+from swinbob.tasks import Task
+
+SSL_WEIGHTS_NAME = "model_swinvit.pt"
+"""File name of MONAI's self-supervised Swin-ViT weights, as the upstream scripts expect it."""
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """Optimisation, schedule, checkpoint and distributed flags (upstream names and defaults)."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--logdir", default=None, help="run folder: ./runs/<logdir> (absolute paths as given; default: the task name)")
+    g.add_argument("--save_checkpoint", action="store_true", help="keep model.pt (best validation Dice) and model_final.pt")
+    g.add_argument("--checkpoint", default=None, help="start from this checkpoint's weights, epoch and best metric (upstream)")
+    g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue exactly from a full-state checkpoint (default PATH: <logdir>/last.pt)")
+    g.add_argument("--pretrained_dir", default="./pretrained_models/", help="folder of --pretrained_model_name")
+    g.add_argument("--pretrained_model_name", default=None, help="checkpoint to fine-tune from (e.g. a UKBOB model.pt)")
+    g.add_argument("--resume_ckpt", action="store_true", help="load --pretrained_dir/--pretrained_model_name (upstream)")
+    g.add_argument("--use_ssl_pretrained", action="store_true", help=f"load self-supervised encoder weights (default name {SSL_WEIGHTS_NAME})")
+    g.add_argument("--max_epochs", type=int, default=None, help="epochs (default: the task's)")
+    g.add_argument("--max_steps_per_epoch", type=int, default=None, help="cap the steps of each epoch (quick tests, demos)")
+    g.add_argument("--batch_size", type=int, default=1, help="volumes per step (each gives --num_samples patches)")
+    g.add_argument("--num_samples", type=int, default=None, help="patches cropped per volume (default: the task's)")
+    g.add_argument("--val_every", type=int, default=None, help="validate every N epochs (default: the task's)")
+    g.add_argument("--optim_name", default="adamw", choices=["adamw", "adam", "sgd"])
+    g.add_argument("--optim_lr", type=float, default=None, help="peak learning rate (default: the task's)")
+    g.add_argument("--reg_weight", type=float, default=None, help="weight decay (default: the task's)")
+    g.add_argument("--momentum", type=float, default=0.99, help="SGD momentum")
+    g.add_argument("--lrschedule", default="warmup_cosine", choices=["warmup_cosine", "cosine_anneal", "none"])
+    g.add_argument("--warmup_epochs", type=int, default=None, help="linear warm-up epochs (default: the task's)")
+    g.add_argument("--squared_dice", action="store_true", help="squared probabilities in the Dice denominator")
+    g.add_argument("--smooth_nr", type=float, default=0.0, help="Dice numerator smoothing")
+    g.add_argument("--smooth_dr", type=float, default=1e-6, help="Dice denominator smoothing")
+    g.add_argument("--bce_weight", type=float, default=0.0, help="region tasks: weight of a BCE term next to the sigmoid Dice")
+    g.add_argument("--RandFlipd_prob", type=float, default=0.2)
+    g.add_argument("--RandRotate90d_prob", type=float, default=0.2)
+    g.add_argument("--RandScaleIntensityd_prob", type=float, default=0.1)
+    g.add_argument("--RandShiftIntensityd_prob", type=float, default=0.1)
+    g.add_argument("--fold", type=int, default=None, help="BraTS: validation fold of the datalist (default 0)")
+    g.add_argument("--use_normal_dataset", action="store_true", help="no caching (plain MONAI Dataset)")
+    g.add_argument("--cache_dir", default=None, help="cache preprocessed volumes on disk (PersistentDataset) instead of RAM")
+    g.add_argument("--cache_rate", type=float, default=1.0, help="share of training volumes cached in RAM")
+    g.add_argument("--noamp", action="store_true", help="fp32 training (upstream); same as --amp none")
+    g.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="GPU mixed precision (fp16 uses a gradient scaler)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, sampling and augmentation")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower; bit-exact reruns)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the local rank's GPU, else the CPU)")
+    g.add_argument("--nan_patience", type=int, default=10, help="stop after this many consecutive non-finite losses")
+    g.add_argument("--log_every", type=int, default=20, help="steps between loss read-outs (each one waits for the GPU)")
+    d = parser.add_argument_group("distributed")
+    d.add_argument("--distributed", action="store_true", help="spawn one process per GPU (or --world_size CPU processes)")
+    d.add_argument("--world_size", type=int, default=1, help="GPU: number of nodes; CPU: number of processes")
+    d.add_argument("--rank", type=int, default=0, help="this node's index (multi-node --distributed)")
+    d.add_argument("--dist-url", dest="dist_url", default=None, help="rendezvous, e.g. tcp://10.0.0.1:23456 (default: a free local port)")
+    d.add_argument("--dist-backend", dest="dist_backend", default=None, help="nccl or gloo (default: nccl on GPUs, gloo on CPUs)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except None/False ones and those the help text already explains."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(default_task: str) -> argparse.ArgumentParser:
+    """The full training parser; ``default_task`` is set by the script's folder."""
+    parser = argparse.ArgumentParser(
+        description=f"Train Swin-BOB (Swin-UNETR) on {default_task.upper()}", formatter_class=_HelpFormatter,
+    )
+    add_task_args(parser, default_task)
+    add_model_args(parser)
+    add_data_args(parser)
+    add_train_args(parser)
+    return parser
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything a training process needs, resolved and checked (picklable for spawning)."""
+
+    task: Task
+    model: ModelConfig
+    data: DataConfig
+    train_entries: list[dict[str, Any]]
+    val_entries: list[dict[str, Any]]
+    logdir: Path
+    max_epochs: int
+    val_every: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    overlap: float
+    amp: str
+    pretrained: Path | None
+    resume: Path | None
+    args: argparse.Namespace
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type view written to ``<logdir>/config.json`` (flags and resolved values)."""
+        return {
+            "task": self.task.name, "class_names": self.task.class_names, "model": self.model.to_dict(),
+            "data": {**dataclasses.asdict(self.data), "intensity": dataclasses.asdict(self.data.intensity)},
+            "num_train_cases": len(self.train_entries), "num_val_cases": len(self.val_entries),
+            "logdir": str(self.logdir), "max_epochs": self.max_epochs, "val_every": self.val_every,
+            "lr": self.lr, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
+            "overlap": self.overlap, "amp": self.amp,
+            "pretrained": str(self.pretrained) if self.pretrained else None,
+            "resume": str(self.resume) if self.resume else None,
+            "flags": vars(self.args),
+        }
+
+
+def logdir_path(logdir: str | None, task: Task) -> Path:
+    """Upstream puts runs under ``./runs/<logdir>``; absolute paths are taken as given."""
+    name = Path(logdir or task.name)
+    return name if name.is_absolute() else Path("runs") / name
+
+
+def pretrained_path(args: argparse.Namespace) -> Path | None:
+    """The checkpoint to initialise from (fine-tuning), or None to start from scratch."""
+    name = args.pretrained_model_name
+    if name is None and args.use_ssl_pretrained:
+        name = SSL_WEIGHTS_NAME
+    if name is None:
+        if args.resume_ckpt:
+            raise SystemExit("error: --resume_ckpt needs --pretrained_model_name (and --pretrained_dir)")
+        return None
+    path = Path(args.pretrained_dir) / name
+    if not path.is_file():
+        raise SystemExit(f"error: pretrained checkpoint {path} not found (--pretrained_dir/--pretrained_model_name)")
+    return path
+
+
+def check_trainable_roi(config: ModelConfig) -> None:
+    """Refuse ROIs whose bottleneck is a single voxel: instance norm cannot train on it."""
+    bottleneck = [r // ROI_MULTIPLE for r in config.roi]
+    if config.norm_name == "instance" and all(b == 1 for b in bottleneck):
+        raise SystemExit(
+            f"error: ROI {config.roi} leaves a 1x1x1 bottleneck, which instance normalisation cannot "
+            "normalise in training; make at least one side 64 (e.g. --roi_z=64) or use --norm_name=batch"
+        )
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise SystemExit(f"error: --{name} must be positive, got {value}")
+
+
+def resolve_plan(args: argparse.Namespace) -> TrainPlan:
+    """Fill task defaults into ``args``, check them, read the datalist, and return the plan.
+
+    Raises ``SystemExit`` (bad flags) or :class:`~swinbob.loaders.DatalistError` (bad datalist).
+    """
+    task = resolve_task(args)
+    model = model_config(args, task)
+    check_trainable_roi(model)
+    data = data_config(
+        args, task, num_samples=args.num_samples, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
+        scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
+    )
+    for name in ("batch_size", "optim_lr", "val_every", "nan_patience", "log_every", "max_steps_per_epoch"):
+        if getattr(args, name) is not None:
+            _positive(name, getattr(args, name))
+    if args.bce_weight and task.mode != "regions":
+        raise SystemExit(f"error: --bce_weight applies to region tasks (BraTS), not to {task.name!r}")
+    fold = args.fold if args.fold is not None or task.name != "brats" else 0
+    train, val = load_splits(args.json_list, args.data_dir, fold, args.allow_absolute_paths)
+    logdir = logdir_path(args.logdir, task)
+    resume = None if args.resume is None else Path(args.resume or logdir / "last.pt")
+    if resume is not None and not resume.is_file():
+        raise SystemExit(f"error: --resume: checkpoint {resume} not found")
+    return TrainPlan(
+        task=task, model=model, data=data, train_entries=train, val_entries=val, logdir=logdir,
+        max_epochs=task.max_epochs if args.max_epochs is None else args.max_epochs,
+        val_every=args.val_every or task.val_every,
+        lr=args.optim_lr or task.optim_lr,
+        weight_decay=task.reg_weight if args.reg_weight is None else args.reg_weight,
+        warmup_epochs=task.warmup_epochs if args.warmup_epochs is None else args.warmup_epochs,
+        overlap=infer_overlap(args, task),
+        amp="none" if args.noamp else args.amp,
+        pretrained=None if resume else pretrained_path(args),
+        resume=resume,
+        args=args,
+    )

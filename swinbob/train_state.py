@@ -1,0 +1,141 @@
+"""What a training checkpoint holds beyond the weights, and how a run is restored from one.
+
+Everything is stored as plain types and tensors (format of DESIGN §4) so that checkpoints load
+with ``torch.load(weights_only=True)``: numpy's RNG state, for instance, becomes a tensor and
+numbers instead of a pickled ndarray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from swinbob.checkpoint import CheckpointError, extract_state_dict, make_checkpoint, transfer_weights
+from swinbob.data import DataConfig
+from swinbob.model import ModelConfig
+from swinbob.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Counters that continue across a resume."""
+
+    epoch: int = 0
+    """Completed epochs."""
+    global_step: int = 0
+    """Optimizer steps taken (skipped non-finite steps excluded)."""
+    best_metric: float | None = None
+    """Best mean validation Dice so far (None before the first validation)."""
+    skipped_steps: int = 0
+    """Steps skipped because the loss was NaN/Inf."""
+
+
+def run_config(task: Task, model: ModelConfig, data: DataConfig) -> dict[str, Any]:
+    """The checkpoint's ``config``: rebuild the model (``ModelConfig.from_dict``) and preprocess.
+
+    Model fields sit at the top level so that ``ModelConfig.from_dict(ckpt["config"])`` works.
+    """
+    return {
+        **model.to_dict(),
+        "task": task.name,
+        "mode": task.mode,
+        "channel_names": list(task.channel_names),
+        "label_map": dict(task.label_map),
+        "class_names": task.class_names,
+        "regions": {name: list(ids) for name, ids in task.regions.items()},
+        "spacing": [float(s) for s in data.spacing],
+        "intensity": dataclasses.asdict(data.intensity),
+    }
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's Python, numpy, torch and CUDA generator states as checkpointable values."""
+    version, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(words), gauss],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Inverse of :func:`rng_state`."""
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words), gauss))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def full_checkpoint(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: TrainState,
+    config: dict[str, Any],
+    schedule: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything needed to continue exactly; ``rng_states`` holds one entry per rank."""
+    return make_checkpoint(
+        model, config,
+        optimizer=optimizer.state_dict(), scheduler=schedule, scaler=scaler.state_dict(),
+        epoch=state.epoch, global_step=state.global_step, best_metric=state.best_metric,
+        skipped_steps=state.skipped_steps, rng=rng_states,
+    )
+
+
+def load_model_exactly(model: torch.nn.Module, checkpoint: dict[str, Any], source: str) -> None:
+    """Load every weight of ``model`` from ``checkpoint``; anything missing or misshapen is an error."""
+    report = transfer_weights(model, extract_state_dict(checkpoint), source=source)
+    if report.missing or report.shape_mismatch:
+        raise CheckpointError(f"{source} does not fit this model (other task or flags?):\n{report.summary()}")
+
+
+def restore_training(
+    checkpoint: dict[str, Any],
+    source: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedule: dict[str, Any],
+) -> TrainState:
+    """Load weights, optimizer and scaler of a full-state checkpoint and return its counters.
+
+    RNG states are restored separately (:func:`restore_rng`), as late as possible: building
+    data loaders reseeds torch's generator.
+    """
+    if "optimizer" not in checkpoint or "epoch" not in checkpoint:
+        raise CheckpointError(f"{source} is not a full training state (no optimizer/epoch); use --checkpoint to start from its weights")
+    load_model_exactly(model, checkpoint, source)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint.get("scheduler") not in (None, schedule):
+        log.warning("%s: learning-rate schedule changed from %s to %s", source, checkpoint["scheduler"], schedule)
+    return TrainState(
+        epoch=int(checkpoint["epoch"]), global_step=int(checkpoint.get("global_step", 0)),
+        best_metric=checkpoint.get("best_metric"), skipped_steps=int(checkpoint.get("skipped_steps", 0)),
+    )
+
+
+def upstream_start(checkpoint: dict[str, Any]) -> TrainState:
+    """Epoch and best metric of an upstream-style checkpoint (``--checkpoint``): weights only else."""
+    best = checkpoint.get("best_metric", checkpoint.get("best_acc"))
+    return TrainState(epoch=int(checkpoint.get("epoch", 0)), best_metric=None if best is None else float(best))

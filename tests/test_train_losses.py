@@ -1,0 +1,119 @@
+"""Losses, learning-rate schedule and the training step (no Swin-UNETR needed: fast)."""
+
+import math
+
+import pytest
+import torch
+from monai.losses import DiceCELoss, DiceLoss
+
+from swinbob.labels import IGNORE_LABEL
+from swinbob.losses import MaskedDiceCELoss, MaskedRegionLoss, build_loss
+from swinbob.tasks import get_task
+from swinbob.train import learning_rate, train_step
+
+
+def _labels(num_classes: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_classes, (2, 1, 6, 6, 6), generator=g).float()
+
+
+def _loss_and_grad(loss_fn, logits, target):
+    logits = logits.clone().requires_grad_(True)
+    loss = loss_fn(logits, target)
+    loss.backward()
+    return loss.detach(), logits.grad
+
+
+@pytest.mark.parametrize("kind", ["softmax", "regions"])
+def test_ignored_voxels_change_neither_loss_nor_gradient(kind):
+    torch.manual_seed(0)
+    if kind == "softmax":
+        loss_fn, target = MaskedDiceCELoss(), _labels(5)
+        ignored = torch.zeros_like(target, dtype=torch.bool)
+        ignored[:, :, :3] = True
+        target[ignored] = IGNORE_LABEL
+        channels, mask = 5, ignored.expand(-1, 5, -1, -1, -1)
+    else:
+        loss_fn = MaskedRegionLoss(bce_weight=1.0)
+        target = (torch.rand(2, 3, 6, 6, 6) > 0.5).float()
+        mask = torch.zeros_like(target, dtype=torch.bool)
+        mask[:, :, :3] = True
+        target[mask] = IGNORE_LABEL
+        channels = 3
+    logits = torch.randn(2, channels, 6, 6, 6)
+    loss_a, grad_a = _loss_and_grad(loss_fn, logits, target)
+    changed = torch.where(mask, 100 * torch.randn_like(logits), logits)
+    loss_b, grad_b = _loss_and_grad(loss_fn, changed, target)
+    assert loss_a.item() == loss_b.item()
+    assert torch.all(grad_a[mask] == 0) and torch.all(grad_b[mask] == 0)
+    assert torch.any(grad_a[~mask] != 0)
+
+
+@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 1e-5, 1e-5)])
+def test_softmax_loss_equals_monai_dicece_without_ignored_voxels(squared, nr, dr):
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 4, 6, 6, 6), _labels(4)
+    ours = MaskedDiceCELoss(squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(logits, target)
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(logits, target)
+    assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
+
+
+def test_region_loss_equals_monai_sigmoid_dice_without_ignored_voxels():
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 3, 6, 6, 6), (torch.rand(2, 3, 6, 6, 6) > 0.5).float()
+    ours = MaskedRegionLoss()(logits, target)
+    monai = DiceLoss(sigmoid=True)(logits, target)
+    assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
+
+
+def test_fully_ignored_patch_gives_a_finite_loss_and_no_gradient():
+    target = torch.full((1, 1, 4, 4, 4), float(IGNORE_LABEL))
+    loss, grad = _loss_and_grad(MaskedDiceCELoss(), torch.randn(1, 3, 4, 4, 4), target)
+    assert math.isfinite(loss.item()) and torch.all(grad == 0)
+
+
+def test_build_loss_follows_the_task_mode():
+    assert isinstance(build_loss(get_task("btcv")), MaskedDiceCELoss)
+    assert isinstance(build_loss(get_task("brats"), bce_weight=0.5), MaskedRegionLoss)
+    with pytest.raises(ValueError, match="region tasks"):
+        build_loss(get_task("ukbob"), bce_weight=0.5)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_to_zero():
+    lr = lambda p, s="warmup_cosine": learning_rate(p, 1e-3, s, warmup_epochs=10, max_epochs=110)  # noqa: E731
+    assert lr(0) == 0 and lr(5) == pytest.approx(5e-4) and lr(10) == pytest.approx(1e-3)
+    assert lr(60) == pytest.approx(5e-4) and lr(110) == pytest.approx(0, abs=1e-12) and lr(200) == pytest.approx(0, abs=1e-12)
+    assert lr(0, "cosine_anneal") == pytest.approx(1e-3) and lr(55, "cosine_anneal") == pytest.approx(5e-4)
+    assert lr(70, "none") == 1e-3
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _step(loss_fn):
+    torch.manual_seed(0)
+    model = _Tiny()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = {"image": torch.randn(2, 1, 4, 4, 4), "label": _labels(3)[:, :, :4, :4, :4]}
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, stepped = train_step(model, batch, loss_fn, optimizer, scaler)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    return loss, stepped, changed, optimizer
+
+
+def test_train_step_updates_weights_on_a_finite_loss():
+    loss, stepped, changed, _ = _step(MaskedDiceCELoss())
+    assert stepped and changed and math.isfinite(loss.item())
+
+
+def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
+    loss, stepped, changed, optimizer = _step(lambda logits, label: logits.sum() * float("nan"))
+    assert not stepped and not changed and math.isnan(loss.item())
+    assert optimizer.state_dict()["state"] == {}
