@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from monai import transforms as T
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 
-from swinbob.files import resolve_inside
+from swinbob.files import NiftiError, load_nifti_header, resolve_inside
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
 
@@ -61,15 +62,20 @@ def find_datalist(json_list: str | os.PathLike, data_dir: str | os.PathLike) -> 
 
 
 def _resolve_entry(entry: Mapping[str, Any], data_dir: Path, allow_absolute: bool) -> dict[str, Any]:
+    """``entry`` with its ``image`` and ``label`` paths resolved inside ``data_dir`` (see
+    :func:`~swinbob.files.resolve_inside`); anything but a path string or a non-empty list of
+    them is refused, so that a malformed datalist fails here with a message, not deep in MONAI."""
     out = dict(entry)
     for key in ("image", "label"):
         if key not in entry:
             continue
         value = entry[key]
-        if isinstance(value, (list, tuple)):
-            out[key] = [str(resolve_inside(data_dir, v, allow_absolute)) for v in value]
-        else:
-            out[key] = str(resolve_inside(data_dir, value, allow_absolute))
+        many = isinstance(value, (list, tuple))
+        values = list(value) if many else [value]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"'{key}' must be a path or a non-empty list of paths, got {value!r}")
+        resolved = [str(resolve_inside(data_dir, v, allow_absolute)) for v in values]
+        out[key] = resolved if many else resolved[0]
     return out
 
 
@@ -91,17 +97,24 @@ def load_datalist(
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
-    if fold is not None and any("fold" in e for e in content.get("training", [])):
-        entries = [e for e in content["training"] if (int(e.get("fold", -1)) == fold) == (split == "validation")]
+    pooled = content.get("training", []) + content.get("validation", [])
+    if fold is not None and any("fold" in e for e in pooled):
+        # Fold files (BraTS): every entry carrying a "fold", from either list, joins the pool.
+        entries = [e for e in pooled if "fold" in e and (int(e["fold"]) == fold) == (split == "validation")]
     else:
         entries = content.get(split, [])
     if not isinstance(entries, list):
         raise ValueError(f"datalist {path}: '{split}' must be a list of entries")
     data_path = Path(data_dir)
+    resolved = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry:
             raise ValueError(f"datalist {path}: entry {index} of '{split}' has no 'image'")
-    return [_resolve_entry(e, data_path, allow_absolute) for e in entries]
+        try:
+            resolved.append(_resolve_entry(entry, data_path, allow_absolute))
+        except ValueError as exc:
+            raise ValueError(f"datalist {path}: entry {index} of '{split}': {exc}") from exc
+    return resolved
 
 
 def case_name(entry: Mapping[str, Any]) -> str:
@@ -117,6 +130,79 @@ def case_name(entry: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Transforms
 # ----------------------------------------------------------------------------------------------
+
+def _file_paths(source: Any) -> list[str | os.PathLike]:
+    """The paths in a transform input (one path or a list of them); none for in-memory data."""
+    if isinstance(source, (str, os.PathLike)):
+        return [source]
+    if isinstance(source, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in source):
+        return list(source)
+    return []
+
+
+def check_finite(array: torch.Tensor | np.ndarray, source: str | Sequence[str], what: str = "image") -> None:
+    """Raise :class:`~swinbob.files.NiftiError` naming the file(s) if ``array`` holds NaN or Inf.
+
+    ``source`` is what was loaded: one path, or one path per channel (stacked on axis 0), in
+    which case only the files with bad voxels are named.
+    """
+    tensor = torch.as_tensor(array)
+    if not tensor.is_floating_point():
+        return
+    bad = ~torch.isfinite(tensor)
+    if not bool(bad.any()):
+        return
+    files = [str(s) for s in _file_paths(source)] or ["(in-memory data)"]
+    if len(files) > 1 and tensor.shape[0] == len(files):
+        files = [f for f, channel in zip(files, bad) if bool(channel.any())]
+    raise NiftiError(f"{', '.join(files)}: {what} contains {int(bad.sum())} NaN/Inf voxel(s); "
+                     "fix or remove the scan (NaN would spread through normalisation and the loss)")
+
+
+class LoadCheckedImaged(T.LoadImaged):
+    """``LoadImaged`` that validates each file's header first and refuses NaN or Inf voxels.
+
+    Headers go through :func:`~swinbob.files.load_nifti_header` (zero spacing, singular affines,
+    sizes the file cannot hold), which nibabel would otherwise repair or attempt silently. One NaN
+    voxel makes a z-score normalised volume all NaN (its mean is NaN): training would go on with
+    NaN losses and evaluation would score garbage, silently. SOLF refuses such scans too, so they
+    never reach a cleaned datalist. Errors are :class:`~swinbob.files.NiftiError` naming the file.
+
+    Trailing singleton dimensions beyond one channel axis are squeezed, as :func:`read_nifti`
+    does, so that a label saved as X×Y×Z×1×1 loads as the datalist check saw it.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        sources = {key: data[key] for key in self.key_iterator(dict(data))}
+        for source in sources.values():
+            for path in _file_paths(source):
+                load_nifti_header(path)
+        d = super().__call__(data, reader)
+        for key, source in sources.items():
+            while d[key].ndim > 4 and d[key].shape[-1] == 1:  # X×Y×Z×1×1 files, or a list of X×Y×Z×1
+                d[key] = d[key].squeeze(-1)  # (read_nifti squeezes the same way)
+            check_finite(d[key], source, str(key))
+        return d
+
+
+class RequireForegroundd(T.MapTransform):
+    """Refuse an image without any voxel above 0 after intensity normalisation.
+
+    ``CropForegroundd`` keeps the voxels above 0; without any it returns an empty volume that
+    fails much later with an unrelated error (patch sampling, sliding window). A blank scan, or
+    one whose intensities all fall outside the task's window, is named here instead.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if not bool((torch.as_tensor(image) > 0).any()):
+                source = getattr(image, "meta", {}).get("filename_or_obj", "(in-memory image)")
+                raise NiftiError(f"{source}: {key} has no voxel above 0 after intensity normalisation (blank, or "
+                                 "entirely outside the task's intensity window): nothing to crop to")
+        return d
+
 
 class LabelsToRegionsd(T.MapTransform):
     """Turn a raw label map (1, X, Y, Z) into one binary channel per region (TC/WT/ET for BraTS).
@@ -137,9 +223,7 @@ class LabelsToRegionsd(T.MapTransform):
             channels = [torch.isin(raw, torch.as_tensor(ids, device=raw.device)) for ids in self.regions.values()]
             regions = torch.stack(channels).to(torch.float32)
             regions[:, raw == IGNORE_LABEL] = IGNORE_LABEL
-            d[key] = label.new_tensor(regions) if hasattr(label, "new_tensor") else regions
-            if hasattr(label, "meta") and hasattr(d[key], "meta"):
-                d[key].meta = label.meta
+            d[key] = MetaTensor(regions, meta=label.meta) if isinstance(label, MetaTensor) else regions
         return d
 
 
@@ -158,13 +242,14 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     chain: list[T.Transform] = [
-        T.LoadImaged(keys=keys, image_only=True),
+        LoadCheckedImaged(keys=keys, image_only=True),
         T.EnsureChannelFirstd(keys=keys),
         T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),
         intensity_transform(config.intensity),
     ]
     if task.crop_foreground:
+        chain.append(RequireForegroundd(keys="image"))
         chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
     if with_label and task.mode == "regions":
         chain.append(LabelsToRegionsd(keys="label", regions=task.regions))
@@ -181,16 +266,20 @@ def augment_transforms(task: Task, config: DataConfig) -> list[T.Transform]:
             keys=keys, label_key="label", spatial_size=config.roi, pos=1, neg=1,
             num_samples=config.num_samples, image_key="image", image_threshold=0,
         )
-    return [
+    chain: list[T.Transform] = [
         T.SpatialPadd(keys=keys, spatial_size=config.roi),
         crop,
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
-        T.RandRotate90d(keys=keys, prob=config.rotate90_prob, max_k=3),
+    ]
+    if config.roi[0] == config.roi[1]:  # rotating in the x-y plane needs a square patch to batch
+        chain.append(T.RandRotate90d(keys=keys, prob=config.rotate90_prob, max_k=3))
+    chain += [
         T.RandScaleIntensityd(keys="image", factors=0.1, prob=config.scale_intensity_prob),
         T.RandShiftIntensityd(keys="image", offsets=0.1, prob=config.shift_intensity_prob),
     ]
+    return chain
 
 
 def train_transforms(task: Task, config: DataConfig) -> T.Compose:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,11 @@ import numpy as np
 
 MAX_VOXELS = 2_000_000_000
 """Volumes larger than this are refused from the header, before any allocation."""
+MAX_DEFLATE_RATIO = 1032
+"""Deflate (gzip) cannot expand data more than ~1032-fold, so a ``.nii.gz`` whose header promises
+more bytes than that is a truncated file or a lying header, refused before allocating them."""
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\..+)?")
+"""Names :func:`atomic_write` gives its temporary files (``tempfile.mkstemp``: 8 random characters)."""
 
 
 class NiftiError(ValueError):
@@ -44,6 +50,27 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files of :func:`atomic_write` left in ``folder`` by a process killed mid-write.
+
+    A ``SIGKILL`` (out-of-memory killer, preempted job) skips the clean-up of ``atomic_write``, so
+    its temporary file stays beside the final name; the final name itself is never half-written.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file())
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete :func:`stale_temp_files` of ``folder``; return how many. Call it only while no other
+    process writes into ``folder``."""
+    stale = stale_temp_files(folder)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -75,8 +102,40 @@ def check_affine(affine: np.ndarray, path: str | os.PathLike) -> None:
         raise NiftiError(f"{path}: singular affine (axes are not independent)")
 
 
+def _raw_header(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
+    """The header as stored: ``nib.load`` silently repairs some fields (zero pixdim becomes 1)."""
+    with nib.openers.ImageOpener(str(path)) as handle:
+        return type(img.header).from_fileobj(handle, check=False)
+
+
+def check_header(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse single-file NIfTI headers that promise the impossible, from the header alone.
+
+    * zero (or NaN) voxel spacing in ``pixdim``: nibabel would silently assume 1 mm. Negative
+      pixdim is read as its absolute value, as the NIfTI standard and nibabel do (flips are
+      stored in the qform's qfac or in the sform, which are honoured);
+    * more data bytes than the file can hold: an uncompressed file shorter than the header
+      promises, or a gzip file that would have to expand more than deflate can. Both mean a
+      truncated file or a corrupt header; refusing here avoids allocating the promised size.
+    """
+    name = path.name
+    if not isinstance(img, nib.Nifti1Image) or not name.endswith((".nii", ".nii.gz")):
+        return  # other formats (e.g. .hdr/.img pairs) keep nibabel's own checks
+    spatial = min(3, len(img.shape))
+    pixdim = np.asarray(_raw_header(path, img)["pixdim"][1:1 + spatial], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise NiftiError(f"{path}: zero or NaN voxel spacing in the header (pixdim {pixdim.tolist()})")
+    promised = int(img.header.get_data_offset()) + int(np.prod(img.shape, dtype=np.int64)) * img.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if name.endswith(".nii") and size < promised:
+        raise NiftiError(f"{path}: truncated: the header promises {promised} bytes, the file has {size}")
+    if name.endswith(".nii.gz") and promised > MAX_DEFLATE_RATIO * size + 65536:
+        raise NiftiError(f"{path}: truncated or corrupt header: it promises {promised} bytes of data, more than a "
+                         f"gzip file of {size} bytes can hold")
+
+
 def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
-    """Open a NIfTI lazily and validate its header: exists, readable, sane size and affine."""
+    """Open a NIfTI lazily and validate its header: exists, readable, sane size, spacing and affine."""
     path = Path(path)
     if not path.is_file():
         raise NiftiError(f"{path}: file not found")
@@ -89,6 +148,12 @@ def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
         raise NiftiError(f"{path}: empty volume (shape {tuple(shape)})")
     if int(np.prod([int(s) for s in shape], dtype=np.int64)) > MAX_VOXELS:
         raise NiftiError(f"{path}: volume of shape {tuple(shape)} is larger than {MAX_VOXELS} voxels")
+    try:
+        check_header(img, path)
+    except NiftiError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # the raw header could not be read again
+        raise NiftiError(f"{path}: not a readable NIfTI file ({exc})") from exc
     check_affine(img.affine, path)
     return img
 
@@ -131,16 +196,26 @@ def resolve_inside(root: str | os.PathLike, relative: str | os.PathLike, allow_a
     """Join ``relative`` to ``root`` and refuse results that escape ``root``.
 
     Datalists from other people may hold ``../../etc/passwd`` or absolute paths; those are refused
-    with a clear message unless ``allow_absolute`` is set (then absolute paths are taken as given).
+    with a clear message unless ``allow_absolute`` is set (then absolute paths are taken as given;
+    relative ones must still stay inside ``root``).
+
+    Containment is checked on the path as written, with ``..`` collapsed lexically: a datalist
+    cannot climb out of ``root``, not even through a link (``link/..`` names ``root`` itself, as
+    the returned path says). Symbolic links *inside* ``root`` are followed when the file is opened:
+    they are the data owner's choice (``imagesTr`` linked to a bigger disk is common), not the
+    datalist's, and refusing them would break such layouts.
     """
+    text = os.fspath(relative)
+    if not isinstance(text, str) or not text or "\0" in text:
+        raise ValueError(f"path {text!r} refused (must be a non-empty text without NUL characters)")
     root_path = Path(root).resolve()
-    rel = Path(relative)
+    rel = Path(text)
     if rel.is_absolute():
         if allow_absolute:
             return rel
-        raise ValueError(f"absolute path {str(relative)!r} refused (paths must be relative to {root_path}; "
+        raise ValueError(f"absolute path {text!r} refused (paths must be relative to {root_path}; "
                          "pass --allow_absolute_paths to accept absolute paths)")
-    candidate = (root_path / rel).resolve()
+    candidate = Path(os.path.normpath(root_path / rel))
     if candidate != root_path and root_path not in candidate.parents:
-        raise ValueError(f"path {str(relative)!r} escapes the directory {root_path}")
+        raise ValueError(f"path {text!r} escapes the directory {root_path}")
     return candidate

@@ -1,4 +1,5 @@
-"""Shared test configuration: GPU tests skip themselves on machines without CUDA."""
+"""Shared test configuration: GPU tests skip themselves on machines without CUDA, and the
+fault-injection suite prints its summary table at the end of the session."""
 
 import pytest
 import torch
@@ -11,3 +12,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print what the fault-injection suite tried and how it was answered (see faults_report.py)."""
+    import faults_report
+
+    lines = faults_report.summary_lines()
+    if lines:
+        terminalreporter.section("fault-injection summary")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -55,6 +55,15 @@ def case_id_of(path: Path) -> str | None:
     return None
 
 
+def is_text(name: str) -> bool:
+    """False for file names that are not valid UTF-8 (Python decodes them to lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def discover_cases(input_dir: Path) -> dict[str, Path]:
     """Label files of ``input_dir`` by case id, sorted; refuses a missing or empty folder."""
     if not input_dir.is_dir():
@@ -64,6 +73,8 @@ def discover_cases(input_dir: Path) -> dict[str, Path]:
         case_id = case_id_of(path)
         if case_id is None or not path.is_file():
             continue
+        if not is_text(case_id):  # would crash the report writers after hours of work
+            raise ConfigError(f"file name {path.name!r} in {input_dir} is not valid UTF-8; rename it")
         if case_id in cases:
             raise ConfigError(f"case {case_id!r} appears twice in {input_dir} ({cases[case_id].name}, {path.name})")
         cases[case_id] = path
@@ -125,10 +136,17 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """The image channels as one (C, X, Y, Z) float32 array, checked against the label grid."""
+    """The image channels as one (C, X, Y, Z) float32 array, checked against the label grid.
+
+    NaN or Inf voxels are refused: they would make the organ intensity statistics NaN, and the
+    scan would carry them into training through dataset.json (which refuses them as well).
+    """
     channels = []
     for path in task.image_paths:
         data, image_affine = read_nifti(path, ndim=3, dtype=np.float32)
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
         if data.shape != shape:
             raise NiftiError(f"{path}: image/label grid mismatch (image shape {data.shape}, label shape {shape})")
         if not np.allclose(image_affine, affine, atol=GRID_TOLERANCE_MM):
@@ -147,7 +165,8 @@ def measure_case(task: CaseTask) -> dict:
 
     Returns a JSON-ready record: ``status`` ``ok`` with grid information and the organ feature
     columns, or ``failed`` with the reason (unreadable or truncated file, 4D volume, values that
-    are no TotalVibeSegmentator IDs, missing images, image/label grid mismatch).
+    are no TotalVibeSegmentator IDs, no organ at all, missing images, NaN/Inf image voxels,
+    image/label grid mismatch).
     """
     try:
         data, affine = read_nifti(task.label_path, ndim=3)
@@ -156,6 +175,8 @@ def measure_case(task: CaseTask) -> dict:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None
         organs = measure_organs(label, affine, images, task.channel_names)
+        if not organs["label"]:  # a failed segmentation: training on it would teach "no organs"
+            raise LabelError("no organ labelled (the label map is all background or ignore)")
     except LabelError as exc:
         return failed_record(task, f"{task.label_path}: {exc}")
     except (NiftiError, OSError, MemoryError) as exc:

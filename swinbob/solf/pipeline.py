@@ -15,6 +15,11 @@ many more scans and runs pass 2 only once every scan is measured. Layout of ``--
 and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
 ``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``.
 Exit status: 0 on success, 1 when every scan failed, 2 for configuration errors.
+
+Interruptions: a killed job loses at most the scans in progress (see ``store``); a rerun goes on
+from the logs and first deletes the temporary files of writes the kill cut short (final names
+are only ever replaced whole). A killed pool worker does not end the run: its scans are retried
+alone, and a scan that kills its worker again is recorded as failed (tests/test_faults_solf.py).
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ import argparse
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from swinbob.solf.cases import CaseTask, ConfigError, discover_cases, make_task, measure_case
+from swinbob.files import remove_stale_temp_files
+from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_cases, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
@@ -117,11 +125,72 @@ def case_tasks(config: SolfConfig) -> dict[str, CaseTask]:
     return {case: make_task(case, path, config.image_dir, names, config.channel_names) for case, path in labels.items()}
 
 
-def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc: str) -> Iterator[Any]:
+WORKER_DIED = ("a worker process died twice while processing it (killed by a signal, e.g. by the out-of-memory "
+               "killer); touch the file to have it measured again")
+
+
+def _pool_results(function: Callable[[Any], Any], items: list, workers: int) -> Iterator[tuple[Any, Any, bool]]:
+    """``(item, result, died)`` for every item, computed in a pool of ``workers`` processes.
+
+    At most two items per worker are in flight, so that when a worker dies (``SIGKILL``, the
+    out-of-memory killer) few items are suspects: the pool breaks, every in-flight item comes
+    back with ``died=True`` (which one killed the worker is not known), and the items not yet
+    started continue in a fresh pool.
+    """
+    queue = deque(items)
+    while queue:
+        suspects: list = []
+        waiting = len(queue)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            running: dict = {}
+            try:
+                while queue or running:
+                    while queue and len(running) < 2 * workers:
+                        future = pool.submit(function, queue[0])  # raises if the pool broke: keep the item
+                        running[future] = queue.popleft()
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        item = running.pop(future)
+                        try:
+                            result = future.result()
+                        except BrokenProcessPool:
+                            suspects.append(item)
+                            continue
+                        yield item, result, False
+                    if suspects:
+                        break
+            except BrokenProcessPool:  # submit() into a pool that broke since the last wait()
+                pass
+            for future, item in running.items():  # a broken pool fails every pending future
+                try:
+                    yield item, future.result(), False
+                except BrokenProcessPool:
+                    suspects.append(item)
+        if len(queue) == waiting:  # not even one item could be started: do not loop forever
+            raise RuntimeError("the worker process pool broke before it could start any work")
+        for item in suspects:
+            yield item, None, True
+
+
+def _alone(function: Callable[[Any], Any], item: Any, lost: Callable[[Any], Any] | None) -> Any:
+    """Retry an item whose worker died, alone in a fresh process; ``lost(item)`` if it dies again."""
+    for _, result, died in _pool_results(function, [item], 1):
+        if not died:
+            return result
+    if lost is None:
+        raise RuntimeError(WORKER_DIED)
+    return lost(item)
+
+
+def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc: str,
+                 lost: Callable[[Any], Any] | None = None) -> Iterator[Any]:
     """Results of ``function`` over ``items`` as they complete, with a progress bar.
 
     ``workers`` <= 1 runs in this process (easy to debug); otherwise a process pool, since the
     work is numpy/scipy on whole volumes and decompression, which threads would serialise.
+    A worker that dies does not end the run: the items it may have held are retried one at a
+    time in fresh processes, and one that kills its process again yields ``lost(item)`` (a
+    failure record), so one scan that exhausts the memory cannot block every later run.
     """
     bar = tqdm(total=len(items), desc=desc, unit="scan", disable=None)
     try:
@@ -130,12 +199,24 @@ def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc
                 yield function(item)
                 bar.update()
             return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for future in as_completed([pool.submit(function, item) for item in items]):
-                yield future.result()
-                bar.update()
+        for item, result, died in _pool_results(function, items, workers):
+            if died:
+                log.warning("a worker process died; retrying its scan alone in a fresh process")
+                result = _alone(function, item, lost)
+            yield result
+            bar.update()
     finally:
         bar.close()
+
+
+def _lost_scan(task: CaseTask) -> dict:
+    """Failure record of a scan whose worker died twice while measuring it."""
+    return failed_record(task, f"{task.label_path}: {WORKER_DIED}")
+
+
+def _lost_cleaning(task: CleanTask) -> tuple[str, str]:
+    """``clean_case`` result of a cleaning whose worker died twice."""
+    return task.case_id, f"{task.output_path}: {WORKER_DIED}"
 
 
 def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
@@ -151,7 +232,7 @@ def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
     if config.max_scans is not None:
         todo = todo[: config.max_scans]
     with ShardLog(path) as shard_log:
-        for record in parallel_map(measure_case, todo, config.workers, "SOLF features"):
+        for record in parallel_map(measure_case, todo, config.workers, "SOLF features", _lost_scan):
             shard_log.append(record)
             if record["status"] == "failed":
                 log.warning("scan %s failed: %s", record["case_id"], record["reason"])
@@ -185,13 +266,16 @@ def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dic
     keys = {t.case_id: t.key(fingerprints[t.case_id]) for t in tasks}
     todo = [t for t in tasks if manifest.get(t.case_id) != keys[t.case_id] or not Path(t.output_path).exists()]
     failures = {}
-    for case_id, error in parallel_map(clean_case, todo, config.workers, "SOLF cleaned labels"):
+    for case_id, error in parallel_map(clean_case, todo, config.workers, "SOLF cleaned labels", _lost_cleaning):
         if error:
             failures[case_id] = error
             log.warning("scan %s could not be cleaned: %s", case_id, error)
-    for case_id in set(manifest) - set(keys):
-        for path in config.labels_dir.glob(f"{case_id}.nii*"):
-            path.unlink()
+    remove_stale_temp_files(config.labels_dir)  # left by a worker that died mid-write (and was retried)
+    for case_id in set(manifest) - set(keys):  # exact names: a case id may hold glob characters
+        for suffix in NIFTI_SUFFIXES:
+            path = config.labels_dir / f"{case_id}{suffix}"
+            if path.parent == config.labels_dir:  # a tampered manifest cannot name files elsewhere
+                path.unlink(missing_ok=True)
     new_manifest = {c: k for c, k in sorted(keys.items()) if c not in failures}
     if new_manifest != manifest:
         write_json(manifest_path, new_manifest)
@@ -201,6 +285,9 @@ def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dic
 
 def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTask]) -> dict:
     """Pass 2: decisions, cleaned labels, dataset.json and the report; returns the summary."""
+    for folder in (config.output_dir, config.labels_dir, config.features_dir, config.report):
+        if removed := remove_stale_temp_files(folder):  # left by a run killed mid-write
+            log.info("removed %d temporary file(s) of an interrupted run from %s", removed, folder)
     rules = config.rules()
     decisions = decide(table, rules)
     excluded = {c for c, e in zip(table.case_ids, decisions.scan_excluded.tolist()) if e}
