@@ -17,7 +17,10 @@ penalised in means instead of silently dropped, as in the BraTS challenge rankin
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from scipy import ndimage
 
 from swinbob.labels import IGNORE_LABEL
 
+CSV_FIELDS = ("case", "method", "class", "dice", "hd95_mm")
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
 
@@ -165,3 +169,24 @@ def summarize(rows: Sequence[Mapping[str, object]], metrics: Sequence[str] = ("d
                 case_means.append(float(np.mean(values)))
         out[metric] = {"per_class": per_class, "overall": _mean_std(case_means)}
     return out
+
+
+def metrics_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """``case,method,class,dice,hd95_mm`` lines (6 significant digits; ``nan`` = not scored)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in CSV_FIELDS})
+    return buffer.getvalue()
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN/Inf floats as None and tuples as lists, so that ``json.dumps`` writes strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

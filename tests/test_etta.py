@@ -1,0 +1,214 @@
+"""ETTA: what is tuned, that it lowers entropy and changes the prediction, and that it leaves no trace."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from swinbob.etta import (
+    EttaConfig,
+    adapt,
+    adaptation_box,
+    episode,
+    etta_predict,
+    integrate,
+    norm_parameters,
+    sample_window_starts,
+    window_entropy,
+)
+from swinbob.inference import WindowSettings, foreground, predict_logits
+from swinbob.model import ModelConfig, build_model
+
+ROI = (16, 16, 16)
+WINDOW = WindowSettings(ROI, sw_batch_size=2, overlap=0.25)
+CONFIG = EttaConfig(steps=3, lr=5e-2, windows=2, seed=0)
+
+
+class TinyNormNet(nn.Module):
+    """Conv → affine InstanceNorm → LayerNorm over channels → dropout → head: fast on a CPU."""
+
+    def __init__(self, out_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 8, 3, padding=1)
+        self.inorm = nn.InstanceNorm3d(8, affine=True)
+        self.lnorm = nn.LayerNorm(8)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Conv3d(8, out_channels, 1)
+        self.dropout_modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.dropout_modes.append(self.drop.training)
+        h = torch.relu(self.inorm(self.conv(x)))
+        h = self.lnorm(h.movedim(1, -1)).movedim(-1, 1)
+        return self.head(self.drop(h))
+
+
+def make_model(seed: int = 0) -> TinyNormNet:
+    torch.manual_seed(seed)
+    model = TinyNormNet()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.5, 0.0, 0.0]))  # mostly background, some foreground
+    return model.eval()
+
+
+def make_image(seed: int, shape=(24, 20, 18)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((1, 1, *shape), generator=g)
+
+
+def source(model, image):
+    with torch.no_grad():
+        return predict_logits(model, image, WINDOW)
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_only_affine_normalisation_parameters_are_selected():
+    names = [n for n, _ in norm_parameters(make_model())]
+    assert names == ["inorm.weight", "inorm.bias", "lnorm.weight", "lnorm.bias"]
+
+
+def test_swin_unetr_tunes_exactly_its_layernorms():
+    model = build_model(ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32)))
+    selected = {n for n, _ in norm_parameters(model)}
+    layernorms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
+                  for p, _ in mod.named_parameters(recurse=False)}
+    assert selected == layernorms and len(selected) > 0  # MONAI's decoder instance norms are not affine
+
+
+def test_adaptation_changes_only_norm_parameters_and_lowers_window_entropy():
+    model, image = make_model(), make_image(1)
+    logits = source(model, image)
+    before = snapshot(model)
+    params = [p for _, p in norm_parameters(model)]
+    norm_names = {n for n, _ in norm_parameters(model)}
+    with episode(model, params):
+        history = adapt(model, image, foreground(logits[0], "softmax"), params, "softmax", CONFIG, WINDOW)
+        during = snapshot(model)
+        frozen = [n for n, p in model.named_parameters() if p.requires_grad != (n in norm_names)]
+        windows = [s for step in history for s in step["starts"]]
+        entropy_adapted = window_entropy(model, image, windows, ROI, "softmax")
+    entropy_source = window_entropy(model, image, windows, ROI, "softmax")
+    changed = {k for k in before if not torch.equal(before[k], during[k])}
+    assert changed == norm_names
+    assert frozen == []
+    assert entropy_adapted < entropy_source
+    assert not any(model.dropout_modes)  # dropout stayed off throughout
+
+
+def test_adapted_parameters_change_the_prediction_even_under_no_grad():
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    with torch.no_grad():  # the upstream bug: adaptation under no_grad changed nothing
+        outcome = etta_predict(model, image, logits, "softmax", CONFIG, WINDOW)
+    assert outcome.applied, outcome.fallback
+    source_probs = torch.softmax(logits[(0, slice(None), *outcome.box)], dim=0)
+    assert not torch.allclose(outcome.probs, source_probs)
+    assert outcome.info["entropy_adapted"] < outcome.info["entropy_source"]
+
+
+def test_episode_restores_the_model_exactly():
+    model, image = make_model(), make_image(3)
+    model.train()
+    model.head.bias.requires_grad_(False)  # a caller's own freezing must survive
+    before = snapshot(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    etta_predict(model, image, source(model.eval(), image), "softmax", CONFIG, WINDOW)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+    model.train()
+    etta_predict(model, image, source(model, image), "softmax", CONFIG, WINDOW)
+    assert model.training  # the caller's mode is given back
+
+
+def test_case_after_another_equals_case_alone_and_is_seeded():
+    image_a, image_b = make_image(4), make_image(5)
+    alone_model = make_model()
+    alone = etta_predict(alone_model, image_b, source(alone_model, image_b), "softmax", CONFIG, WINDOW)
+    model = make_model()
+    etta_predict(model, image_a, source(model, image_a), "softmax", CONFIG, WINDOW)
+    after = etta_predict(model, image_b, source(model, image_b), "softmax", CONFIG, WINDOW)
+    assert after.box == alone.box
+    assert torch.equal(after.probs, alone.probs)
+    assert after.info == alone.info
+
+
+def test_window_centres_come_from_the_foreground_and_fit_the_volume():
+    fg = torch.zeros(40, 30, 20, dtype=torch.bool)
+    fg[30:33, 5:7, 10] = True
+    coords = torch.nonzero(fg)
+    starts = sample_window_starts(coords, fg.shape, ROI, 8, np.random.default_rng(0))
+    for start in starts:
+        assert all(0 <= s <= dim - r for s, dim, r in zip(start, fg.shape, ROI))
+        assert all(lo <= c < lo + r for lo, c, r in zip(start, (31, 6, 10), ROI))  # window covers the organ
+    assert starts == sample_window_starts(coords, fg.shape, ROI, 8, np.random.default_rng(0))
+
+
+def test_adaptation_box_covers_the_foreground_with_a_margin_and_at_least_one_roi():
+    fg = torch.zeros(60, 50, 12, dtype=torch.bool)
+    fg[30:33, 5:7, 4:6] = True
+    box = adaptation_box(fg, ROI)
+    # x: 30..33 grown by 4 = 26..37 (11 < 16) -> widened around its centre to 23..39;
+    # y: 1..11 widened to 16 but kept inside the volume -> 0..16; z: the whole 12 voxels.
+    assert box == (slice(23, 39), slice(0, 16), slice(0, 12))
+
+
+def _logits(confidence: float, fg_fraction: float) -> torch.Tensor:
+    logits = torch.zeros(2, 10, 10, 1)
+    logits[0] = confidence
+    logits[1, : int(fg_fraction * 10)] = 2 * confidence  # foreground rows
+    return logits
+
+
+def test_integration_weights_by_inverse_entropy_and_falls_back_when_adaptation_hurts():
+    src, better = _logits(1.0, 0.5), _logits(3.0, 0.5)
+    mixed, info = integrate(src, better, "softmax", collapse=0.5)
+    h_s, h_a = info["entropy_source"], info["entropy_adapted"]
+    expected_weight = (1 / h_a) / (1 / h_s + 1 / h_a)
+    assert info["weight_adapted"] == pytest.approx(expected_weight) and expected_weight > 0.5
+    assert torch.allclose(mixed, (1 - expected_weight) * src.softmax(0) + expected_weight * better.softmax(0))
+    assert integrate(better, src, "softmax", 0.5)[0] is None  # entropy went up
+    collapsed, info = integrate(src, _logits(3.0, 0.1), "softmax", collapse=0.5)
+    assert collapsed is None and "collapsed" in info["fallback"]
+
+
+def test_without_foreground_or_norm_layers_etta_falls_back():
+    model, image = make_model(), make_image(6)
+    background = torch.zeros(1, 3, *image.shape[2:])
+    background[:, 0] = 5.0
+    assert etta_predict(model, image, background, "softmax", CONFIG, WINDOW).fallback.startswith("no foreground")
+    plain = nn.Conv3d(1, 3, 1)
+    assert "normalisation" in etta_predict(plain, image, source(plain, image), "softmax", CONFIG, WINDOW).fallback
+
+
+def test_region_mode_uses_binary_entropy():
+    model, image = make_model(), make_image(7)
+    logits = source(model, image)
+    outcome = etta_predict(model, image, logits, "regions", CONFIG, WINDOW)
+    assert outcome.applied or outcome.fallback
+    assert 0.0 <= outcome.info["entropy_source"] <= 1.0
+
+
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"windows": 0}, {"lr": 0.0}, {"collapse": 0.0}])
+def test_invalid_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        EttaConfig(**bad)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_etta_on_swin_unetr_is_episodic():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32))).cuda().eval()
+    image = torch.rand(1, 1, 80, 48, 40, device="cuda")
+    window = WindowSettings((64, 32, 32), 4, 0.5, amp_dtype=torch.bfloat16)
+    before = snapshot(model)
+    with torch.no_grad():
+        logits = predict_logits(model, image, window)
+    outcome = etta_predict(model, image, logits, "softmax", EttaConfig(), window)
+    assert outcome.applied or outcome.fallback
+    assert len(outcome.info.get("losses", [])) == EttaConfig().steps
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
