@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from swinbob import cli
+from swinbob import cli, fast
 from swinbob.checkpoint import CheckpointError
 from swinbob.data import DataConfig, eval_transforms, load_datalist
 from swinbob.etta import EttaConfig, EttaOutcome, etta_predict
@@ -365,6 +365,8 @@ def load_model(args: argparse.Namespace, task: Task) -> tuple[torch.nn.Module, M
         use_v2=args.use_v2, norm_name=args.norm_name,
     )
     model, config, stored = load_inference_model(path, from_flags, args.use_checkpoint)
+    # Same maths, less time and memory: fused attention and cached shift masks (benchmarks/RESULTS.md).
+    fast.accelerate(model, sdpa=True, cached_masks=True)
     if stored is not None and config.feature_size != args.feature_size:
         log.warning("using feature_size %d from the checkpoint (flag says %d)", config.feature_size, args.feature_size)
     return model, config, path, stored
