@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from swinbob.files import atomic_write
+from swinbob.files import atomic_write, keep_previous
 
 FORMAT_VERSION = 1
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
@@ -174,8 +174,20 @@ def _check_finite(state: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"refusing to save a checkpoint with NaN/Inf weights in {', '.join(bad[:5])}")
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write ``checkpoint`` atomically: a crash leaves the previous file intact, never a torn one."""
+def previous_checkpoint(path: str | os.PathLike) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaced: ``last.pt`` -> ``last.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any], keep_previous_file: bool = False) -> Path:
+    """Write ``checkpoint`` atomically: a crash or a write error leaves the previous file intact,
+    never a torn one; write errors raise :class:`CheckpointError`.
+
+    With ``keep_previous_file`` the file being replaced stays as :func:`previous_checkpoint`, a
+    second line of defence for when the newest file is damaged after it was written (a disk
+    error, a truncating copy): resuming then falls back to it.
+    """
     if isinstance(checkpoint.get("model"), dict):
         _check_finite(checkpoint["model"])
     for key in ("best_metric", "best_acc"):
@@ -184,6 +196,11 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
             checkpoint[key] = value.item()
         if isinstance(checkpoint.get(key), float) and math.isnan(checkpoint[key]):
             checkpoint[key] = None
-    with atomic_write(path) as tmp:
-        torch.save(checkpoint, tmp)
+    try:
+        with atomic_write(path) as tmp:
+            torch.save(checkpoint, tmp)
+            if keep_previous_file:  # only once the new file is complete: a failed save rotates nothing
+                keep_previous(path, previous_checkpoint(path))
+    except OSError as exc:  # a full disk, a quota, a vanished network share
+        raise CheckpointError(f"could not write checkpoint {path} ({exc}); the file under that name is unchanged") from exc
     return Path(path)

@@ -375,8 +375,8 @@ def load_model(args: argparse.Namespace, task: Task) -> tuple[torch.nn.Module, M
 def check_unique_names(cases: Sequence[Case]) -> None:
     """Refuse cases that share a name: their outputs would overwrite each other."""
     by_name: dict[str, list[str]] = {}
-    for case in cases:
-        by_name.setdefault(case.name, []).append(case.image[0])
+    for case in cases:  # named by a file that exists (folder cases hold "<missing ...>" for absent channels)
+        by_name.setdefault(case.name, []).append(next((p for p in case.image if not p.startswith("<")), case.image[0]))
     clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
     if clashes:
         name, paths = next(iter(clashes.items()))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,15 @@ MAX_DEFLATE_RATIO = 1032
 more bytes than that is a truncated file or a lying header, refused before allocating them."""
 _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\..+)?")
 """Names :func:`atomic_write` gives its temporary files (``tempfile.mkstemp``: 8 random characters)."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 class NiftiError(ValueError):
@@ -41,6 +52,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -48,6 +60,29 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def keep_previous(path: str | os.PathLike, previous: str | os.PathLike) -> None:
+    """Make ``previous`` hold what ``path`` holds now (if it exists), before ``path`` is replaced.
+
+    A hard link costs no copy; file systems without hard links get an :func:`atomic_write` copy.
+    Either way the new ``previous`` appears under a temporary name first and is then moved into
+    place, so after a crash ``previous`` holds the old or the new content, never a torn file.
+    """
+    path, previous = Path(path), Path(previous)
+    if not path.is_file():
+        return
+    tmp = previous.with_name(f".{previous.name}.{secrets.token_hex(4)}.tmp")  # a name stale_temp_files knows
+    try:
+        os.link(path, tmp)
+    except OSError:
+        with atomic_write(previous) as copy:
+            shutil.copyfile(path, copy)
+        return
+    try:
+        os.replace(tmp, previous)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -199,19 +199,29 @@ def _case_id(path: str, channel_names: Sequence[str]) -> str:
 
 def folder_cases(input_dir: str | Path, channel_names: Sequence[str]) -> list[Case]:
     """Unlabelled cases in ``input_dir``: every NIfTI file, or for multi-channel tasks the files
-    ``<case>[-_]<channel>.nii[.gz]`` (anywhere below) grouped by case in the task's channel order."""
+    ``<case>[-_]<channel>.nii[.gz]`` (anywhere below) grouped by folder and case, in the task's
+    channel order.
+
+    Channels are grouped within one folder only, so that two subjects sharing a case name in
+    different folders are never mixed into one input (their clashing names are refused later);
+    two files for one channel of one case raise ``ValueError``.
+    """
     files = sorted(p for p in Path(input_dir).rglob("*")
                    if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("._"))  # macOS metadata
     if len(channel_names) == 1:
         return [Case(_case_id(str(p), channel_names), (str(p),)) for p in files if p.parent == Path(input_dir)]
     pattern = re.compile(rf"^(.+)[-_]({'|'.join(map(re.escape, channel_names))})\.nii(\.gz)?$", re.IGNORECASE)
-    groups: dict[str, dict[str, str]] = {}
+    groups: dict[tuple[str, str], dict[str, str]] = {}
     for path in files:
         match = pattern.match(path.name)
         if match:
-            groups.setdefault(match.group(1), {})[match.group(2).lower()] = str(path)
+            name, channel = match.group(1), match.group(2).lower()
+            found = groups.setdefault((name, str(path.parent)), {})
+            if channel in found:
+                raise ValueError(f"two {channel} files for case {name!r}: {found[channel]} and {path}")
+            found[channel] = str(path)
     return [Case(name, tuple(found.get(c.lower(), f"<missing {c} file for {name}>") for c in channel_names))
-            for name, found in sorted(groups.items())]
+            for (name, _), found in sorted(groups.items())]
 
 
 def datalist_cases(entries: Sequence[dict[str, Any]], channel_names: Sequence[str]) -> list[Case]:

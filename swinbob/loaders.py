@@ -20,7 +20,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.data.utils import json_hashing, set_rnd
 from torch.utils.data.distributed import DistributedSampler
 
-from swinbob.data import case_name, load_datalist
+from swinbob.data import case_name, check_finite, load_datalist
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.tasks import LabelValueError, Task
 
@@ -77,27 +77,44 @@ def _grid_problem(path: str, shape: tuple, affine: np.ndarray, ref: tuple[str, t
     return None
 
 
-def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True) -> list[str]:
+def _image_grid(path: str, read_data: bool) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of one image file; with ``read_data`` its voxels are read and must be finite.
+
+    Raises :class:`~swinbob.files.NiftiError` naming the file.
+    """
+    if not read_data:
+        header = load_nifti_header(path)
+        return tuple(int(s) for s in header.shape), np.asarray(header.affine)
+    data, affine = read_nifti(path, ndim=None)
+    check_finite(data, path)
+    return tuple(int(s) for s in data.shape), affine
+
+
+def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True, read_images: bool = True) -> list[str]:
     """Every problem of one datalist entry, as messages that name the file.
 
-    Images are checked from their headers (exists, readable, sane affine); labels are read in
-    full because their values must be checked (``task.check_label_values``), which also catches
-    truncated label files. All images and the label must share one grid (shape and affine).
+    Images are read in full (``read_images``: NaN/Inf voxels and truncated data are found now,
+    not hours into training) or checked from their headers only (exists, readable, sane
+    affine). Labels are always read in full because their values must be checked
+    (``task.check_label_values``). All images and the label must share one grid (shape and affine).
     """
     problems: list[str] = []
     grids: list[tuple[str, tuple, np.ndarray]] = []
-    channels, images = 0, _as_list(entry["image"])
+    channels: dict[str, int] = {}
+    images = _as_list(entry["image"])
     for path in images:
         try:
-            header = load_nifti_header(path)
+            shape, affine = _image_grid(path, read_images)
         except NiftiError as exc:
             problems.append(str(exc))
             continue
-        shape = tuple(int(s) for s in header.shape)
-        channels += shape[3] if len(shape) == 4 else 1
-        grids.append((str(path), shape[:3], np.asarray(header.affine)))
-    if len(grids) == len(images) and channels != task.in_channels:  # count only when all images opened
-        problems.append(f"case {case_name(entry)}: {channels} image channel(s), task {task.name!r} needs {task.in_channels}")
+        channels[str(path)] = shape[3] if len(shape) == 4 else 1
+        grids.append((str(path), shape[:3], affine))
+    count = sum(channels.values())
+    if len(grids) == len(images) and count != task.in_channels:  # count only when all images opened
+        per_file = ", ".join(f"{path} ({n})" for path, n in channels.items())
+        problems.append(f"case {case_name(entry)}: {count} image channel(s), task {task.name!r} needs "
+                        f"{task.in_channels}; channels per file: {per_file}")
     if "label" in entry:
         try:
             label, affine = read_nifti(entry["label"], ndim=3)
@@ -112,14 +129,14 @@ def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = T
 
 
 def check_datalist(
-    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4
+    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4, read_images: bool = True
 ) -> list[str]:
-    """Problems of all ``entries`` (empty when usable), checked in parallel threads.
+    """Problems of all ``entries`` (empty when usable), checked in parallel threads (see :func:`entry_problems`).
 
     Threads suffice: the work is file I/O and zlib, both of which release the GIL.
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = pool.map(lambda e: entry_problems(e, task, require_label), entries)
+        found = pool.map(lambda e: entry_problems(e, task, require_label, read_images), entries)
         return [problem for problems in found for problem in problems]
 
 

@@ -11,6 +11,7 @@ scheduler object; only the main rank writes files (checkpoints, TensorBoard, con
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -24,13 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from swinbob.checkpoint import (
-    CheckpointError, extract_state_dict, load_checkpoint, load_weights, make_checkpoint, save_checkpoint, transfer_weights,
-)
+from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from swinbob.data import eval_transforms, train_transforms
 from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
-from swinbob.files import atomic_write_text
+from swinbob.files import atomic_write_text, remove_stale_temp_files
 from swinbob.inference import sliding_window_logits
+from swinbob.interrupt import StopRequest, stop_on_signals
 from swinbob.labels import IGNORE_LABEL
 from swinbob.loaders import DatalistError, check_datalist, make_dataset, shard, start_epoch, train_loader, val_loader
 from swinbob.losses import build_loss
@@ -39,15 +39,22 @@ from swinbob.model import build_model
 from swinbob.runtime import autocast_dtype, seed_everything
 from swinbob.tasks import Task
 from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
-from swinbob.train_state import (
-    TrainState, full_checkpoint, restore_rng, restore_training, rng_state, run_config, upstream_start,
-)
+from swinbob.train_state import ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
 
 log = logging.getLogger(__name__)
 
 
+EXIT_BAD_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4
+"""Exit codes: the datalist has problems; training diverged or a checkpoint is unusable; a
+stop signal (SIGTERM, SIGINT) was answered by saving ``last.pt``: run again with ``--resume``."""
+
+
 class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite losses: the run stops rather than train on garbage."""
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; ``last.pt`` holds the state to ``--resume`` from."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,14 +204,17 @@ class TrainingRun:
     config: dict
     schedule: dict
     writer: SummaryWriter | None
+    resume: ResumePoint = dataclasses.field(default_factory=ResumePoint)
+    stop: StopRequest = dataclasses.field(default_factory=StopRequest)
     nan_streak: int = 0
 
 
 def check_files(plan: TrainPlan, ctx: DistContext) -> None:
     """Check every datalist file before training; each rank checks a shard, all see all problems."""
     entries = shard(plan.train_entries + plan.val_entries, ctx.rank, ctx.world_size)
-    # Reading headers and labels waits on the disk more than on the CPU: use a few threads at least.
-    problems = all_gather_objects(check_datalist(entries, plan.task, workers=max(4, plan.args.workers)))
+    # Reading files waits on the disk and on zlib (which releases the GIL): use a few threads at least.
+    workers, read_images = max(4, plan.args.workers), plan.args.data_check == "full"
+    problems = all_gather_objects(check_datalist(entries, plan.task, workers=workers, read_images=read_images))
     found = [p for rank_problems in problems for p in rank_problems]
     if found:
         raise DatalistError(found, source=str(plan.args.json_list))
@@ -223,30 +233,6 @@ def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLo
     return loader, val_loader(val_ds, args.workers, pin)
 
 
-def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler, schedule: dict, ctx: DistContext) -> TrainState:
-    """Counters and weights from ``--resume``, ``--checkpoint`` or fine-tuning weights, else fresh."""
-    args = plan.args
-    if plan.resume is not None:
-        ckpt = load_checkpoint(plan.resume)
-        state = restore_training(ckpt, str(plan.resume), model, optimizer, scaler, schedule)
-        rng = ckpt.get("rng") or []
-        if rng:
-            if len(rng) != ctx.world_size:
-                log.warning("resuming %d rank(s) from a %d-rank run: augmentation streams differ", ctx.world_size, len(rng))
-            restore_rng(rng[ctx.rank % len(rng)], ctx.device)
-        log.info("resumed from %s after epoch %d (step %d, best Dice %s)", plan.resume, state.epoch, state.global_step, state.best_metric)
-        return state
-    if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
-        report = transfer_weights(model, extract_state_dict(ckpt), source=args.checkpoint)
-        log.info("%s: %s", args.checkpoint, report.summary())
-        return upstream_start(ckpt)
-    if plan.pretrained is not None:
-        load_weights(model, plan.pretrained)
-    return TrainState()
-
-
 def wrap(model: torch.nn.Module, compile_model: bool, ctx: DistContext) -> torch.nn.Module:
     """The network to train: compiled if asked, DDP-wrapped when distributed.
 
@@ -257,6 +243,17 @@ def wrap(model: torch.nn.Module, compile_model: bool, ctx: DistContext) -> torch
     if not ctx.distributed:
         return net
     return DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def prepare_logdir(plan: TrainPlan) -> None:
+    """Create the run folder, remove temporary files of killed checkpoint writes, warn of overwrites."""
+    plan.logdir.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temp_files(plan.logdir)  # only the main rank writes here
+    if removed:
+        log.warning("removed %d temporary file(s) left in %s by an interrupted checkpoint write", removed, plan.logdir)
+    if plan.resume is None and (plan.logdir / "last.pt").exists():
+        log.warning("%s holds last.pt of an earlier run; this run replaces it after its first epoch "
+                    "(stop now and pass --resume to continue that run instead)", plan.logdir)
 
 
 def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
@@ -274,18 +271,18 @@ def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
     loss_fn = build_loss(plan.task, args.squared_dice, args.smooth_nr, args.smooth_dr, args.bce_weight)
     loaders = build_loaders(plan, ctx)  # before restoring RNG: MONAI's DataLoader reseeds torch
     schedule = {"lrschedule": args.lrschedule, "lr": plan.lr, "warmup_epochs": plan.warmup_epochs, "max_epochs": plan.max_epochs}
-    state = initial_state(plan, model, optimizer, scaler, schedule, ctx)
+    state, resume = initial_state(plan, model, optimizer, scaler, schedule, ctx)
     net = wrap(model, args.compile, ctx)
     writer = None
     if ctx.is_main:
-        plan.logdir.mkdir(parents=True, exist_ok=True)
+        prepare_logdir(plan)
         atomic_write_text(plan.logdir / "config.json", json.dumps(plan.to_dict(), indent=2, default=str) + "\n")
         writer = SummaryWriter(log_dir=str(plan.logdir))
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + gradient scaler"}[amp_dtype]
     log.info("%s on %s x%d, %s, %d training / %d validation cases, logging to %s", plan.task.name, ctx.device,
              ctx.world_size, precision, len(plan.train_entries), len(plan.val_entries), plan.logdir)
     return TrainingRun(plan, ctx, model, net, optimizer, scaler, loss_fn, *loaders, amp_dtype, state,
-                       run_config(plan.task, plan.model, plan.data), schedule, writer)
+                       run_config(plan.task, plan.model, plan.data), schedule, writer, resume)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,17 +309,49 @@ def skip_nonfinite(run: TrainingRun, step: int) -> None:
         )
 
 
-def train_epoch(run: TrainingRun, epoch: int) -> float:
-    """One pass over the training loader; returns the mean loss over all ranks' finite steps."""
+def stop_requested(run: TrainingRun) -> bool:
+    """Whether a stop signal reached any rank; all ranks must stop after the same step.
+
+    One process reads its flag. DDP ranks add theirs up (one scalar all-reduce per step, beside
+    the step's own finiteness check), because a scheduler may signal them at different moments.
+    """
+    if not run.ctx.distributed:
+        return run.stop.requested
+    flag = torch.tensor(float(run.stop.requested), device=run.ctx.device)
+    return bool(all_reduce_sum(flag).item())
+
+
+def interrupted(run: TrainingRun, where: str) -> TrainingInterrupted:
+    """The exception (and log line) for a stop after ``last.pt`` has been saved."""
+    return TrainingInterrupted(f"{run.stop.name} received: stopped {where}; the full state is saved in "
+                               f"{run.plan.logdir / 'last.pt'}, continue with --resume")
+
+
+def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict) -> float:
+    """One pass over the training loader; returns the mean loss over all ranks' finite steps.
+
+    A stop signal saves ``last.pt`` after the current step (with ``epoch_rng``, the RNG states
+    from before the epoch began) and raises :class:`TrainingInterrupted`, unless it was the
+    epoch's last step: then the epoch finishes as usual. Resumed mid-epoch, the loader replays
+    the epoch's batches (same order, same augmentations) and the steps done before the stop are
+    skipped, which costs their data loading only; the epoch's mean loss then covers the steps
+    run since the resume.
+    """
     plan, args, ctx = run.plan, run.plan.args, run.ctx
     steps = steps_per_epoch(run.train_loader, args.max_steps_per_epoch)
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{plan.max_epochs}", disable=not ctx.is_main, leave=False, dynamic_ncols=True)
+    done, run.state.epoch_step = run.state.epoch_step, 0
+    bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{plan.max_epochs}", disable=not ctx.is_main,
+               leave=False, dynamic_ncols=True)
     totals = torch.zeros(2, device=ctx.device)  # loss sum and finite steps: read once per log interval
     window_loss, window_steps, patches, tic = torch.zeros((), device=ctx.device), 0, 0, time.perf_counter()
     lr = 0.0
     for step, batch in enumerate(run.train_loader):
         if step >= steps:
             break
+        if step < done:  # trained on before the stop; model randomness continues from there
+            if step == done - 1 and run.resume.step_rng is not None:
+                restore_rng(run.resume.step_rng, ctx.device)
+            continue
         lr = learning_rate(epoch + (step + 1) / steps, plan.lr, args.lrschedule, plan.warmup_epochs, plan.max_epochs)
         set_lr(run.optimizer, lr)
         loss, stepped = train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.amp_dtype)
@@ -344,6 +373,11 @@ def train_epoch(run: TrainingRun, epoch: int) -> float:
                     run.writer.add_scalar(f"train/{name}", value, run.state.global_step)
             totals += torch.stack([window_loss, torch.tensor(float(window_steps), device=ctx.device)])
             window_loss, window_steps, patches, tic = torch.zeros((), device=ctx.device), 0, 0, time.perf_counter()
+        if step + 1 < steps and stop_requested(run):
+            bar.close()
+            run.state.epoch_step = step + 1
+            save_last(run, epoch_rng)
+            raise interrupted(run, f"after step {step + 1}/{steps} of epoch {epoch + 1}")
     bar.close()
     loss_sum, finite_steps = all_reduce_sum(totals).tolist()
     return loss_sum / max(finite_steps, 1.0)
@@ -370,26 +404,48 @@ def weights_checkpoint(run: TrainingRun) -> dict:
     return make_checkpoint(run.model, run.config, epoch=state.epoch, global_step=state.global_step, best_metric=state.best_metric)
 
 
-def save_epoch(run: TrainingRun, improved: bool) -> None:
-    """Write ``last.pt`` (full state) and, on a new best with ``--save_checkpoint``, ``model.pt``.
+def save_last(run: TrainingRun, epoch_rng: dict | None = None) -> None:
+    """Write ``last.pt`` (full state), keeping the file it replaces as ``last.prev.pt``.
 
-    Every rank checks the (DDP-identical) weights, so a NaN stops all ranks together instead of
-    leaving the others waiting at the next collective; checkpoints never hold NaN weights.
+    At an epoch boundary the RNG states saved are the current ones. Mid-epoch
+    (``run.state.epoch_step`` > 0) they are ``epoch_rng``, this rank's states from before the
+    epoch began, and the current ones go along, so that a resume continues exactly. Every rank
+    checks the (DDP-identical) weights, so a NaN stops all ranks together instead of leaving
+    the others waiting at the next collective; checkpoints never hold NaN weights. A failed
+    write (a full disk) stops every rank with :class:`CheckpointError`.
     """
     if not all(torch.isfinite(p).all() for p in run.model.parameters()):
-        raise TrainingDiverged(f"weights became NaN/Inf in epoch {run.state.epoch}; kept the previous last.pt")
-    rng = all_gather_objects(rng_state(run.ctx.device))
-    if not run.ctx.is_main:
-        return
-    logdir = run.plan.logdir
-    save_checkpoint(logdir / "last.pt", full_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.config, run.schedule, rng))
-    if improved and run.plan.args.save_checkpoint:
-        save_checkpoint(logdir / "model.pt", weights_checkpoint(run))
-        log.info("saved %s (mean Dice %.4f)", logdir / "model.pt", run.state.best_metric)
+        epoch = run.state.epoch + (1 if run.state.epoch_step else 0)
+        raise TrainingDiverged(f"weights became NaN/Inf in epoch {epoch}; kept the previous last.pt")
+    current = all_gather_objects(rng_state(run.ctx.device))
+    start = all_gather_objects(epoch_rng) if run.state.epoch_step else current
+    rotate, run.resume.rotate = run.resume.rotate, True
+    error = None
+    if run.ctx.is_main:
+        checkpoint = full_checkpoint(run.model, run.optimizer, run.scaler, run.state, run.config, run.schedule, start, current)
+        try:
+            save_checkpoint(run.plan.logdir / "last.pt", checkpoint, keep_previous_file=rotate)
+        except CheckpointError as exc:
+            error = str(exc)
+    failed = [e for e in all_gather_objects(error) if e]  # the other ranks stop too instead of waiting
+    if failed:
+        raise CheckpointError(failed[0])
+
+
+def save_epoch(run: TrainingRun, improved: bool) -> None:
+    """Write ``last.pt`` after a whole epoch and, on a new best with ``--save_checkpoint``, ``model.pt``."""
+    save_last(run)
+    if run.ctx.is_main and improved and run.plan.args.save_checkpoint:
+        save_checkpoint(run.plan.logdir / "model.pt", weights_checkpoint(run))
+        log.info("saved %s (mean Dice %.4f)", run.plan.logdir / "model.pt", run.state.best_metric)
 
 
 def fit(run: TrainingRun) -> TrainState:
-    """Train from ``run.state.epoch`` to ``max_epochs``, validating every ``val_every`` epochs."""
+    """Train from ``run.state.epoch`` to ``max_epochs``, validating every ``val_every`` epochs.
+
+    A stop signal (``run.stop``) ends the run at the next step or epoch boundary with ``last.pt``
+    saved, by raising :class:`TrainingInterrupted`.
+    """
     plan, args, state = run.plan, run.plan.args, run.state
     if run.ctx.is_main and not args.save_checkpoint:
         log.warning("--save_checkpoint not given: only %s (for --resume) is written", plan.logdir / "last.pt")
@@ -397,8 +453,9 @@ def fit(run: TrainingRun) -> TrainState:
         log.warning("the datalist has no validation cases for this split: no validation, no model.pt")
     for epoch in range(state.epoch, plan.max_epochs):
         tic = time.perf_counter()
+        epoch_rng = rng_state(run.ctx.device)  # what a stop mid-epoch saves: a resume replays the epoch's data
         start_epoch(run.train_loader, epoch)
-        loss = train_epoch(run, epoch)
+        loss = train_epoch(run, epoch, epoch_rng)
         state.epoch = epoch + 1
         if run.ctx.is_main:
             log.info("epoch %d/%d: loss %.4f, %.1f s", state.epoch, plan.max_epochs, loss, time.perf_counter() - tic)
@@ -412,6 +469,8 @@ def fit(run: TrainingRun) -> TrainState:
                 state.best_metric = metrics["mean"]
             report_validation(run, metrics, improved)
         save_epoch(run, improved)
+        if state.epoch < plan.max_epochs and stop_requested(run):
+            raise interrupted(run, f"after epoch {state.epoch}")
     if run.ctx.is_main and args.save_checkpoint:
         save_checkpoint(plan.logdir / "model_final.pt", weights_checkpoint(run))
         log.info("finished: best mean Dice %s; checkpoints in %s", state.best_metric, plan.logdir)
@@ -429,24 +488,32 @@ def configure_logging(verbose: bool) -> None:
 
 
 def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
-    """One process's whole run; returns an exit code (2 bad data, 3 diverged or unsavable)."""
+    """One process's whole run; returns an exit code (see :data:`EXIT_INTERRUPTED` and the others).
+
+    Stop signals are caught during training only: before it, nothing is lost by stopping at once.
+    """
     configure_logging(ctx.is_main)
     try:
         check_files(plan, ctx)
         run = setup(plan, ctx)
         try:
-            fit(run)
+            with stop_on_signals() as run.stop:
+                fit(run)
         finally:
             if run.writer:
                 run.writer.close()
     except DatalistError as exc:
         if ctx.is_main:
             log.error("%s", exc)
-        return 2
+        return EXIT_BAD_DATA
     except (TrainingDiverged, CheckpointError) as exc:
         if ctx.is_main:  # every rank raises alike: DDP keeps their weights identical
             log.error("%s", exc)
-        return 3
+        return EXIT_DIVERGED
+    except TrainingInterrupted as exc:
+        if ctx.is_main:
+            log.warning("%s (exit code %d)", exc, EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -458,7 +525,7 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
         plan = resolve_plan(args)
     except DatalistError as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_BAD_DATA
     return launch(train_worker, plan, distributed=args.distributed, world_size=args.world_size,
                   node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend, device_name=args.device)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swinbob.checkpoint import previous_checkpoint
 from swinbob.cli import add_data_args, add_model_args, add_task_args, data_config, infer_overlap, model_config, resolve_task
 from swinbob.data import DataConfig
 from swinbob.loaders import load_splits
@@ -31,7 +32,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--save_checkpoint", action="store_true", help="keep model.pt (best validation Dice) and model_final.pt")
     g.add_argument("--checkpoint", default=None, help="start from this checkpoint's weights, epoch and best metric (upstream)")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                   help="continue exactly from a full-state checkpoint (default PATH: <logdir>/last.pt)")
+                   help="continue exactly from a full-state checkpoint (default PATH: <logdir>/last.pt; if PATH is "
+                        "unreadable, its predecessor <name>.prev.pt is used with a warning)")
     g.add_argument("--pretrained_dir", default="./pretrained_models/", help="folder of --pretrained_model_name")
     g.add_argument("--pretrained_model_name", default=None, help="checkpoint to fine-tune from (e.g. a UKBOB model.pt)")
     g.add_argument("--resume_ckpt", action="store_true", help="load --pretrained_dir/--pretrained_model_name (upstream)")
@@ -57,6 +59,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--RandShiftIntensityd_prob", type=float, default=0.1)
     g.add_argument("--fold", type=int, default=None, help="BraTS: validation fold of the datalist (default 0)")
     g.add_argument("--use_normal_dataset", action="store_true", help="no caching (plain MONAI Dataset)")
+    g.add_argument("--data_check", default="full", choices=["full", "headers"],
+                   help="before training, read every image in full (NaN/Inf voxels, truncated data), or only "
+                        "the headers of images (faster reruns on a datalist already checked); labels are always read")
     g.add_argument("--cache_dir", default=None, help="cache preprocessed volumes on disk (PersistentDataset) instead of RAM")
     g.add_argument("--cache_rate", type=float, default=1.0, help="share of training volumes cached in RAM")
     g.add_argument("--noamp", action="store_true", help="fp32 training (upstream); same as --amp none")
@@ -88,6 +93,8 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     """The full training parser; ``default_task`` is set by the script's folder."""
     parser = argparse.ArgumentParser(
         description=f"Train Swin-BOB (Swin-UNETR) on {default_task.upper()}", formatter_class=_HelpFormatter,
+        epilog="exit codes: 0 finished; 2 datalist problems (all listed, nothing trained); 3 training diverged or "
+               "a checkpoint is unusable; 4 stopped by SIGTERM/SIGINT after saving last.pt (run again with --resume)",
     )
     add_task_args(parser, default_task)
     add_model_args(parser)
@@ -189,7 +196,7 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     train, val = load_splits(args.json_list, args.data_dir, fold, args.allow_absolute_paths)
     logdir = logdir_path(args.logdir, task)
     resume = None if args.resume is None else Path(args.resume or logdir / "last.pt")
-    if resume is not None and not resume.is_file():
+    if resume is not None and not resume.is_file() and not previous_checkpoint(resume).is_file():
         raise SystemExit(f"error: --resume: checkpoint {resume} not found")
     return TrainPlan(
         task=task, model=model, data=data, train_entries=train, val_entries=val, logdir=logdir,

@@ -1,4 +1,6 @@
-"""What a training checkpoint holds beyond the weights, and how a run is restored from one.
+"""What a training checkpoint holds beyond the weights, and how a run starts from one: ``--resume``
+(exactly, mid-epoch too, falling back to ``last.prev.pt`` when ``last.pt`` is unreadable),
+``--checkpoint`` (upstream) or fine-tuning weights.
 
 Everything is stored as plain types and tensors (format of DESIGN §4) so that checkpoints load
 with ``torch.load(weights_only=True)``: numpy's RNG state, for instance, becomes a tensor and
@@ -11,15 +13,20 @@ import dataclasses
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from swinbob.checkpoint import CheckpointError, extract_state_dict, make_checkpoint, transfer_weights
+from swinbob.checkpoint import (
+    CheckpointError, extract_state_dict, load_checkpoint, load_weights, make_checkpoint, previous_checkpoint, transfer_weights,
+)
 from swinbob.data import DataConfig
+from swinbob.distributed import DistContext
 from swinbob.model import ModelConfig
 from swinbob.tasks import Task
+from swinbob.train_cli import TrainPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,21 @@ class TrainState:
     """Best mean validation Dice so far (None before the first validation)."""
     skipped_steps: int = 0
     """Steps skipped because the loss was NaN/Inf."""
+    epoch_step: int = 0
+    """Steps already done in epoch ``epoch + 1`` (0 at an epoch boundary; >0 after a stop signal)."""
+
+
+@dataclass
+class ResumePoint:
+    """What a resumed run needs beyond the counters of :class:`TrainState`."""
+
+    step_rng: dict[str, Any] | None = None
+    """This rank's RNG states when a stop signal interrupted an epoch, restored once the steps
+    done before it have been skipped (None when resuming at an epoch boundary)."""
+    rotate: bool = True
+    """Whether the next save may keep the ``last.pt`` it replaces as ``last.prev.pt``. False
+    after falling back to ``last.prev.pt`` because ``last.pt`` was unreadable: the broken file
+    must not replace the good one."""
 
 
 def run_config(task: Task, model: ModelConfig, data: DataConfig) -> dict[str, Any]:
@@ -91,14 +113,43 @@ def full_checkpoint(
     config: dict[str, Any],
     schedule: dict[str, Any],
     rng_states: list[dict[str, Any]],
+    step_rng_states: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything needed to continue exactly; ``rng_states`` holds one entry per rank."""
+    """Everything needed to continue exactly; the RNG lists hold one entry per rank.
+
+    ``rng_states`` are the states to restore before epoch ``state.epoch + 1`` starts. Mid-epoch
+    (``state.epoch_step`` > 0) ``step_rng_states`` are those at the interruption, restored after
+    a resume has replayed the epoch's data order up to that step.
+    """
+    extra = {"rng_step": step_rng_states} if state.epoch_step else {}
     return make_checkpoint(
         model, config,
         optimizer=optimizer.state_dict(), scheduler=schedule, scaler=scaler.state_dict(),
         epoch=state.epoch, global_step=state.global_step, best_metric=state.best_metric,
-        skipped_steps=state.skipped_steps, rng=rng_states,
+        skipped_steps=state.skipped_steps, epoch_step=state.epoch_step, rng=rng_states, **extra,
     )
+
+
+def load_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
+    """The checkpoint to resume from and its file: ``path``, or ``last.prev.pt`` if ``path`` is unreadable.
+
+    Atomic writes never leave a torn ``last.pt``; this covers damage after the write (a disk
+    error, a truncating copy). The fallback is logged with both file names and the epoch it
+    goes back to; with no usable previous checkpoint the error names both files.
+    """
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as exc:
+        previous = previous_checkpoint(path)
+        if not previous.is_file():
+            raise CheckpointError(f"{exc}; there is no previous checkpoint {previous} to fall back to") from exc
+        try:
+            checkpoint = load_checkpoint(previous)
+        except CheckpointError as previous_exc:
+            raise CheckpointError(f"{exc}; the previous checkpoint is unusable too: {previous_exc}") from previous_exc
+        log.warning("%s; resuming from the previous checkpoint %s instead (after epoch %s, step %s of the next)",
+                    exc, previous, checkpoint.get("epoch"), checkpoint.get("epoch_step", 0))
+        return checkpoint, previous
 
 
 def load_model_exactly(model: torch.nn.Module, checkpoint: dict[str, Any], source: str) -> None:
@@ -132,6 +183,7 @@ def restore_training(
     return TrainState(
         epoch=int(checkpoint["epoch"]), global_step=int(checkpoint.get("global_step", 0)),
         best_metric=checkpoint.get("best_metric"), skipped_steps=int(checkpoint.get("skipped_steps", 0)),
+        epoch_step=int(checkpoint.get("epoch_step", 0)),
     )
 
 
@@ -139,3 +191,29 @@ def upstream_start(checkpoint: dict[str, Any]) -> TrainState:
     """Epoch and best metric of an upstream-style checkpoint (``--checkpoint``): weights only else."""
     best = checkpoint.get("best_metric", checkpoint.get("best_acc"))
     return TrainState(epoch=int(checkpoint.get("epoch", 0)), best_metric=None if best is None else float(best))
+
+
+def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, schedule: dict, ctx: DistContext) -> tuple[TrainState, ResumePoint]:
+    """Counters and weights from ``--resume``, ``--checkpoint`` or fine-tuning weights, else fresh."""
+    args = plan.args
+    if plan.resume is not None:
+        ckpt, source = load_resume_checkpoint(plan.resume)
+        state = restore_training(ckpt, str(source), model, optimizer, scaler, schedule)
+        rng, step_rng = ckpt.get("rng") or [], ckpt.get("rng_step") or []
+        if rng:
+            if len(rng) != ctx.world_size:
+                log.warning("resuming %d rank(s) from a %d-rank run: augmentation streams differ", ctx.world_size, len(rng))
+            restore_rng(rng[ctx.rank % len(rng)], ctx.device)
+        log.info("resumed from %s after epoch %d + %d step(s) (step %d, best Dice %s)",
+                 source, state.epoch, state.epoch_step, state.global_step, state.best_metric)
+        step = step_rng[ctx.rank % len(step_rng)] if step_rng and state.epoch_step else None
+        return state, ResumePoint(step_rng=step, rotate=source == plan.resume)
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+        report = transfer_weights(model, extract_state_dict(ckpt), source=args.checkpoint)
+        log.info("%s: %s", args.checkpoint, report.summary())
+        return upstream_start(ckpt), ResumePoint()
+    if plan.pretrained is not None:
+        load_weights(model, plan.pretrained)
+    return TrainState(), ResumePoint()
