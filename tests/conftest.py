@@ -23,3 +23,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("fault-injection summary")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's in-process training on one thread: its subprocesses get the other core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

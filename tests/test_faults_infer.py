@@ -36,7 +36,7 @@ from swinbob.phantoms import write_cohort
 from swinbob.tasks import get_task
 from swinbob.train_state import run_config
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 BTCV = get_task("btcv")
@@ -71,14 +71,6 @@ def install_fault(fault: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Fixtures
 # ----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:

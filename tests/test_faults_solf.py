@@ -31,7 +31,6 @@ from swinbob.files import stale_temp_files
 from swinbob.phantoms import write_cohort
 from swinbob.solf import pipeline
 from swinbob.solf.cases import measure_case
-from swinbob.solf.outputs import clean_case
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.solf.store import ShardLog
 

@@ -38,7 +38,7 @@ from swinbob.files import stale_temp_files
 from swinbob.phantoms import write_cohort
 from swinbob.train_state import load_resume_checkpoint
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS = 2, 2
@@ -106,14 +106,6 @@ def install_fault(fault: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Runs
 # ----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:

@@ -9,7 +9,9 @@ import swinbob.train as train
 from swinbob.checkpoint import load_checkpoint
 from swinbob.phantoms import write_cohort
 
-from test_train_run import btcv_args, one_thread  # noqa: F401  (fixture: one CPU thread)
+from test_train_run import btcv_args
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

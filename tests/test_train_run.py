@@ -25,16 +25,9 @@ from swinbob.train_cli import build_parser, resolve_plan
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12"]
 # Coarse voxels: the whole phantom torso fits one ROI, so one window validates a case.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COARSE = ["--space_x=4", "--space_y=4", "--space_z=4"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
