@@ -12,6 +12,12 @@ host sync in the step). Every figure is printed beside the same run's reference 
 
 ``--data_pipeline`` adds end-to-end throughput with NIfTI files written to local disk and read
 through swinbob's datasets and loaders, against the same step on in-memory batches.
+``--loader_only`` times the training loaders alone from the same files, the configuration before
+issue 6 (workers started every epoch, crop indices found on every sample) against today's, over
+several short epochs; ``--consume_ms`` holds each batch as a training step would:
+
+    python benchmarks/bench_train.py --device cpu --loader_only --data_cases 12 --data_shape 160 160 96 \
+        --roi 64 --workers 2 --loader_epochs 5 --consume_ms 100
 """
 
 from __future__ import annotations
@@ -365,20 +371,30 @@ def write_volumes(root: Path, cases: int, shape: tuple[int, int, int], seed: int
     return datalist
 
 
+def pipeline_volumes(args) -> tuple[list[dict], float]:
+    """The datalist entries of ``args.data_cases`` phantoms on disk (written first unless present)."""
+    from swinbob.loaders import load_splits
+    root = Path(args.data_dir or tempfile.mkdtemp(prefix="swinbob_bench_"))
+    tic = time.perf_counter()
+    if not (root / "dataset.json").exists():
+        write_volumes(root, args.data_cases, tuple(args.data_shape))
+    written_s = time.perf_counter() - tic
+    entries, _ = load_splits(root / "dataset.json", root)
+    return entries, written_s
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
 def data_pipeline(args, device: torch.device, trainer: Trainer | None = None) -> dict:
     """Our step fed by swinbob's CacheDataset + loader from NIfTI on disk vs the same step on an
     in-memory batch, in the same process with the same (already compiled) model."""
     from swinbob.data import DataConfig, train_transforms
-    from swinbob.loaders import load_splits, make_dataset, start_epoch, train_loader
+    from swinbob.loaders import make_dataset, start_epoch, train_loader
     from swinbob.tasks import get_task
     task = get_task("btcv")
-    root = Path(args.data_dir or tempfile.mkdtemp(prefix="swinbob_bench_"))
-    tic = time.perf_counter()
-    datalist = root / "dataset.json"
-    if not datalist.exists():
-        write_volumes(root, args.data_cases, tuple(args.data_shape))
-    written_s = time.perf_counter() - tic
-    entries, _ = load_splits(datalist, root)
+    entries, written_s = pipeline_volumes(args)
     config = DataConfig.from_task(task, roi=args.roi)
     tic = time.perf_counter()
     dataset = make_dataset(entries, train_transforms(task, config), workers=args.workers)
@@ -393,9 +409,7 @@ def data_pipeline(args, device: torch.device, trainer: Trainer | None = None) ->
         while True:
             start_epoch(loader, epoch)
             for batch in loader:
-                image = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
-                label = batch["label"].as_tensor() if hasattr(batch["label"], "as_tensor") else batch["label"]
-                yield image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+                yield plain(batch["image"]).to(device, non_blocking=True), plain(batch["label"]).to(device, non_blocking=True)
             epoch += 1
 
     mem_batch = synthetic_batch(args.batch, task.in_channels, task.out_channels, args.roi, device)
@@ -405,6 +419,118 @@ def data_pipeline(args, device: torch.device, trainer: Trainer | None = None) ->
             "workers": args.workers, "write_s": round(written_s, 1), "cache_s": round(cache_s, 1),
             "in_memory_patches_per_s": in_memory["patches_per_s"], "disk_patches_per_s": disk["patches_per_s"],
             "ratio": disk["patches_per_s"] / in_memory["patches_per_s"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loader only (no model): the loader before issue 6 against today's, from the same files
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoaderVariant:
+    name: str
+    cache_crop_indices: bool  # foreground/background indices cached for RandCropByPosNegLabeld
+    seeded: bool  # swinbob.loaders.train_loader (persistent workers, seeded sampler); else the old loader
+
+
+LOADER_VARIANTS = {
+    "old": LoaderVariant("old", cache_crop_indices=False, seeded=False),
+    "old_indices": LoaderVariant("old_indices", cache_crop_indices=True, seeded=False),
+    "new_no_indices": LoaderVariant("new_no_indices", cache_crop_indices=False, seeded=True),
+    "new": LoaderVariant("new", cache_crop_indices=True, seeded=True),
+}
+
+
+def old_loader(dataset, batch_size: int, workers: int, pin_memory: bool):
+    """The training loader before issue 6: shuffled from the global generator, workers started anew
+    every epoch and reseeded from a base seed drawn at each start."""
+    from monai.data import DataLoader
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin_memory)
+
+
+def old_start_epoch(loader, epoch: int) -> None:
+    from monai.data.utils import set_rnd
+    set_rnd(loader.dataset, int(torch.randint(0, 2**31 - 1, ()).item()))
+
+
+def cache_bytes(dataset) -> int:
+    """Bytes of the arrays a CacheDataset holds."""
+    return sum(value.nbytes for item in dataset._cache for value in item.values() if hasattr(value, "nbytes"))
+
+
+def crop_ms(dataset, repeats: int = 20) -> float:
+    """Mean time of the dataset's RandCropByPosNegLabeld (4 crops) on its first cached case."""
+    from monai.transforms import RandCropByPosNegLabeld
+    crop = next(t for t in dataset.transform.transforms if isinstance(t, RandCropByPosNegLabeld))
+    cached = dataset._cache[0]
+    crop(dict(cached))
+    tic = time.perf_counter()
+    for _ in range(repeats):
+        crop(dict(cached))  # a shallow copy: the crop pops the cached indices from its input
+    return 1000 * (time.perf_counter() - tic) / repeats
+
+
+def time_loader(loader, begin, epochs: int, consume_s: float) -> dict:
+    """Patches per second over ``epochs`` epochs (the first, which starts the workers of either
+    loader, reported apart); ``consume_s`` per batch stands in for a training step."""
+    seconds, patches = [], []
+    for epoch in range(epochs):
+        tic, count = time.perf_counter(), 0
+        begin(loader, epoch)
+        for batch in loader:
+            count += batch["image"].shape[0]
+            time.sleep(consume_s)
+        seconds.append(time.perf_counter() - tic)
+        patches.append(count)
+    steady_s = sum(seconds[1:])
+    return {"first_epoch_s": seconds[0], "epoch_s": seconds[1:],
+            "patches_per_s": sum(patches[1:]) / steady_s if steady_s else float("nan"),
+            "patches_per_s_all_epochs": sum(patches) / sum(seconds), "batches_per_epoch": len(loader)}
+
+
+def loader_only(args) -> dict:
+    """Loader throughput (patches/s, no model) of each of ``args.loader_variants`` on the same files.
+
+    With ``--consume_ms`` each batch is held that long, as by a training step; the in-memory
+    reference is then the rate of those steps alone, and ``ratio`` the share of it each loader reaches.
+    """
+    from swinbob.data import DataConfig, train_transforms
+    from swinbob.loaders import make_dataset, start_epoch, train_loader
+    from swinbob.tasks import get_task
+    task = get_task("btcv")
+    entries, written_s = pipeline_volumes(args)
+    config = DataConfig.from_task(task, roi=args.roi)
+    batch = args.batch // config.num_samples or 1
+    consume_s = args.consume_ms / 1000
+    in_memory = batch * config.num_samples / consume_s if consume_s else float("nan")
+    results = []
+    for name in args.loader_variants.split(","):
+        variant = LOADER_VARIANTS[name]
+        tic = time.perf_counter()
+        dataset = make_dataset(entries, train_transforms(task, config, variant.cache_crop_indices), workers=args.workers)
+        cache_s = time.perf_counter() - tic
+        if variant.seeded:
+            loader, begin = train_loader(dataset, batch, args.workers, seed=0), start_epoch
+        else:
+            loader, begin = old_loader(dataset, batch, args.workers, pin_memory=False), old_start_epoch
+        timing = time_loader(loader, begin, args.loader_epochs, consume_s)
+        results.append({"variant": name, "cache_s": cache_s, "cache_mib": cache_bytes(dataset) / 2**20,
+                        "crop_ms": crop_ms(dataset), **timing, "ratio": timing["patches_per_s"] / in_memory})
+        del loader, dataset
+        gc.collect()
+    return {"cases": len(entries), "volume_shape": list(args.data_shape), "roi": list(args.roi), "workers": args.workers,
+            "batch_volumes": batch, "epochs": args.loader_epochs, "consume_ms": args.consume_ms, "write_s": written_s,
+            "in_memory_patches_per_s": in_memory, "variants": results}
+
+
+def print_loader_only(result: dict) -> None:
+    print(f"\nloader only: {result['cases']} cases {result['volume_shape']}, roi {result['roi']}, "
+          f"{result['workers']} workers, {result['epochs']} epochs, {result['consume_ms']} ms per batch")
+    print_table(result["variants"], [("variant", "variant", "s"), ("patches_per_s", "patches/s", ".2f"),
+                                     ("ratio", "x in-mem", ".2f"), ("first_epoch_s", "1st epoch s", ".2f"),
+                                     ("patches_per_s_all_epochs", "all epochs", ".2f"), ("crop_ms", "crop ms", ".1f"),
+                                     ("cache_mib", "cache MiB", ".1f"), ("cache_s", "cache s", ".1f")])
+    if result["consume_ms"]:
+        print(f"in-memory reference (the steps alone): {result['in_memory_patches_per_s']:.2f} patches/s")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_shape", type=int, nargs=3, default=[240, 240, 128])
     p.add_argument("--data_steps", type=int, default=40)
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    p.add_argument("--loader_only", action="store_true",
+                   help="time the loaders alone (no model) from NIfTI, the old configuration against the new")
+    p.add_argument("--loader_variants", default="old,new", help=f"comma list of {','.join(LOADER_VARIANTS)}")
+    p.add_argument("--loader_epochs", type=int, default=5, help="epochs per loader variant (the first timed apart)")
+    p.add_argument("--consume_ms", type=float, default=0.0, help="loader only: time each batch is held, as by a step")
     p.add_argument("--out_dir", default=os.environ.get("OUT"), help="where JSON results and profiles go")
     p.add_argument("--json", default=None, help="results file (default: OUT_DIR/train.json)")
     return p
@@ -449,6 +580,14 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"environment": environment(device), "settings": {"roi": args.roi, "batch": args.batch,
                "feature_size": args.feature_size, "steps": args.steps, "warmup": args.warmup}, "results": []}
     print(json.dumps(payload["environment"]))
+    if args.loader_only:
+        unknown = [v for v in args.loader_variants.split(",") if v not in LOADER_VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown loader variants {unknown}; choose from {list(LOADER_VARIANTS)}")
+        payload["loader_only"] = loader_only(args)
+        write_json(json_path, payload)
+        print_loader_only(payload["loader_only"])
+        return 0
     for out_channels in args.out_channels:
         in_channels = 1 if out_channels == 14 else 4 if out_channels == 73 else 1
         if args.agreement:

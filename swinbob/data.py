@@ -256,19 +256,46 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
     return chain
 
 
-def augment_transforms(task: Task, config: DataConfig) -> list[T.Transform]:
-    """Random patch sampling and augmentations of the reference recipes (training only)."""
+class CropIndicesd(T.FgBgToIndicesd):
+    """``FgBgToIndicesd`` that stores the flat indices compactly: numpy int32 (int64 only for labels
+    of 2**31 voxels or more) instead of MONAI's int64 MetaTensors.
+
+    Cached after the deterministic preprocessing, the indices spare ``RandCropByPosNegLabeld`` a scan
+    of the whole label on every sample. They cost 4 bytes per voxel inside the body (foreground
+    plus background above the image threshold), i.e. up to +50 % on the cache of a one-channel case
+    (image and label float32: 8 bytes per voxel), +20 % for four channels.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = super().__call__(data)
+        for key in self.key_iterator(d):
+            dtype = np.int32 if int(np.prod(d[key].shape[1:])) < 2**31 else np.int64
+            for name in (f"{key}{self.fg_postfix}", f"{key}{self.bg_postfix}"):
+                d[name] = torch.as_tensor(d[name]).cpu().numpy().astype(dtype)
+        return d
+
+
+def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = True) -> list[T.Transform]:
+    """Random patch sampling and augmentations of the reference recipes (training only).
+
+    The padding to the ROI and, with ``cache_crop_indices``, the label's foreground/background
+    indices (:class:`CropIndicesd`, for label-balanced crops) are deterministic, so cache datasets
+    keep them: each sample then starts from its crop. The crops are the same either way.
+    """
     keys = ["image", "label"]
+    sampling: list[T.Transform] = [T.SpatialPadd(keys=keys, spatial_size=config.roi)]
     if task.mode == "regions":
-        crop: T.Transform = T.RandSpatialCropd(keys=keys, roi_size=config.roi, random_size=False)
+        sampling.append(T.RandSpatialCropd(keys=keys, roi_size=config.roi, random_size=False))
     else:
-        crop = T.RandCropByPosNegLabeld(
+        indices: dict[str, str] = {}
+        if cache_crop_indices:
+            sampling.append(CropIndicesd(keys="label", image_key="image", image_threshold=0))
+            indices = {"fg_indices_key": "label_fg_indices", "bg_indices_key": "label_bg_indices"}
+        sampling.append(T.RandCropByPosNegLabeld(
             keys=keys, label_key="label", spatial_size=config.roi, pos=1, neg=1,
-            num_samples=config.num_samples, image_key="image", image_threshold=0,
-        )
-    chain: list[T.Transform] = [
-        T.SpatialPadd(keys=keys, spatial_size=config.roi),
-        crop,
+            num_samples=config.num_samples, image_key="image", image_threshold=0, **indices,
+        ))
+    chain: list[T.Transform] = sampling + [
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
@@ -282,9 +309,10 @@ def augment_transforms(task: Task, config: DataConfig) -> list[T.Transform]:
     return chain
 
 
-def train_transforms(task: Task, config: DataConfig) -> T.Compose:
-    """Preprocessing followed by augmentation; cache datasets cache up to the first random step."""
-    return T.Compose(preprocess_transforms(task, config) + augment_transforms(task, config))
+def train_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = True) -> T.Compose:
+    """Preprocessing followed by augmentation; cache datasets cache up to the first random step
+    (see :func:`augment_transforms` for ``cache_crop_indices``)."""
+    return T.Compose(preprocess_transforms(task, config) + augment_transforms(task, config, cache_crop_indices))
 
 
 def eval_transforms(task: Task, config: DataConfig, with_label: bool = True) -> T.Compose:

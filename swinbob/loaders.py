@@ -8,8 +8,9 @@ label values the task cannot represent), so a multi-day UKBOB run never dies hou
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.data.utils import json_hashing, set_rnd
-from torch.utils.data.distributed import DistributedSampler
+from monai.utils import MAX_SEED
+from torch.utils.data import Dataset as TorchDataset
+from torch.utils.data import Sampler
 
 from swinbob.data import case_name, check_finite, load_datalist
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
@@ -176,14 +179,72 @@ def shard(entries: Sequence[Any], rank: int, world_size: int) -> list[Any]:
     return list(entries)[rank::world_size]
 
 
+class EpochSampler(Sampler[tuple[int, int]]):
+    """This rank's ``(sample_seed, index)`` pairs of one epoch, a pure function of (seed, epoch).
+
+    The epoch's order is a permutation of all cases drawn from ``(seed, epoch)``, padded by
+    repeating its start to a multiple of ``world_size`` (``DistributedSampler`` semantics, also
+    for one process, so that ranks stay in step); rank ``r`` takes every ``world_size``-th slot
+    from ``r``. Each slot also gets its own sample seed, so a case repeated by the padding is
+    augmented differently. Nothing here reads a global random generator, hence a run draws the
+    same samples whatever its worker count, and resumed at any epoch.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need at least one case and 0 <= rank < world_size, got {size}, {rank}, {world_size}")
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed % 2**64, self.epoch])
+        total = len(self) * self.world_size
+        order = np.resize(rng.permutation(self.size), total)  # np.resize repeats from the start
+        seeds = rng.integers(0, MAX_SEED, size=total)
+        for slot in range(self.rank, total, self.world_size):
+            yield int(seeds[slot]), int(order[slot])
+
+
+class SeededDataset(TorchDataset):
+    """``dataset`` indexed by ``(sample_seed, index)``: its random transforms are reseeded from
+    ``sample_seed`` before ``dataset[index]`` is fetched, so a sample's augmentation does not depend
+    on which process draws it or on what that process drew before."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        sample_seed, index = key
+        set_rnd(self.dataset.transform, sample_seed)  # a Compose reseeds only its random transforms
+        return self.dataset[index]
+
+
 def train_loader(
-    dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world_size: int = 1, seed: int = 0, pin_memory: bool = False
+    dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+    pin_memory: bool = False, prefetch: int = 4,
 ) -> DataLoader:
-    """Shuffled training loader; a ``DistributedSampler`` splits the cases between ranks."""
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed) if world_size > 1 else None
+    """Shuffled training loader whose samples are a pure function of (``seed``, epoch, rank).
+
+    An :class:`EpochSampler` splits the cases between ranks and seeds each sample
+    (:class:`SeededDataset`); call :func:`start_epoch` before each epoch. Workers persist across
+    epochs (short epochs would otherwise spend much of their time starting them again) and each
+    keeps up to ``prefetch`` batches in flight. The loader has its own torch generator: it never
+    draws from the global one that a checkpoint saves.
+    """
+    sampler = EpochSampler(len(dataset), seed, rank, world_size)
+    kept = {"persistent_workers": True, "prefetch_factor": prefetch} if workers > 0 else {}
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=workers, pin_memory=pin_memory,
+        SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed % 2**63), **kept,
     )
 
 
@@ -193,13 +254,9 @@ def val_loader(dataset: Dataset, workers: int, pin_memory: bool = False) -> Data
 
 
 def start_epoch(loader: DataLoader, epoch: int) -> None:
-    """Prepare ``loader`` for ``epoch``: sampler epoch and fresh augmentation seeds.
+    """Make ``loader`` (from :func:`train_loader`) draw the cases and augmentations of ``epoch``.
 
-    With ``workers=0`` MONAI's transforms keep their own random state across epochs, which a
-    checkpoint does not hold; reseeding them from the (checkpointed) torch generator at each
-    epoch makes a resumed run draw exactly the augmentations of an uninterrupted one. With
-    workers, MONAI's ``worker_init_fn`` does the same from the loader's torch-drawn base seed.
+    The one place where a run advances its data: samples depend on (seed, epoch, rank) only, so a
+    run resumed at ``epoch`` (or mid-epoch, replaying it) sees exactly what an uninterrupted run saw.
     """
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    set_rnd(loader.dataset, int(torch.randint(0, 2**31 - 1, ()).item()))
+    loader.sampler.set_epoch(epoch)

@@ -263,7 +263,7 @@ def prepare_logdir(plan: TrainPlan) -> None:
 def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
     """Seed, build model, optimiser, loss and loaders, restore state, and open the log."""
     args = plan.args
-    seed_everything(args.seed + ctx.rank)  # ranks differ in augmentation; DDP syncs the initial weights
+    seed_everything(args.seed + ctx.rank)  # model randomness per rank (data: see train_loader); DDP syncs the initial weights
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if ctx.device.type == "cuda":
@@ -457,7 +457,7 @@ def fit(run: TrainingRun) -> TrainState:
         log.warning("the datalist has no validation cases for this split: no validation, no model.pt")
     for epoch in range(state.epoch, plan.max_epochs):
         tic = time.perf_counter()
-        epoch_rng = rng_state(run.ctx.device)  # what a stop mid-epoch saves: a resume replays the epoch's data
+        epoch_rng = rng_state(run.ctx.device)  # saved by a stop mid-epoch (save_last); the data depends on (seed, epoch) only
         start_epoch(run.train_loader, epoch)
         loss = train_epoch(run, epoch, epoch_rng)
         state.epoch = epoch + 1

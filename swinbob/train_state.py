@@ -203,7 +203,8 @@ def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.opti
         rng, step_rng = ckpt.get("rng") or [], ckpt.get("rng_step") or []
         if rng:
             if len(rng) != ctx.world_size:
-                log.warning("resuming %d rank(s) from a %d-rank run: augmentation streams differ", ctx.world_size, len(rng))
+                log.warning("resuming %d rank(s) from a %d-rank run: each epoch keeps its cases and augmentations "
+                            "(padding aside), split differently between ranks; dropout draws differ", ctx.world_size, len(rng))
             restore_rng(rng[ctx.rank % len(rng)], ctx.device)
         log.info("resumed from %s after epoch %d + %d step(s) (step %d, best Dice %s)",
                  source, state.epoch, state.epoch_step, state.global_step, state.best_metric)
