@@ -5,7 +5,8 @@ Reference: plain MONAI SwinUNETR and plain ``monai.inferers.sliding_window_infer
 same weights with :func:`swinbob.fast.accelerate` (fused SDPA window attention, channels-last 3D,
 ``torch.compile`` behind a fixed window batch) in bf16, called through the evaluation engine's
 :func:`swinbob.inference.sliding_window_logits`. ETTA: :func:`swinbob.etta.etta_predict` with its
-default settings on our fast model, timed with the source prediction it needs, over plain inference.
+default settings on our fast model, timed with the source prediction it needs, over plain inference,
+with the median seconds of each stage (source, adaptation, adapted window, integration, the rest).
 
 The network is first trained for a few hundred steps on a phantom (``--pretrain_steps``) so that
 its foreground, which sizes ETTA's adaptation box, is plausible; reference and ours then share
@@ -231,31 +232,80 @@ def main(argv: list[str] | None = None) -> int:
         e = payload["etta"]
         print(f"ETTA ({e['variant']}, defaults {e['config']}): {e['seconds']:.3f} s incl. source prediction vs "
               f"plain {e['plain_seconds']:.3f} s = {e['ratio']:.2f}x (box {e['box_fraction']:.0%} of the volume, {e.get('fallback')})")
+        print("ETTA stages, median s (x plain): " + ", ".join(
+            f"{k} {v:.3f} ({e['breakdown_x_plain'][k]:.2f}x)" for k, v in e["breakdown_s"].items()))
     return 0
 
 
+ETTA_STAGES = {"adapt": "adaptation", "predict_logits": "adapted_window", "integrate": "integration"}
+"""The functions of :mod:`swinbob.etta` that ``etta_predict`` calls for each stage, by stage name."""
+
+
+@contextlib.contextmanager
+def etta_stage_timers(device: torch.device, spent: dict[str, float]):
+    """Add the seconds spent in each ETTA stage (see ``ETTA_STAGES``) to ``spent``, synchronising
+    the device around each call, by wrapping the functions in the ``swinbob.etta`` namespace."""
+    from swinbob import etta
+    originals = {name: getattr(etta, name) for name in ETTA_STAGES}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            sync(device)
+            tic = time.perf_counter()
+            result = fn(*args, **kwargs)
+            sync(device)
+            spent[ETTA_STAGES[name]] = spent.get(ETTA_STAGES[name], 0.0) + time.perf_counter() - tic
+            return result
+        return wrapper
+
+    try:
+        for name, fn in originals.items():
+            setattr(etta, name, timed(name, fn))
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(etta, name, fn)
+
+
 def time_etta(net: torch.nn.Module, image: torch.Tensor, roi, args, amp_dtype, device: torch.device, results: list) -> dict:
-    """Source prediction + ``etta_predict`` (default EttaConfig) vs plain inference, same model."""
+    """Source prediction + ``etta_predict`` (default EttaConfig) vs plain inference, same model, with
+    the median seconds of each stage: source, adaptation, adapted window, integration, and the rest
+    (foreground, box, episode bookkeeping)."""
     from swinbob.etta import EttaConfig, etta_predict
     config = EttaConfig()
     window = WindowSettings(tuple(roi), args.sw_batch, args.overlap, amp_dtype)
+    stages: list[dict[str, float]] = []
 
     def plain():
         with torch.inference_mode():
             return predict_logits(net, image, window)
 
     def with_etta():
+        spent: dict[str, float] = {}
+        tic = time.perf_counter()
         with torch.no_grad():
             source = predict_logits(net, image, window)
-        return etta_predict(net, image, source, "softmax", config, window)
+        sync(device)
+        spent["source"] = time.perf_counter() - tic
+        with etta_stage_timers(device, spent):
+            outcome = etta_predict(net, image, source, "softmax", config, window)
+        sync(device)
+        spent["other"] = time.perf_counter() - tic - sum(spent.values())
+        stages.append(spent)
+        return outcome
 
     plain_s, _, source = time_calls(plain, args.repeats, 1, device)
     etta_s, times, outcome = time_calls(with_etta, args.repeats, 2, device)
+    timed = stages[-args.repeats:]
+    breakdown = {name: statistics.median(s.get(name, 0.0) for s in timed)
+                 for name in ("source", *ETTA_STAGES.values(), "other")}
     box = outcome.box
     fraction = float(np.prod([s.stop - s.start for s in box]) / np.prod(image.shape[2:])) if box else 0.0
     return {"variant": args.etta_variant, "config": {k: getattr(config, k) for k in ("steps", "lr", "windows")},
             "seconds": etta_s, "times": times, "plain_seconds": plain_s, "ratio": etta_s / plain_s,
-            "box_fraction": fraction, "fallback": outcome.fallback}
+            "breakdown_s": breakdown, "breakdown_x_plain": {k: v / plain_s for k, v in breakdown.items()},
+            "stages_s": timed, "box_fraction": fraction, "box": [[s.start, s.stop] for s in box] if box else None,
+            "fallback": outcome.fallback}
 
 
 if __name__ == "__main__":

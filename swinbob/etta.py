@@ -30,21 +30,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swinbob.inference import WindowSettings, foreground, predict_logits, probabilities
+from swinbob.inference import WindowSettings, foreground, predict_logits
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
 BOX_MARGIN = 0.25
 """The adapted sliding window covers the source foreground's bounding box grown by this share of
 the ROI on every side (clipped to the volume), so organs that the adapted model grows are kept
-while the background far from any organ is not predicted twice."""
+while the background far from any organ is not predicted twice. The adapted window costs windows,
+not voxels: ceil((side - ROI) / stride) + 1 per axis (stride ROI/2 at overlap 0.5), so on a
+foreground box just past a grid step the margin adds a whole row of windows."""
 
 
 @dataclass(frozen=True)
 class EttaConfig:
-    """ETTA settings. With the defaults a case costs about 1.7x plain inference when the foreground
-    box is the central 60 % of the volume and 2.3x when it is the whole volume (H100, bf16,
-    feature 48, ROI 96, 240x240x160 voxels, window batch 4, overlap 0.5): the source and adapted
-    sliding windows dominate; the 3 steps x 2 windows of adaptation add about 0.3x."""
+    """ETTA settings. With the defaults a case costs, over plain inference of the same volume: the
+    source prediction (1x), 3 eager forward-backward steps on 2 windows, the adapted sliding window
+    over the foreground box (in proportion to its windows, not its voxels) and the integration.
+    Measured: 2.87x on an H100 (bf16, feature 48, ROI 96, 240x240x160 voxels, window batch 16,
+    box 70 % of the volume; benchmarks/RESULTS.md, issue 6), before the integration became one
+    pass per prediction (not re-measured on a GPU since). On a 2-core CPU (fp32, feature 12,
+    ROI 64x32x32, 128x64x48 voxels, box 91 % with as many windows as the volume): 2.8x, of which
+    adaptation 0.75x, adapted window 1.0x, integration 0.02x (0.05x before). ``bench_infer.py
+    --etta`` prints these stages."""
 
     steps: int = 3
     lr: float = 1e-3
@@ -208,27 +215,63 @@ def adaptation_box(fg: torch.Tensor, roi: Sequence[int]) -> tuple[slice, slice, 
     return tuple(box)  # type: ignore[return-value]
 
 
-def integrate(source_logits: torch.Tensor, adapted_logits: torch.Tensor, mode: str, collapse: float) -> tuple[torch.Tensor | None, dict]:
-    """Entropy-weighted mean of two predictions (C, ...) or None (fallback) with the reason in ``info``."""
-    h_source = float(voxel_entropy(source_logits[None], mode).mean())
-    h_adapted = float(voxel_entropy(adapted_logits[None], mode).mean())
-    fg_source = float(foreground(source_logits, mode).float().mean())
-    fg_adapted = float(foreground(adapted_logits, mode).float().mean())
+def probabilities_and_entropy(logits: torch.Tensor, mode: str) -> tuple[torch.Tensor, float]:
+    """Probabilities (C, ...) of one case's ``logits`` (C, ...) and their mean normalised entropy.
+
+    One log-probability pass gives both, equal up to float rounding to
+    :func:`swinbob.inference.probabilities` and to the mean of :func:`voxel_entropy`.
+    """
+    logits = logits.float()
+    if mode == "softmax":
+        log_p = torch.log_softmax(logits, dim=0)
+        probs = log_p.exp()
+        total = log_p.mul_(probs).sum()
+        return probs, -float(total) / (logits[0].numel() * math.log(logits.shape[0]))
+    log_p = F.logsigmoid(logits)
+    probs = log_p.exp()
+    total = log_p.mul_(probs).sum()
+    log_q = F.logsigmoid(-logits)
+    total += log_q.mul_(log_q.exp()).sum()
+    return probs, -float(total) / (logits.numel() * math.log(2.0))
+
+
+def foreground_fraction(fg: torch.Tensor) -> float:
+    """Share of voxels in the boolean mask ``fg``."""
+    return int(torch.count_nonzero(fg)) / max(fg.numel(), 1)
+
+
+def integrate(
+    source_logits: torch.Tensor,
+    adapted_logits: torch.Tensor,
+    mode: str,
+    collapse: float,
+    source_foreground: float | None = None,
+) -> tuple[torch.Tensor | None, dict]:
+    """Entropy-weighted mean of two predictions (C, ...) or None (fallback) with the reason in ``info``.
+
+    ``source_foreground``: the source prediction's foreground fraction here, if the caller knows it.
+    Each prediction is read once for its probabilities and entropy (and the adapted one once more
+    for its foreground); the mean is formed in place in the adapted probabilities.
+    """
+    if source_foreground is None:
+        source_foreground = foreground_fraction(foreground(source_logits, mode))
+    fg_adapted = foreground_fraction(foreground(adapted_logits, mode))
+    probs_adapted, h_adapted = probabilities_and_entropy(adapted_logits, mode)
+    probs_source, h_source = probabilities_and_entropy(source_logits, mode)
     info: dict[str, object] = {
         "entropy_source": h_source, "entropy_adapted": h_adapted,
-        "foreground_source": fg_source, "foreground_adapted": fg_adapted,
+        "foreground_source": source_foreground, "foreground_adapted": fg_adapted,
     }
     if h_adapted >= h_source:
         info["fallback"] = "entropy did not decrease"
         return None, info
-    if fg_adapted < (1.0 - collapse) * fg_source:
-        info["fallback"] = f"foreground collapsed ({fg_source:.4f} -> {fg_adapted:.4f})"
+    if fg_adapted < (1.0 - collapse) * source_foreground:
+        info["fallback"] = f"foreground collapsed ({source_foreground:.4f} -> {fg_adapted:.4f})"
         return None, info
     inverse = np.array([1.0 / max(h_source, 1e-8), 1.0 / max(h_adapted, 1e-8)])
     weights = inverse / inverse.sum()
     info["weight_adapted"] = float(weights[1])
-    mixed = weights[0] * probabilities(source_logits[None], mode) + weights[1] * probabilities(adapted_logits[None], mode)
-    return mixed[0], info
+    return probs_adapted.mul_(float(weights[1])).add_(probs_source, alpha=float(weights[0])), info
 
 
 def etta_predict(
@@ -257,7 +300,8 @@ def etta_predict(
         with torch.no_grad():
             adapted = predict_logits(model, image[(slice(None), slice(None), *box)], window)
     source_box = source_logits[(0, slice(None), *box)]
-    probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse)
+    source_foreground = foreground_fraction(fg[box])
+    probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse, source_foreground)
     info["losses"] = [step["loss"] for step in history]
     info["box"] = [[s.start, s.stop] for s in box]
     return EttaOutcome(box=box, probs=probs, fallback=info.get("fallback"), info=info)  # type: ignore[arg-type]

@@ -11,12 +11,15 @@ from swinbob.etta import (
     adaptation_box,
     episode,
     etta_predict,
+    foreground_fraction,
     integrate,
     norm_parameters,
+    probabilities_and_entropy,
     sample_window_starts,
+    voxel_entropy,
     window_entropy,
 )
-from swinbob.inference import WindowSettings, foreground, predict_logits
+from swinbob.inference import WindowSettings, foreground, predict_logits, probabilities
 from swinbob.model import ModelConfig, build_model
 
 ROI = (16, 16, 16)
@@ -173,6 +176,18 @@ def test_integration_weights_by_inverse_entropy_and_falls_back_when_adaptation_h
     assert integrate(better, src, "softmax", 0.5)[0] is None  # entropy went up
     collapsed, info = integrate(src, _logits(3.0, 0.1), "softmax", collapse=0.5)
     assert collapsed is None and "collapsed" in info["fallback"]
+
+
+@pytest.mark.parametrize("mode", ["softmax", "regions"])
+def test_one_pass_probabilities_and_entropy_match_the_separate_ones(mode):
+    logits = 3 * torch.randn(4, 9, 8, 7, generator=torch.Generator().manual_seed(0))
+    box = logits[:, 1:8, 2:7, 1:6]  # a strided view, as etta_predict passes the source box
+    probs, entropy = probabilities_and_entropy(box, mode)
+    assert torch.allclose(probs, probabilities(box[None], mode)[0], atol=1e-6)
+    assert entropy == pytest.approx(float(voxel_entropy(box[None], mode).mean()), rel=1e-5)
+    fraction = foreground_fraction(foreground(box, mode))
+    assert fraction == pytest.approx(float(foreground(box, mode).float().mean()))
+    assert integrate(box, 2 * box, mode, 0.5, fraction)[1] == integrate(box, 2 * box, mode, 0.5)[1]
 
 
 def test_without_foreground_or_norm_layers_etta_falls_back():
