@@ -9,6 +9,12 @@ Three ways in, one :func:`init_distributed`:
 * otherwise a single process.
 
 The *local* rank picks the GPU; the global rank never is a CUDA index (an upstream multi-node bug).
+
+A SIGTERM or SIGINT sent to the ``--distributed`` launcher alone reaches its ranks as
+:data:`~swinbob.interrupt.FORWARDED_STOP` (see :mod:`swinbob.interrupt`): during training every
+rank stops after the current step with ``last.pt`` saved, as if each had been signalled; a stop
+forwarded during set-up takes effect after the first step, one after training changes nothing.
+torchrun's agent passes signals on to its workers itself.
 """
 
 from __future__ import annotations
@@ -25,9 +31,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from swinbob.interrupt import forward_stop_signals, remember_forwarded_stops
 from swinbob.runtime import select_device
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+EXIT_GRACE_S = 10.0
+"""After a rank exits non-zero, how long the others get to finish on their own (after a stop
+they all exit alike) before they are terminated (after a crash they may wait in a collective)."""
 P = TypeVar("P")
 log = logging.getLogger(__name__)
 
@@ -122,8 +132,9 @@ def _spawned(local_rank: int, worker: Callable[[DistContext, P], int], payload: 
     if not torch.cuda.is_available():
         # CPU processes share the cores; without this each one starts a thread per core.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
-    ctx = init_distributed(device_name, node_rank * per_node + local_rank, local_rank, total, url, backend)
-    code = _run(worker, ctx, payload)
+    with remember_forwarded_stops():
+        ctx = init_distributed(device_name, node_rank * per_node + local_rank, local_rank, total, url, backend)
+        code = _run(worker, ctx, payload)
     if code:
         sys.exit(code)
 
@@ -141,7 +152,8 @@ def launch(
     """Run ``worker(ctx, payload)`` in every process of the job and return an exit code.
 
     ``payload`` must be picklable for the spawn path. A worker returning non-zero (e.g. after
-    reporting a bad datalist) makes the whole job return that code; exceptions propagate.
+    reporting a bad datalist) makes the whole job return that code; exceptions propagate. While
+    the spawned ranks run, this process forwards a stop signal to them (:func:`_join`).
     """
     if launched_by_torchrun():
         return _run(worker, init_distributed(device_name, backend=backend), payload)
@@ -154,11 +166,31 @@ def launch(
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
     log.info("spawning %d process(es) on this node, %d in total, rendezvous %s", per_node, total, dist_url)
     args = (worker, payload, per_node, total, node_rank, dist_url, backend, device_name)
+    return _join(mp.spawn(_spawned, args=args, nprocs=per_node, join=False))
+
+
+def _living_pids(ranks: mp.ProcessContext) -> list[int]:
+    # A rank whose exit code is unknown has not been reaped yet, so its pid cannot have been reused.
+    return [process.pid for process in ranks.processes if process.exitcode is None]
+
+
+def _join(ranks: mp.ProcessContext) -> int:
+    """Wait for the spawned ranks, passing a SIGTERM or SIGINT on to them; return the exit code:
+    0, or that of the first rank to exit non-zero (4 after a stop)."""
     try:
-        mp.spawn(_spawned, args=args, nprocs=per_node, join=True)
+        with forward_stop_signals(lambda: _living_pids(ranks)):
+            while not ranks.join(grace_period=EXIT_GRACE_S):
+                pass
     except mp.ProcessExitedException as exc:
-        return exc.exit_code or 1
+        return exit_status(exc.exit_code)
     return 0
+
+
+def exit_status(exit_code: int | None) -> int:
+    """A rank's exit code as a shell exit status: a death by signal N (code -N) is 128 + N."""
+    if exit_code is None or exit_code == 0:
+        return 1
+    return 128 - exit_code if exit_code < 0 else exit_code
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,15 @@
 """Training under faults: SIGKILL at a random moment and inside a checkpoint write, SIGTERM and
-SIGINT (saved, resumable), a full disk, a damaged ``last.pt``, NaN inputs and NaN weights, and bad
-image data that only a full read finds.
+SIGINT (saved, resumable), a SIGTERM sent to the ``--distributed`` launcher only (forwarded to its
+ranks), a full disk, a damaged ``last.pt``, NaN inputs and NaN weights, and bad image data that
+only a full read finds.
 
 Every run is the same tiny job (BTCV phantoms, feature_size 12, ROI 32x32x64, 2 epochs of 2 steps,
 ``--deterministic``), so that each faulty run, once resumed, must end with exactly the weights,
 optimizer state and counters of one uninterrupted run (:func:`reference`). Each fault lands in the
 summary table (faults_report.record_fault); ``data lost`` counts what differs from that run
-(tensors, counters) or, for runs that must stop, the good checkpoints that changed.
+(tensors, counters) or, for runs that must stop, the good checkpoints that changed. The
+``--distributed`` run (2 gloo ranks, many epochs so that it is still training when signalled) is
+only checked to stop with a loadable, resumable ``last.pt``: 2 ranks do not train like 1.
 
 Faults that kill or signal the trainer run it in a subprocess started as ``python
 tests/test_faults_train.py FAULT TRAIN_ARGS``: the fault is installed there by patching, so the
@@ -34,7 +37,9 @@ import swinbob.checkpoint as checkpoint
 import swinbob.train as train
 from faults_report import record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError, load_checkpoint
+from swinbob.distributed import exit_status
 from swinbob.files import stale_temp_files
+from swinbob.interrupt import FORWARDED_STOP, forward_stop_signals, remember_forwarded_stops, stop_on_signals
 from swinbob.phantoms import write_cohort
 from swinbob.train_state import load_resume_checkpoint
 
@@ -123,8 +128,8 @@ def _train(cohort: Path, logdir: Path, *extra: str) -> int:
     return train.main(_args(cohort, logdir, *extra), default_task="btcv")
 
 
-def _subprocess(fault: str, cohort: Path, logdir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, fault, *_args(cohort, logdir)], cwd=REPO, env=ENV,
+def _subprocess(fault: str, cohort: Path, logdir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, fault, *_args(cohort, logdir, *extra)], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -402,6 +407,102 @@ def test_the_pre_training_check_reads_images_and_lists_nan_voxels_and_truncated_
         line = next(line for line in message.splitlines() if str(image) in line)
         record_input("datalist check", f"image with a {problem} -> train pre-check (--data_check full)",
                      refused(line.strip(" -"), strip=data))
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals sent to the --distributed launcher only: forwarded to the ranks
+# ----------------------------------------------------------------------------------------------
+
+FORWARDED = "SIGTERM/SIGINT forwarded by the --distributed launcher"
+
+
+def _signal_self(signum: int) -> None:
+    """Send ``signum`` to this process and give its Python handler the chance to run."""
+    os.kill(os.getpid(), signum)
+    time.sleep(0.2)  # the handler runs in the main thread at the next check; sleep is interrupted then
+
+
+def test_a_forwarded_stop_is_recorded_with_a_readable_name_and_never_escalates():
+    handled = (signal.SIGTERM, signal.SIGINT, FORWARDED_STOP)
+    before = [signal.getsignal(signum) for signum in handled]
+    with stop_on_signals() as request:
+        _signal_self(FORWARDED_STOP)
+        _signal_self(FORWARDED_STOP)  # a launcher forwarding twice: still a stop request, not an abort
+        _signal_self(signal.SIGTERM)  # the rank signalled directly too (SLURM): its first SIGTERM
+        assert request.name == FORWARDED and signal.getsignal(FORWARDED_STOP) == request.handle
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the next SIGTERM would kill
+    assert [signal.getsignal(signum) for signum in handled] == before
+
+
+def test_a_stop_forwarded_before_training_is_kept_for_it_and_forgotten_after():
+    with remember_forwarded_stops():
+        _signal_self(FORWARDED_STOP)  # during set-up: must neither kill the rank nor be lost
+        with stop_on_signals() as request:
+            assert request.requested and request.name == FORWARDED
+        _signal_self(FORWARDED_STOP)  # after training: nothing happens
+    with stop_on_signals() as request:  # a later run in the same process starts clean
+        assert not request.requested
+
+
+@pytest.mark.parametrize(("exit_code", "status"), [(4, 4), (-15, 143), (-9, 137), (None, 1)])
+def test_a_rank_killed_by_a_signal_gives_the_shell_exit_status(exit_code, status):
+    assert exit_status(exit_code) == status
+
+
+_RANK = """
+import signal, sys
+signal.signal(signal.SIGUSR1, lambda signum, frame: print(signal.Signals(signum).name, flush=True))
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _previous_handler(signum: int, frame: object) -> None:
+    raise AssertionError(f"signal {signum} reached the handler the forwarding should have replaced")
+
+
+def test_the_launcher_forwards_its_first_stop_signal_once_and_a_second_sigint_aborts(caplog):
+    """A child stands in for a rank; a SIGTERM then two SIGINTs reach the launcher (this process)."""
+    rank = subprocess.Popen([sys.executable, "-c", _RANK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert rank.stdout.readline() == "ready\n"
+    previous = {signum: signal.signal(signum, _previous_handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(KeyboardInterrupt), forward_stop_signals(lambda: [rank.pid]) as request:
+            _signal_self(signal.SIGTERM)
+            assert request.name == "SIGTERM" and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+            _signal_self(signal.SIGINT)  # the other kind: recorded, not forwarded again
+            _signal_self(signal.SIGINT)  # the second of its kind: the default action
+        restored = [signal.getsignal(signum) for signum in previous]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    received, _ = rank.communicate(timeout=30)
+    record_fault("launcher got SIGTERM, then SIGINT twice: ranks asked to stop once, 2nd SIGINT aborts",
+                 survived=received == "SIGUSR1\n" and restored == [_previous_handler] * 2)
+    assert received == "SIGUSR1\n" and rank.returncode == 0
+    assert restored == [_previous_handler] * 2
+    assert "SIGTERM received: asking 1 rank(s) to stop (in training: after the current step, saving last.pt" in caplog.text
+
+
+def test_sigterm_to_the_distributed_launcher_only_stops_every_rank_with_last_pt_saved(cohort, tmp_path, caplog):
+    logdir = tmp_path / "run"
+    job = _subprocess("none", cohort, logdir, "--distributed", "--world_size=2", "--device=cpu", "--max_epochs=50")
+    _wait_for(logdir / "last.pt", job)  # saved by all ranks together: each one is inside the training loop
+    job.send_signal(signal.SIGTERM)  # to the launcher only, as `kill <pid>` does
+    _, stderr = job.communicate(timeout=120)
+    saved = load_checkpoint(logdir / "last.pt")
+    stopped = job.returncode == train.EXIT_INTERRUPTED and 1 <= saved["epoch"] < 50
+    record_fault("SIGTERM to the --distributed launcher only (2 gloo ranks): forwarded, saved, exit 4",
+                 survived=stopped)
+    assert stopped, stderr[-3000:]
+    assert "SIGTERM received: asking 2 rank(s) to stop (in training: after the current step, saving last.pt" in stderr
+    assert f"{FORWARDED} received: stopped after " in stderr and "continue with --resume (exit code 4)" in stderr
+    assert "Traceback" not in stderr and "Terminating process" not in stderr, stderr[-3000:]  # all ranks ended alike
+
+    caplog.set_level(logging.INFO, logger="swinbob")  # one process finishes the stopped epoch
+    assert _train(cohort, logdir, "--resume", f"--max_epochs={saved['epoch'] + 1}") == 0
+    assert f"after epoch {saved['epoch']} + {saved['epoch_step']} step(s)" in caplog.text
+    assert load_checkpoint(logdir / "last.pt")["epoch"] == saved["epoch"] + 1
 
 
 if __name__ == "__main__":  # the fault runner: python tests/test_faults_train.py FAULT TRAIN_ARGS...
