@@ -7,7 +7,10 @@
    clean validation cases (in-domain sanity check) and on every shifted case.
 4. Prints mean Dice / HD95 with and without ETTA (optionally for several ETTA learning rates on
    the shifted cohort: ``--etta_lrs``), per-organ Dice on the shifted cohort, how often ETTA fell
-   back to the source prediction, and writes ``results.json`` in the work folder.
+   back to the source prediction, and writes ``results.json`` in the work folder. ``--etta_overlaps``
+   compares adapted-window overlaps (``EttaConfig.overlap``) on both cohorts; it only matters when
+   the adaptation box spans more than one ROI (not with the default one-ROI grid: use e.g.
+   ``--roi 32 32 32``).
 
 CPU default (coarse 1.75x3.5x4 mm grid so that a case is one ROI; ~1.3 training steps/s on 2
 idle cores, so about 6 minutes; 17 minutes were measured on a machine shared with other jobs):
@@ -56,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--etta_lrs", type=float, nargs="+", default=[EttaConfig().lr],
                    help="ETTA learning rates to compare on the shifted cohort (the first also on the clean one)")
+    p.add_argument("--etta_overlaps", type=float, nargs="+", default=[EttaConfig().overlap],
+                   help="adapted-window overlaps to compare on both cohorts (with the first learning rate)")
     return p.parse_args(argv)
 
 
@@ -86,9 +91,11 @@ def train_model(args: argparse.Namespace, clean: Path, work: Path) -> Path:
 
 
 def evaluate_cohort(args: argparse.Namespace, datalist: Path, split: str, checkpoint: Path, out: Path,
-                    lr: float, compare: bool) -> dict:
+                    lr: float, compare: bool, overlap: float | None = None) -> dict:
+    overlap = args.etta_overlaps[0] if overlap is None else overlap
     argv = ["--data_dir", str(datalist.parent), "--json_list", datalist.name, "--split", split,
             "--compare_etta" if compare else "--etta", "--etta_lr", str(lr), "--etta_seed", str(args.seed),
+            "--etta_overlap", str(overlap),
             "--pretrained_dir", str(checkpoint.parent), "--pretrained_model_name", checkpoint.name,
             "--output_dir", str(out), *geometry_flags(args)]
     if evaluate.main(argv, default_task="btcv") != 0:
@@ -105,10 +112,10 @@ def rows(results: dict[str, dict]) -> list[tuple[str, str, dict]]:
     """(cohort, method label, summary-of-that-method) for the report, no-ETTA first."""
     out = []
     for key, summary in results.items():
-        cohort, _, lr = key.partition("@")
+        cohort, _, setting = key.partition("@")
         if "no_etta" in summary["metrics"]:
             out.append((cohort, "no ETTA", summary))
-        out.append((cohort, f"ETTA lr {lr}", summary))
+        out.append((cohort, f"ETTA {setting}", summary))
     return out
 
 
@@ -127,7 +134,7 @@ def report(results: dict[str, dict]) -> None:
             method = "no_etta" if label == "no ETTA" else "etta"
             per_class = summary["metrics"][method]["dice"]["per_class"]
             cells = [f"{o} {per_class[o]['mean']:.3f}" if per_class[o]["mean"] is not None else f"{o} n/a" for o in MAJOR_ORGANS]
-            print(f"  {label:14s} " + ", ".join(cells))
+            print(f"  {label:22s} " + ", ".join(cells))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,11 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     checkpoint = train_model(args, clean, work)
     train_s = time.perf_counter() - tic
-    first = args.etta_lrs[0]
-    results = {f"clean@{first:g}": evaluate_cohort(args, clean, "validation", checkpoint, work / "eval_clean", first, True)}
+    first, first_overlap = args.etta_lrs[0], args.etta_overlaps[0]
+    results = {f"clean@lr {first:g}, overlap {first_overlap:g}":
+               evaluate_cohort(args, clean, "validation", checkpoint, work / "eval_clean", first, True)}
+    for overlap in args.etta_overlaps[1:]:
+        results[f"clean@lr {first:g}, overlap {overlap:g}"] = evaluate_cohort(
+            args, clean, "validation", checkpoint, work / f"eval_clean_ov{overlap:g}", first, False, overlap)
     for index, lr in enumerate(args.etta_lrs):
         out = work / f"eval_shifted_lr{lr:g}"
-        results[f"shifted@{lr:g}"] = evaluate_cohort(args, shifted, "training", checkpoint, out, lr, index == 0)
+        results[f"shifted@lr {lr:g}, overlap {first_overlap:g}"] = evaluate_cohort(
+            args, shifted, "training", checkpoint, out, lr, index == 0)
+    for overlap in args.etta_overlaps[1:]:
+        results[f"shifted@lr {first:g}, overlap {overlap:g}"] = evaluate_cohort(
+            args, shifted, "training", checkpoint, work / f"eval_shifted_ov{overlap:g}", first, False, overlap)
     report(results)
     timing = {"train_s": round(train_s, 1), "total_s": round(time.perf_counter() - started, 1)}
     print(f"\ntraining {timing['train_s']} s, total {timing['total_s']} s, device {args.device}")

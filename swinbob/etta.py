@@ -5,11 +5,14 @@ parameters of normalisation layers (the Swin encoder's LayerNorms, affine Instan
 norms) are tuned for a few Adam steps to lower the mean prediction entropy (normalised by log C;
 binary entropy per region for sigmoid tasks) on ROI-sized windows whose centres are drawn from
 the source prediction's foreground; (3) the adapted model predicts the foreground's bounding box
-(grown by a margin) with a sliding window; (4) source and adapted probabilities are averaged with
-weights proportional to the inverse of their mean entropy (in the spirit of InTEnt), unless
-adaptation raised the entropy or shrank the foreground by more than ``collapse``: then the source
-prediction stands. Afterwards the model is exactly the loaded one again (parameters, requires_grad
-flags, .grad, train/eval mode), so every case starts from the checkpoint.
+(grown by a margin) with a sliding window at ``EttaConfig.overlap`` (0.5 by default, as the
+source pass; a lower one such as 0.25 costs about 1/0.75³ ≈ 2.4 instead of 8 windows per ROI
+volume, but see ``EttaConfig`` for why it is not the default); (4) source and adapted
+probabilities are averaged with weights proportional to the inverse of their mean entropy (in the
+spirit of InTEnt), unless adaptation raised the entropy or shrank the foreground by more than
+``collapse``: then the source prediction stands. Afterwards the model is exactly the loaded one
+again (parameters, requires_grad flags, .grad, train/eval mode), so every case starts from the
+checkpoint.
 
 Why eval mode throughout: dropout and stochastic depth must be off, and LayerNorm/InstanceNorm
 normalise with the statistics of the input in both modes, so their affine parameters act on the
@@ -21,6 +24,7 @@ whole-volume sliding window.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,8 +41,9 @@ BOX_MARGIN = 0.25
 """The adapted sliding window covers the source foreground's bounding box grown by this share of
 the ROI on every side (clipped to the volume), so organs that the adapted model grows are kept
 while the background far from any organ is not predicted twice. The adapted window costs windows,
-not voxels: ceil((side - ROI) / stride) + 1 per axis (stride ROI/2 at overlap 0.5), so on a
-foreground box just past a grid step the margin adds a whole row of windows."""
+not voxels: ceil((side - ROI) / stride) + 1 per axis (stride int(ROI·(1 - overlap)), ROI/2 at
+overlap 0.5, 3/4·ROI at overlap 0.25), so on a foreground box just past a grid
+step the margin adds a whole row of windows."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,21 @@ class EttaConfig:
     box 70 % of the volume; benchmarks/RESULTS.md, issue 6), before the integration became one
     pass per prediction (not re-measured on a GPU since). On a 2-core CPU (fp32, feature 12,
     ROI 64x32x32, 128x64x48 voxels, box 91 % with as many windows as the volume): 2.8x, of which
-    adaptation 0.75x, adapted window 1.0x, integration 0.02x (0.05x before). ``bench_infer.py
-    --etta`` prints these stages."""
+    adaptation 0.75x, adapted window 1.0x, integration 0.02x (0.05x before); all of these with the
+    adapted window at overlap 0.5. ``bench_infer.py --etta`` prints these stages.
+
+    ``overlap``: sliding-window overlap of the adapted pass only (the source prediction keeps the
+    caller's ``WindowSettings.overlap``). The adapted output is only averaged with the source
+    probabilities, which are already blended from 0.5-overlap Gaussian windows, so a coarser tiling
+    is cheaper: 0.25 cuts the windows per axis from ceil((side - ROI) / (ROI/2)) + 1 to
+    ceil((side - ROI) / (3/4·ROI)) + 1 (on a 2-core CPU, 160x80x48 voxels, box 88 %: 32 -> 18
+    windows, ETTA 8.73 s -> 7.06 s; on a box under about 1.7 ROIs per axis the counts are equal).
+    It stays 0.5 by default because the fallback test and the weights of step (4) compare the mean
+    entropies of the two predictions, and the tiling alone moves the mean entropy of the box:
+    in ``bench_etta_shift.py`` (weak CPU model) by +0.001 to +0.006 at 0.25, against -0.00002
+    (lr 1e-3) to -0.0003 (lr 1e-2) from the adaptation, so at 0.25 ETTA fell back ("entropy did
+    not decrease") on 5/6 shifted cases instead of 1/6, for a reason unrelated to adaptation.
+    Lower it only with an entropy test that compares like with like."""
 
     steps: int = 3
     lr: float = 1e-3
@@ -59,6 +77,8 @@ class EttaConfig:
     seed: int = 0
     collapse: float = 0.5
     """Fall back to the source prediction when the foreground shrinks by more than this fraction."""
+    overlap: float = 0.5
+    """Sliding-window overlap of the adapted prediction over the box (see above), in [0, 1)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.windows < 1:
@@ -67,6 +87,8 @@ class EttaConfig:
             raise ValueError(f"ETTA learning rate must be positive, got {self.lr}")
         if not 0.0 < self.collapse <= 1.0:
             raise ValueError(f"ETTA collapse threshold must be in (0, 1], got {self.collapse}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"ETTA window overlap must be in [0, 1), got {self.overlap}")
 
 
 @dataclass
@@ -298,7 +320,8 @@ def etta_predict(
     with episode(model, params):
         history = adapt(model, image, fg.to(image.device), params, mode, config, window)
         with torch.no_grad():
-            adapted = predict_logits(model, image[(slice(None), slice(None), *box)], window)
+            box_window = dataclasses.replace(window, overlap=config.overlap)
+            adapted = predict_logits(model, image[(slice(None), slice(None), *box)], box_window)
     source_box = source_logits[(0, slice(None), *box)]
     source_foreground = foreground_fraction(fg[box])
     probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse, source_foreground)

@@ -318,6 +318,8 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     adapt.add_argument("--etta_steps", type=int, default=defaults.steps, help="Adam steps per case")
     adapt.add_argument("--etta_lr", type=float, default=defaults.lr, help="Adam learning rate")
     adapt.add_argument("--etta_windows", type=int, default=defaults.windows, help="ROI windows per step")
+    adapt.add_argument("--etta_overlap", type=float, default=defaults.overlap,
+                       help="sliding-window overlap of the adapted prediction (the source one uses --infer_overlap)")
     adapt.add_argument("--etta_seed", type=int, default=defaults.seed, help="seed of the window sampling")
     adapt.add_argument("--etta_collapse", type=float, default=defaults.collapse,
                        help="fall back to the source prediction if the foreground shrinks by more than this fraction")
@@ -423,7 +425,8 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
             raise ConfigError(f"{existing[0]} exists: choose another --exp_name/--output_dir or pass --overwrite")
     settings = EvalSettings(
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
-        etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse),
+        etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
+                       args.etta_overlap),
         label_map=label_map, save_predictions=args.save_predictions, overwrite=args.overwrite, workers=args.workers,
         gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
         device=device,

@@ -227,3 +227,38 @@ def test_gpu_bf16_etta_on_swin_unetr_is_episodic():
     assert len(outcome.info.get("losses", [])) == EttaConfig().steps
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.6])
+def test_adapted_window_uses_the_configured_overlap(monkeypatch, overlap):
+    """Only the adapted pass over the box runs at ``EttaConfig.overlap``; the caller's settings stand."""
+    import swinbob.etta as etta_module
+
+    calls: list[tuple[tuple[int, ...], WindowSettings]] = []
+
+    def spy(model, image, settings):
+        calls.append((tuple(image.shape[2:]), settings))
+        return predict_logits(model, image, settings)
+
+    monkeypatch.setattr(etta_module, "predict_logits", spy)
+    model, image = make_model(), make_image(3, shape=(40, 36, 20))
+    window = WindowSettings(ROI, sw_batch_size=2, overlap=0.5)
+    logits = source(model, image)
+    outcome = etta_predict(model, image, logits, "softmax", EttaConfig(steps=1, windows=1, overlap=overlap), window)
+    assert len(calls) == 1
+    shape, settings = calls[0]
+    assert shape == tuple(s.stop - s.start for s in outcome.box)
+    assert settings.overlap == overlap
+    assert settings == WindowSettings(ROI, sw_batch_size=2, overlap=overlap)  # all else as the caller's
+    assert window.overlap == 0.5  # the caller's settings are not mutated (frozen or not)
+
+
+@pytest.mark.parametrize("overlap", [-0.1, 1.0, 1.5, float("nan")])
+def test_invalid_overlap_is_refused_with_its_value(overlap):
+    with pytest.raises(ValueError, match=f"overlap.*{overlap}"):
+        EttaConfig(overlap=overlap)
+
+
+def test_default_overlap_matches_the_source_default():
+    # entropies of the two predictions are compared, so by default they are tiled alike (see EttaConfig)
+    assert EttaConfig().overlap == WindowSettings(ROI).overlap

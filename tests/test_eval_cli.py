@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from swinbob.checkpoint import make_checkpoint
-from swinbob.evaluate import main
+from swinbob.etta import EttaConfig
+from swinbob.evaluate import build_parser, main, setup
 from swinbob.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,11 +144,21 @@ def cohort(tmp_path, monkeypatch):
     ["--out_channels=73"],
     ["--device=cuda:7"] if not torch.cuda.is_available() else ["--split=nonexistent"],
     ["--split=nonexistent"],
+    ["--etta_overlap=1.0"],
 ])
 def test_configuration_errors_exit_2_before_any_case(cohort, extra):
     argv = ["--json_list=./data/BTCV/dataset_0.json", "--data_dir=./data/BTCV/", *SIZE_FLAGS, *extra]
     assert main(argv) == 2
     assert not (cohort / "outputs" / "test" / "summary.json").exists()
+
+
+def test_etta_overlap_flag_sets_the_adapted_window_only(cohort):
+    args = build_parser("btcv").parse_args(["--json_list=./data/BTCV/dataset_0.json", "--data_dir=./data/BTCV/",
+                                            "--device=cpu", "--infer_overlap=0.5", "--etta_overlap=0.4", *SIZE_FLAGS])
+    _model, _cases, settings, context = setup(args)
+    assert settings.etta.overlap == 0.4 and context["etta_config"]["overlap"] == 0.4
+    assert settings.window.overlap == 0.5
+    assert build_parser("btcv").parse_args([]).etta_overlap == EttaConfig().overlap
 
 
 def test_existing_results_are_not_overwritten(cohort):
