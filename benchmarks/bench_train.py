@@ -12,9 +12,10 @@ host sync in the step). Every figure is printed beside the same run's reference 
 
 ``--data_pipeline`` adds end-to-end throughput with NIfTI files written to local disk and read
 through swinbob's datasets and loaders, against the same step on in-memory batches.
-``--loader_only`` times the training loaders alone from the same files, the configuration before
-issue 6 (workers started every epoch, crop indices found on every sample) against today's, over
-several short epochs; ``--consume_ms`` holds each batch as a training step would:
+``--loader_only`` times the training loaders alone from the same files over several short epochs:
+the configuration before issue 6 (workers started every epoch, crop indices found on every
+sample), the seeded loader with persistent workers and a new iterator every epoch, and today's
+one stream of batches across epochs; ``--consume_ms`` holds each batch as a training step would:
 
     python benchmarks/bench_train.py --device cpu --loader_only --data_cases 12 --data_shape 160 160 96 \
         --roi 64 --workers 2 --loader_epochs 5 --consume_ms 100
@@ -26,6 +27,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import itertools
 import json
 import math
 import os
@@ -391,7 +393,7 @@ def data_pipeline(args, device: torch.device, trainer: Trainer | None = None) ->
     """Our step fed by swinbob's CacheDataset + loader from NIfTI on disk vs the same step on an
     in-memory batch, in the same process with the same (already compiled) model."""
     from swinbob.data import DataConfig, train_transforms
-    from swinbob.loaders import make_dataset, start_epoch, train_loader
+    from swinbob.loaders import batch_stream, make_dataset, train_loader
     from swinbob.tasks import get_task
     task = get_task("btcv")
     entries, written_s = pipeline_volumes(args)
@@ -404,13 +406,9 @@ def data_pipeline(args, device: torch.device, trainer: Trainer | None = None) ->
     if trainer is None:
         trainer = make_trainer(VARIANTS[args.data_variant], task.in_channels, task.out_channels, args.feature_size, device)
 
-    def from_disk():
-        epoch = 0
-        while True:
-            start_epoch(loader, epoch)
-            for batch in loader:
-                yield plain(batch["image"]).to(device, non_blocking=True), plain(batch["label"]).to(device, non_blocking=True)
-            epoch += 1
+    def from_disk():  # one stream across epochs, as swinbob.train.fit takes it
+        for batch in batch_stream(loader, 0):
+            yield plain(batch["image"]).to(device, non_blocking=True), plain(batch["label"]).to(device, non_blocking=True)
 
     mem_batch = synthetic_batch(args.batch, task.in_channels, task.out_channels, args.roi, device)
     in_memory = time_steps(trainer, repeat(mem_batch), args.steps, args.warmup, device)
@@ -422,21 +420,23 @@ def data_pipeline(args, device: torch.device, trainer: Trainer | None = None) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# Loader only (no model): the loader before issue 6 against today's, from the same files
+# Loader only (no model): the loaders before issue 6 and before the continuous stream against
+# today's, from the same files
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LoaderVariant:
     name: str
     cache_crop_indices: bool  # foreground/background indices cached for RandCropByPosNegLabeld
-    seeded: bool  # swinbob.loaders.train_loader (persistent workers, seeded sampler); else the old loader
+    kind: str  # "stream": swinbob.loaders.train_loader; "per_epoch": seeded, a new iterator every epoch; "old"
 
 
 LOADER_VARIANTS = {
-    "old": LoaderVariant("old", cache_crop_indices=False, seeded=False),
-    "old_indices": LoaderVariant("old_indices", cache_crop_indices=True, seeded=False),
-    "new_no_indices": LoaderVariant("new_no_indices", cache_crop_indices=False, seeded=True),
-    "new": LoaderVariant("new", cache_crop_indices=True, seeded=True),
+    "old": LoaderVariant("old", cache_crop_indices=False, kind="old"),
+    "old_indices": LoaderVariant("old_indices", cache_crop_indices=True, kind="old"),
+    "per_epoch": LoaderVariant("per_epoch", cache_crop_indices=True, kind="per_epoch"),
+    "new_no_indices": LoaderVariant("new_no_indices", cache_crop_indices=False, kind="stream"),
+    "new": LoaderVariant("new", cache_crop_indices=True, kind="stream"),
 }
 
 
@@ -447,9 +447,51 @@ def old_loader(dataset, batch_size: int, workers: int, pin_memory: bool):
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin_memory)
 
 
-def old_start_epoch(loader, epoch: int) -> None:
+def old_epochs(loader, epochs: int):
+    """Each epoch's batches of :func:`old_loader`: a new iterator (new workers) every epoch."""
     from monai.data.utils import set_rnd
-    set_rnd(loader.dataset, int(torch.randint(0, 2**31 - 1, ()).item()))
+    for _ in range(epochs):
+        set_rnd(loader.dataset, int(torch.randint(0, 2**31 - 1, ()).item()))
+        yield iter(loader)
+
+
+def per_epoch_loader(dataset, batch_size: int, workers: int, seed: int = 0, prefetch: int = 4):
+    """The seeded training loader before the continuous stream: the same samples as today's
+    (``EpochSampler``, ``SeededDataset``), persistent workers, but a new iterator every epoch, whose
+    first batch waits for a sample to load because nothing was prefetched across the boundary."""
+    from monai.data import DataLoader
+    from torch.utils.data import Sampler
+
+    from swinbob.loaders import EpochSampler, SeededDataset
+
+    class OneEpoch(Sampler):
+        def __init__(self, samples: EpochSampler) -> None:
+            self.samples, self.epoch = samples, 0
+
+        def __len__(self) -> int:
+            return len(self.samples)
+
+        def __iter__(self):
+            return iter(self.samples.samples(self.epoch))
+
+    kept = {"persistent_workers": True, "prefetch_factor": prefetch} if workers > 0 else {}
+    return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=OneEpoch(EpochSampler(len(dataset), seed)),
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed), **kept)
+
+
+def per_epoch_epochs(loader, epochs: int):
+    """Each epoch's batches of :func:`per_epoch_loader`: the sampler set to the epoch, a new iterator."""
+    for epoch in range(epochs):
+        loader.sampler.epoch = epoch
+        yield iter(loader)
+
+
+def stream_epochs(loader, epochs: int):
+    """Each epoch's batches of ``swinbob.loaders.train_loader``: ``len(loader)`` from one stream."""
+    from swinbob.loaders import batch_stream
+    stream = batch_stream(loader, 0)
+    for _ in range(epochs):
+        yield itertools.islice(stream, len(loader))
 
 
 def cache_bytes(dataset) -> int:
@@ -469,22 +511,28 @@ def crop_ms(dataset, repeats: int = 20) -> float:
     return 1000 * (time.perf_counter() - tic) / repeats
 
 
-def time_loader(loader, begin, epochs: int, consume_s: float) -> dict:
-    """Patches per second over ``epochs`` epochs (the first, which starts the workers of either
-    loader, reported apart); ``consume_s`` per batch stands in for a training step."""
-    seconds, patches = [], []
-    for epoch in range(epochs):
-        tic, count = time.perf_counter(), 0
-        begin(loader, epoch)
-        for batch in loader:
+def time_loader(epoch_batches, epochs: int, consume_s: float) -> dict:
+    """Patches per second over ``epochs`` epochs (the first, which starts the workers of every
+    loader, reported apart) and each epoch's wait for its first batch; ``epoch_batches`` yields
+    an iterable of each epoch's batches, ``consume_s`` per batch stands in for a training step."""
+    seconds, patches, first_batch_s, batches = [], [], [], []
+    for _ in range(epochs):
+        tic, count, steps = time.perf_counter(), 0, 0
+        for batch in next(epoch_batches):  # a new iterator, if any, is made (and timed) here
+            if steps == 0:
+                first_batch_s.append(time.perf_counter() - tic)
             count += batch["image"].shape[0]
+            steps += 1
             time.sleep(consume_s)
         seconds.append(time.perf_counter() - tic)
         patches.append(count)
+        batches.append(steps)
     steady_s = sum(seconds[1:])
-    return {"first_epoch_s": seconds[0], "epoch_s": seconds[1:],
+    later = first_batch_s[1:]
+    return {"first_epoch_s": seconds[0], "epoch_s": seconds[1:], "first_batch_s": first_batch_s,
+            "later_first_batch_s": sum(later) / len(later) if later else float("nan"),
             "patches_per_s": sum(patches[1:]) / steady_s if steady_s else float("nan"),
-            "patches_per_s_all_epochs": sum(patches) / sum(seconds), "batches_per_epoch": len(loader)}
+            "patches_per_s_all_epochs": sum(patches) / sum(seconds), "batches_per_epoch": batches}
 
 
 def loader_only(args) -> dict:
@@ -494,7 +542,7 @@ def loader_only(args) -> dict:
     reference is then the rate of those steps alone, and ``ratio`` the share of it each loader reaches.
     """
     from swinbob.data import DataConfig, train_transforms
-    from swinbob.loaders import make_dataset, start_epoch, train_loader
+    from swinbob.loaders import make_dataset, train_loader
     from swinbob.tasks import get_task
     task = get_task("btcv")
     entries, written_s = pipeline_volumes(args)
@@ -508,14 +556,19 @@ def loader_only(args) -> dict:
         tic = time.perf_counter()
         dataset = make_dataset(entries, train_transforms(task, config, variant.cache_crop_indices), workers=args.workers)
         cache_s = time.perf_counter() - tic
-        if variant.seeded:
-            loader, begin = train_loader(dataset, batch, args.workers, seed=0), start_epoch
+        if variant.kind == "stream":
+            loader = train_loader(dataset, batch, args.workers, seed=0)
+            epoch_batches = stream_epochs(loader, args.loader_epochs)
+        elif variant.kind == "per_epoch":
+            loader = per_epoch_loader(dataset, batch, args.workers, seed=0)
+            epoch_batches = per_epoch_epochs(loader, args.loader_epochs)
         else:
-            loader, begin = old_loader(dataset, batch, args.workers, pin_memory=False), old_start_epoch
-        timing = time_loader(loader, begin, args.loader_epochs, consume_s)
+            loader = old_loader(dataset, batch, args.workers, pin_memory=False)
+            epoch_batches = old_epochs(loader, args.loader_epochs)
+        timing = time_loader(epoch_batches, args.loader_epochs, consume_s)
         results.append({"variant": name, "cache_s": cache_s, "cache_mib": cache_bytes(dataset) / 2**20,
                         "crop_ms": crop_ms(dataset), **timing, "ratio": timing["patches_per_s"] / in_memory})
-        del loader, dataset
+        del epoch_batches, loader, dataset  # the stream's workers stop with it
         gc.collect()
     return {"cases": len(entries), "volume_shape": list(args.data_shape), "roi": list(args.roi), "workers": args.workers,
             "batch_volumes": batch, "epochs": args.loader_epochs, "consume_ms": args.consume_ms, "write_s": written_s,
@@ -527,6 +580,7 @@ def print_loader_only(result: dict) -> None:
           f"{result['workers']} workers, {result['epochs']} epochs, {result['consume_ms']} ms per batch")
     print_table(result["variants"], [("variant", "variant", "s"), ("patches_per_s", "patches/s", ".2f"),
                                      ("ratio", "x in-mem", ".2f"), ("first_epoch_s", "1st epoch s", ".2f"),
+                                     ("later_first_batch_s", "1st batch s (epochs 2+)", ".3f"),
                                      ("patches_per_s_all_epochs", "all epochs", ".2f"), ("crop_ms", "crop ms", ".1f"),
                                      ("cache_mib", "cache MiB", ".1f"), ("cache_s", "cache s", ".1f")])
     if result["consume_ms"]:
@@ -558,8 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_steps", type=int, default=40)
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     p.add_argument("--loader_only", action="store_true",
-                   help="time the loaders alone (no model) from NIfTI, the old configuration against the new")
-    p.add_argument("--loader_variants", default="old,new", help=f"comma list of {','.join(LOADER_VARIANTS)}")
+                   help="time the loaders alone (no model) from NIfTI, the older configurations against the new")
+    p.add_argument("--loader_variants", default="old,per_epoch,new", help=f"comma list of {','.join(LOADER_VARIANTS)}")
     p.add_argument("--loader_epochs", type=int, default=5, help="epochs per loader variant (the first timed apart)")
     p.add_argument("--consume_ms", type=float, default=0.0, help="loader only: time each batch is held, as by a step")
     p.add_argument("--out_dir", default=os.environ.get("OUT"), help="where JSON results and profiles go")

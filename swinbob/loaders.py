@@ -8,6 +8,7 @@ label values the task cannot represent), so a multi-day UKBOB run never dies hou
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -179,8 +180,8 @@ def shard(entries: Sequence[Any], rank: int, world_size: int) -> list[Any]:
     return list(entries)[rank::world_size]
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """This rank's ``(sample_seed, index)`` pairs of one epoch, a pure function of (seed, epoch).
+class EpochSampler:
+    """This rank's ``(sample_seed, index)`` pairs of an epoch, a pure function of (seed, epoch).
 
     The epoch's order is a permutation of all cases drawn from ``(seed, epoch)``, padded by
     repeating its start to a multiple of ``world_size`` (``DistributedSampler`` semantics, also
@@ -194,21 +195,60 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need at least one case and 0 <= rank < world_size, got {size}, {rank}, {world_size}")
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
+        """Samples per epoch for this rank (the same on every rank)."""
         return math.ceil(self.size / self.world_size)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed % 2**64, self.epoch])
+    def samples(self, epoch: int) -> list[tuple[int, int]]:
+        """This rank's ``(sample_seed, index)`` pairs of ``epoch``, in order."""
+        rng = np.random.default_rng([self.seed % 2**64, epoch])
         total = len(self) * self.world_size
         order = np.resize(rng.permutation(self.size), total)  # np.resize repeats from the start
         seeds = rng.integers(0, MAX_SEED, size=total)
-        for slot in range(self.rank, total, self.world_size):
-            yield int(seeds[slot]), int(order[slot])
+        return [(int(seeds[slot]), int(order[slot])) for slot in range(self.rank, total, self.world_size)]
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Endless batches of ``(sample_seed, index)`` pairs: epoch ``first_epoch``, then the next, and so on.
+
+    Epoch ``e`` contributes its first ``len(self)`` batches of :meth:`EpochSampler.samples`
+    (``max_steps`` caps them, as ``--max_steps_per_epoch`` does); a batch never straddles two
+    epochs, so the last one of an epoch is short when this rank's share is not a multiple of
+    ``batch_size``. Every batch is thus a pure function of (seed, epoch, rank, step), whatever
+    epoch the stream started at.
+
+    Why endless: a ``DataLoader`` given this as ``batch_sampler`` is iterated once for the whole
+    run, so its workers keep prefetching across epoch boundaries (and during validation) instead
+    of the first batch of each epoch waiting for a new iterator to fill its queue.
+    ``len(self)`` (hence ``len(loader)``) is the batches per epoch.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 max_steps: int | None = None) -> None:
+        if batch_size < 1 or (max_steps is not None and max_steps < 1):
+            raise ValueError(f"batch_size and max_steps must be positive, got {batch_size}, {max_steps}")
+        self.epochs = EpochSampler(size, seed, rank, world_size)
+        self.batch_size = batch_size
+        full = math.ceil(len(self.epochs) / batch_size)
+        self.steps = min(full, max_steps) if max_steps else full
+        self.first_epoch = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.steps
+
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """The ``len(self)`` batches of ``epoch``."""
+        samples, size = self.epochs.samples(epoch), self.batch_size
+        return [samples[step * size:(step + 1) * size] for step in range(self.steps)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return self._batches_from(self.first_epoch)  # read now: a later change leaves this stream alone
+
+    def _batches_from(self, epoch: int) -> Iterator[list[tuple[int, int]]]:
+        for current in itertools.count(epoch):
+            yield from self.epoch_batches(current)
 
 
 class SeededDataset(TorchDataset):
@@ -230,21 +270,23 @@ class SeededDataset(TorchDataset):
 
 def train_loader(
     dataset: Dataset, batch_size: int, workers: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-    pin_memory: bool = False, prefetch: int = 4,
+    pin_memory: bool = False, prefetch: int = 4, max_steps: int | None = None,
 ) -> DataLoader:
-    """Shuffled training loader whose samples are a pure function of (``seed``, epoch, rank).
+    """Shuffled training loader whose batches are a pure function of (``seed``, epoch, rank, step).
 
-    An :class:`EpochSampler` splits the cases between ranks and seeds each sample
-    (:class:`SeededDataset`); call :func:`start_epoch` before each epoch. Workers persist across
-    epochs (short epochs would otherwise spend much of their time starting them again) and each
-    keeps up to ``prefetch`` batches in flight. The loader has its own torch generator: it never
-    draws from the global one that a checkpoint saves.
+    An :class:`EpochBatchSampler` splits the cases between ranks, batches them epoch after epoch
+    without end and seeds each sample (:class:`SeededDataset`); ``len(loader)`` is the batches
+    per epoch, at most ``max_steps``. Iterate it through :func:`batch_stream`, once per run:
+    each of the ``workers`` keeps up to ``prefetch`` batches in flight, across epoch boundaries
+    too. (A new iterator would start new workers: ``persistent_workers`` is not needed, and
+    would make a second iterator reset, and so take over, the first.) The loader has its own
+    torch generator: it never draws from the global one that a checkpoint saves.
     """
-    sampler = EpochSampler(len(dataset), seed, rank, world_size)
-    kept = {"persistent_workers": True, "prefetch_factor": prefetch} if workers > 0 else {}
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size, max_steps)
+    prefetching = {"prefetch_factor": prefetch} if workers > 0 else {}
     return DataLoader(
-        SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed % 2**63), **kept,
+        SeededDataset(dataset), batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed % 2**63), **prefetching,
     )
 
 
@@ -253,10 +295,13 @@ def val_loader(dataset: Dataset, workers: int, pin_memory: bool = False) -> Data
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
 
-def start_epoch(loader: DataLoader, epoch: int) -> None:
-    """Make ``loader`` (from :func:`train_loader`) draw the cases and augmentations of ``epoch``.
+def batch_stream(loader: DataLoader, epoch: int) -> Iterator[Any]:
+    """The batches of ``loader`` (from :func:`train_loader`) from the start of ``epoch`` on, without end.
 
-    The one place where a run advances its data: samples depend on (seed, epoch, rank) only, so a
-    run resumed at ``epoch`` (or mid-epoch, replaying it) sees exactly what an uninterrupted run saw.
+    The training loop takes ``len(loader)`` batches per epoch from this one iterator, so that
+    loading never pauses between epochs. A run resumed at ``epoch`` (or mid-epoch, discarding the
+    batches already trained on) sees exactly what an uninterrupted run saw: batches depend on
+    (seed, epoch, rank, step) only.
     """
-    loader.sampler.set_epoch(epoch)
+    loader.batch_sampler.first_epoch = epoch
+    return iter(loader)  # the sampler reads first_epoch here

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +33,7 @@ from swinbob.files import atomic_write_text, remove_stale_temp_files
 from swinbob.inference import sliding_window_logits
 from swinbob.interrupt import StopRequest, stop_on_signals
 from swinbob.labels import IGNORE_LABEL
-from swinbob.loaders import DatalistError, check_datalist, make_dataset, shard, start_epoch, train_loader, val_loader
+from swinbob.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
 from swinbob.losses import build_loss
 from swinbob.metrics import dice_from_masks, dice_per_class
 from swinbob.model import build_model
@@ -222,11 +222,15 @@ def check_files(plan: TrainPlan, ctx: DistContext) -> None:
 
 
 def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLoader | None]:
-    """Cached training and validation loaders; validation cases are sharded across ranks."""
+    """Cached training and validation loaders; validation cases are sharded across ranks.
+
+    The training loader yields ``len(loader)`` batches per epoch, ``--max_steps_per_epoch`` at most.
+    """
     args, pin = plan.args, ctx.device.type == "cuda"
     cache = {"cache_dir": args.cache_dir, "use_normal_dataset": args.use_normal_dataset, "workers": args.workers}
     train_ds = make_dataset(plan.train_entries, train_transforms(plan.task, plan.data), cache_rate=args.cache_rate, **cache)
-    loader = train_loader(train_ds, args.batch_size, args.workers, ctx.rank, ctx.world_size, args.seed, pin)
+    loader = train_loader(train_ds, args.batch_size, args.workers, ctx.rank, ctx.world_size, args.seed, pin,
+                          max_steps=args.max_steps_per_epoch)
     val_entries = shard(plan.val_entries, ctx.rank, ctx.world_size)
     if not val_entries:
         return loader, None
@@ -293,11 +297,6 @@ def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
 # The loop
 # ----------------------------------------------------------------------------------------------
 
-def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
-    """Batches per epoch, capped by ``--max_steps_per_epoch``."""
-    return min(len(loader), max_steps) if max_steps else len(loader)
-
-
 def skip_nonfinite(run: TrainingRun, step: int) -> None:
     """Count a skipped step; too many in a row mean divergence (e.g. lr too high, broken data)."""
     run.nan_streak += 1
@@ -331,27 +330,28 @@ def interrupted(run: TrainingRun, where: str) -> TrainingInterrupted:
                                f"{run.plan.logdir / 'last.pt'}, continue with --resume")
 
 
-def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict) -> float:
-    """One pass over the training loader; returns the mean loss over all ranks' finite steps.
+def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict, batches: Iterator) -> float:
+    """One epoch: the next ``len(run.train_loader)`` batches of ``batches`` (the run's
+    :func:`~swinbob.loaders.batch_stream`, positioned at the start of ``epoch``); returns the mean
+    loss over all ranks' finite steps.
 
     A stop signal saves ``last.pt`` after the current step (with ``epoch_rng``, the RNG states
     from before the epoch began) and raises :class:`TrainingInterrupted`, unless it was the
-    epoch's last step: then the epoch finishes as usual. Resumed mid-epoch, the loader replays
-    the epoch's batches (same order, same augmentations) and the steps done before the stop are
-    skipped, which costs their data loading only; the epoch's mean loss then covers the steps
+    epoch's last step: then the epoch finishes as usual. Resumed mid-epoch, the stream starts at
+    the epoch's first batch (same order, same augmentations) and the steps done before the stop
+    are skipped, which costs their data loading only; the epoch's mean loss then covers the steps
     run since the resume.
     """
     plan, args, ctx = run.plan, run.plan.args, run.ctx
-    steps = steps_per_epoch(run.train_loader, args.max_steps_per_epoch)
+    steps = len(run.train_loader)  # batches per epoch, --max_steps_per_epoch at most
     done, run.state.epoch_step = run.state.epoch_step, 0
     bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{plan.max_epochs}", disable=not ctx.is_main,
                leave=False, dynamic_ncols=True)
     totals = torch.zeros(2, device=ctx.device)  # loss sum and finite steps: read once per log interval
     window_loss, window_steps, patches, tic = torch.zeros((), device=ctx.device), 0, 0, time.perf_counter()
     lr = 0.0
-    for step, batch in enumerate(run.train_loader):
-        if step >= steps:
-            break
+    for step in range(steps):
+        batch = next(batches)  # taken even when skipped: the stream must stay at this epoch's step
         if step < done:  # trained on before the stop; model randomness continues from there
             if step == done - 1 and run.resume.step_rng is not None:
                 restore_rng(run.resume.step_rng, ctx.device)
@@ -448,18 +448,20 @@ def fit(run: TrainingRun) -> TrainState:
     """Train from ``run.state.epoch`` to ``max_epochs``, validating every ``val_every`` epochs.
 
     A stop signal (``run.stop``) ends the run at the next step or epoch boundary with ``last.pt``
-    saved, by raising :class:`TrainingInterrupted`.
+    saved, by raising :class:`TrainingInterrupted`. The training batches come from one stream
+    started at the first epoch run, so the loader's workers prefetch the next epoch while this
+    one ends and while validation runs.
     """
     plan, args, state = run.plan, run.plan.args, run.state
     if run.ctx.is_main and not args.save_checkpoint:
         log.warning("--save_checkpoint not given: only %s (for --resume) is written", plan.logdir / "last.pt")
     if run.ctx.is_main and not plan.val_entries:
         log.warning("the datalist has no validation cases for this split: no validation, no model.pt")
+    batches = batch_stream(run.train_loader, state.epoch)
     for epoch in range(state.epoch, plan.max_epochs):
         tic = time.perf_counter()
         epoch_rng = rng_state(run.ctx.device)  # saved by a stop mid-epoch (save_last); the data depends on (seed, epoch) only
-        start_epoch(run.train_loader, epoch)
-        loss = train_epoch(run, epoch, epoch_rng)
+        loss = train_epoch(run, epoch, epoch_rng, batches)
         state.epoch = epoch + 1
         if run.ctx.is_main:
             log.info("epoch %d/%d: loss %.4f, %.1f s", state.epoch, plan.max_epochs, loss, time.perf_counter() - tic)

@@ -1,8 +1,8 @@
-"""The training loader: cases and augmentations are a pure function of (seed, epoch, rank).
+"""The training loader: batches are a pure function of (seed, epoch, rank, step).
 
 Exact resume and reproducibility rest on this: the same epoch must give the same patches with or
-without (persistent) worker processes, in a fresh loader (a resumed run) as in one that has run
-other epochs before, and without touching the global random generators that checkpoints save.
+without worker processes, in a stream started at that epoch (a resumed run) as in one that has
+run other epochs before, and without touching the global random generators that checkpoints save.
 """
 
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from swinbob.data import DataConfig, train_transforms
-from swinbob.loaders import EpochSampler, load_splits, make_dataset, start_epoch, train_loader
+from swinbob.loaders import EpochBatchSampler, EpochSampler, batch_stream, load_splits, make_dataset, train_loader
 from swinbob.phantoms import write_cohort
 from swinbob.tasks import get_task
 
@@ -36,15 +36,24 @@ def dataset(cohort):
     return _dataset(cohort)
 
 
-def _epoch(loader, epoch: int, stop_after: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (image, label) batches of ``epoch``, all of them or the first ``stop_after``."""
-    start_epoch(loader, epoch)
+def _take(stream, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The next ``count`` (image, label) batches of ``stream``."""
     batches = []
-    for batch in loader:
+    for _ in range(count):
+        batch = next(stream)
         batches.append((batch["image"].as_tensor().clone(), batch["label"].as_tensor().clone()))
-        if len(batches) == stop_after:
-            break
     return batches
+
+
+def _epochs(loader, first: int, count: int = 1) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The batches of epochs ``first`` .. ``first + count - 1``, each ``len(loader)`` of them, from one stream."""
+    stream = batch_stream(loader, first)
+    return [_take(stream, len(loader)) for _ in range(count)]
+
+
+def _epoch(loader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``epoch``, from a stream started there."""
+    return _epochs(loader, epoch)[0]
 
 
 def _assert_same(first: list, second: list) -> None:
@@ -53,30 +62,41 @@ def _assert_same(first: list, second: list) -> None:
         assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b)
 
 
-def test_an_epoch_gives_the_same_patches_with_and_without_persistent_workers(dataset):
+def test_epochs_give_the_same_patches_with_and_without_workers(dataset):
     global_rng = torch.get_rng_state()
-    in_process = _epoch(train_loader(dataset, 1, workers=0, seed=7), 3)
-    with_workers = train_loader(dataset, 1, workers=2, seed=7)
-    assert with_workers.persistent_workers
-    _assert_same(in_process, _epoch(with_workers, 3))
+    in_process = _epochs(train_loader(dataset, 1, workers=0, seed=7), 2, count=2)
+    with_workers = _epochs(train_loader(dataset, 1, workers=2, seed=7), 2, count=2)
+    for a, b in zip(in_process, with_workers):
+        _assert_same(a, b)
     assert torch.equal(torch.get_rng_state(), global_rng), "the loader drew from the global torch generator"
 
 
 def test_another_epoch_or_seed_gives_other_patches(dataset):
-    epoch_0 = _epoch(train_loader(dataset, 1, workers=0, seed=7), 0)
-    epoch_1 = _epoch(train_loader(dataset, 1, workers=0, seed=7), 1)
+    epoch_0, epoch_1 = _epochs(train_loader(dataset, 1, workers=0, seed=7), 0, count=2)
     other_seed = _epoch(train_loader(dataset, 1, workers=0, seed=8), 0)
     for other in (epoch_1, other_seed):
         assert not any(torch.equal(a[0], b[0]) for a, b in zip(epoch_0, other))
 
 
-def test_a_resumed_loader_gives_the_patches_of_an_uninterrupted_one(dataset):
-    """Two epochs of one persistent-worker loader (the first cut short, as by --max_steps_per_epoch)
-    equal fresh loaders started at each epoch, as a run resumed there builds them."""
-    loader = train_loader(dataset, 1, workers=2, seed=7)
-    first, second = _epoch(loader, 0, stop_after=2), _epoch(loader, 1)
-    _assert_same(first, _epoch(train_loader(dataset, 1, workers=2, seed=7), 0)[:2])
-    _assert_same(second, _epoch(train_loader(dataset, 1, workers=0, seed=7), 1))
+def test_a_resumed_stream_gives_the_patches_of_an_uninterrupted_one(dataset):
+    """Epochs 1 and 2 of a stream started at epoch 0 equal those of a stream started at epoch 1,
+    as a run resumed there builds it, with or without workers."""
+    uninterrupted = _epochs(train_loader(dataset, 1, workers=2, seed=7), 0, count=3)
+    resumed = _epochs(train_loader(dataset, 1, workers=0, seed=7), 1, count=2)
+    for a, b in zip(uninterrupted[1:], resumed):
+        _assert_same(a, b)
+
+
+def test_capped_epochs_have_their_steps_and_the_next_starts_with_its_own_first_batch(dataset):
+    """As with --max_steps_per_epoch: each epoch yields ``max_steps`` batches, the first of its full
+    epoch, and the stream then goes on with the next epoch's first batch."""
+    capped = train_loader(dataset, 1, workers=2, seed=7, max_steps=2)
+    full = train_loader(dataset, 1, workers=0, seed=7)
+    assert len(capped) == 2 and len(full) == CASES
+    streamed = _epochs(capped, 0, count=3)
+    for epoch, batches in enumerate(streamed):
+        _assert_same(batches, _epoch(full, epoch)[:2])
+    _assert_same(streamed[1], _epoch(capped, 1))  # resumed at epoch 1
 
 
 def test_patches_do_not_depend_on_the_global_random_state(dataset):
@@ -100,13 +120,10 @@ def test_cached_crop_indices_give_the_same_patches_as_scanning_the_label(cohort,
 @pytest.mark.parametrize("size", [CASES, 6])
 def test_each_epoch_visits_every_case_once_split_between_ranks(size):
     for epoch in range(3):
-        alone = EpochSampler(size, seed=7)
-        alone.set_epoch(epoch)
+        alone = EpochSampler(size, seed=7).samples(epoch)
         assert sorted(index for _, index in alone) == list(range(size))
         ranks = [EpochSampler(size, seed=7, rank=rank, world_size=2) for rank in range(2)]
-        for sampler in ranks:
-            sampler.set_epoch(epoch)
-        drawn = [list(sampler) for sampler in ranks]
+        drawn = [sampler.samples(epoch) for sampler in ranks]
         assert len(drawn[0]) == len(drawn[1]) == len(ranks[0])  # ranks stay in step
         indices = [index for pairs in drawn for _, index in pairs]
         assert set(indices) == set(range(size)) and len(indices) == size + size % 2  # one repeat pads odd sizes
@@ -117,8 +134,35 @@ def test_each_epoch_visits_every_case_once_split_between_ranks(size):
 
 def test_the_epoch_order_changes_with_the_epoch():
     sampler = EpochSampler(50, seed=7)
-    orders = []
-    for epoch in range(2):
-        sampler.set_epoch(epoch)
-        orders.append([index for _, index in sampler])
-    assert orders[0] != orders[1]
+    assert [index for _, index in sampler.samples(0)] != [index for _, index in sampler.samples(1)]
+
+
+def _first_batches(sampler: EpochBatchSampler, first_epoch: int, count: int) -> list[list[tuple[int, int]]]:
+    sampler.first_epoch = first_epoch
+    stream = iter(sampler)
+    return [next(stream) for _ in range(count)]
+
+
+def test_the_batch_stream_goes_through_epoch_after_epoch_without_straddling():
+    sampler = EpochBatchSampler(CASES, batch_size=2, seed=7)
+    assert len(sampler) == 3  # 2 + 2 + 1: the last batch of an epoch is short
+    streamed = _first_batches(sampler, 4, 3 * len(sampler))
+    for epoch in range(4, 7):
+        batches = streamed[(epoch - 4) * 3:(epoch - 3) * 3]
+        assert [len(b) for b in batches] == [2, 2, 1]
+        assert [pair for batch in batches for pair in batch] == EpochSampler(CASES, seed=7).samples(epoch)
+        assert batches == _first_batches(sampler, epoch, 3)  # a stream started at that epoch
+    capped = EpochBatchSampler(CASES, batch_size=2, seed=7, max_steps=2)
+    assert len(capped) == 2
+    assert _first_batches(capped, 4, 4) == streamed[0:2] + streamed[3:5]
+
+
+@pytest.mark.parametrize("size", [CASES, 6])
+def test_ranks_draw_disjoint_batches_of_equal_count_each_epoch(size):
+    ranks = [EpochBatchSampler(size, batch_size=2, seed=7, rank=rank, world_size=2) for rank in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    streams = [_first_batches(sampler, 0, 3 * len(sampler)) for sampler in ranks]
+    for epoch in range(3):
+        drawn = [pair for stream in streams for batch in stream[2 * epoch:2 * epoch + 2] for pair in batch]
+        assert len(set(drawn)) == len(drawn) == size + size % 2  # disjoint slots: no sample on both ranks
+        assert {index for _, index in drawn} == set(range(size))
