@@ -203,8 +203,11 @@ def test_region_mode_uses_binary_entropy():
     model, image = make_model(), make_image(7)
     logits = source(model, image)
     outcome = etta_predict(model, image, logits, "regions", CONFIG, WINDOW)
-    assert outcome.applied or outcome.fallback
-    assert 0.0 <= outcome.info["entropy_source"] <= 1.0
+    box = tuple(slice(lo, hi) for lo, hi in outcome.info["box"])
+    p = torch.sigmoid(logits[(0, slice(None), *box)])
+    binary = -(p * p.log() + (1 - p) * (1 - p).log()) / np.log(2.0)  # per region channel, in bits
+    assert outcome.info["entropy_source"] == pytest.approx(float(binary.mean()), rel=1e-4)
+    assert outcome.applied == (outcome.fallback is None)
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"windows": 0}, {"lr": 0.0}, {"collapse": 0.0}])
@@ -262,3 +265,52 @@ def test_invalid_overlap_is_refused_with_its_value(overlap):
 def test_default_overlap_matches_the_source_default():
     # entropies of the two predictions are compared, so by default they are tiled alike (see EttaConfig)
     assert EttaConfig().overlap == WindowSettings(ROI).overlap
+
+
+# ----------------------------------------------------------------------------------------------
+# Fallback thresholds and window placement (narrow tests of etta internals, named after what
+# they pin down, so that a rework of etta.py can update them in one place)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("collapse, adapted_fg, falls_back", [
+    (0.9, 0.1, False),  # 0.5 -> 0.1 is a shrink by 80 %: allowed up to 90 %
+    (0.7, 0.1, True),   # ... but not up to 70 %
+    (0.5, 0.3, False),  # shrink by 40 % < 50 %
+    (0.5, 0.2, True),   # shrink by 60 % > 50 %
+    (0.2, 0.3, True),   # shrink by 40 % > 20 %
+    (0.2, 0.5, False),  # no shrink
+    (1.0, 0.0, False),  # collapse 1.0: any shrink is tolerated, even to nothing
+])
+def test_collapse_fallback_at_several_thresholds(collapse, adapted_fg, falls_back):
+    """Fall back when the foreground shrinks by more than ``collapse`` (source foreground 0.5)."""
+    mixed, info = integrate(_logits(1.0, 0.5), _logits(3.0, adapted_fg), "softmax", collapse=collapse)
+    assert info["foreground_source"] == pytest.approx(0.5) and info["foreground_adapted"] == pytest.approx(adapted_fg)
+    assert info["entropy_adapted"] < info["entropy_source"]  # only the foreground test can fail here
+    assert (mixed is None) == falls_back
+    assert ("collapsed" in info.get("fallback", "")) == falls_back
+
+
+@pytest.mark.parametrize("adapted_confidence, falls_back", [(0.5, True), (1.0, True), (1.05, False), (3.0, False)])
+def test_entropy_fallback_when_adaptation_does_not_lower_the_entropy(adapted_confidence, falls_back):
+    """Equal entropy counts as "did not decrease"; any decrease is applied (same foreground)."""
+    mixed, info = integrate(_logits(1.0, 0.5), _logits(adapted_confidence, 0.5), "softmax", collapse=0.5)
+    assert (mixed is None) == falls_back
+    assert (info.get("fallback") == "entropy did not decrease") == falls_back
+    if not falls_back:
+        assert 0.5 < info["weight_adapted"] < 1.0
+
+
+def test_adaptation_windows_are_centred_on_the_source_foreground():
+    """Every window that ``adapt`` tunes on has a foreground voxel at its centre (a small organ far
+    from the borders, so no window is clipped; random windows would rarely see it)."""
+    model, image = make_model(), make_image(8, shape=(64, 60, 48))
+    fg = torch.zeros(image.shape[2:], dtype=torch.bool)
+    fg[40:43, 30:32, 20:22] = True
+    params = [p for _, p in norm_parameters(model)]
+    with episode(model, params):
+        history = adapt(model, image, fg, params, "softmax", EttaConfig(steps=4, windows=3, seed=1), WINDOW)
+    starts = [s for step in history for s in step["starts"]]
+    assert len(starts) == 12
+    for start in starts:
+        centre = tuple(lo + r // 2 for lo, r in zip(start, ROI))
+        assert fg[centre], f"window at {start} is not centred on the foreground"

@@ -66,6 +66,51 @@ def test_region_loss_equals_monai_sigmoid_dice_without_ignored_voxels():
     assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
 
 
+def _valid_voxels_only(tensor: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, C, X, Y, Z) -> (B, C, N): the voxels where ``valid`` (B, X, Y, Z) holds, N per sample."""
+    return torch.stack([t.flatten(1)[:, v.flatten()] for t, v in zip(tensor, valid)])
+
+
+def _ignore_some(target: torch.Tensor, valid_per_sample: int, seed: int) -> torch.Tensor:
+    """Boolean (B, X, Y, Z): exactly ``valid_per_sample`` random valid voxels in each sample."""
+    g = torch.Generator().manual_seed(seed)
+    valid = torch.zeros(target.shape[0], target[0, 0].numel(), dtype=torch.bool)
+    for b in range(target.shape[0]):
+        valid[b, torch.randperm(valid.shape[1], generator=g)[:valid_per_sample]] = True
+    return valid.view(target.shape[0], *target.shape[2:])
+
+
+@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 1e-5, 1e-5)])
+def test_softmax_loss_with_ignored_voxels_equals_monai_dicece_on_the_valid_voxels(squared, nr, dr):
+    """Independent reference, by value: MONAI's DiceCELoss over only the voxels not labelled 255.
+
+    A third of the voxels of each sample are ignored; the valid ones are gathered into a
+    (B, C, N) "image" for MONAI, so both Dice volumes and the cross-entropy mean run over them only.
+    """
+    torch.manual_seed(3)
+    logits, target = torch.randn(2, 4, 6, 6, 6), _labels(4, seed=3)
+    valid = _ignore_some(target, 144, seed=3)
+    target[:, 0][~valid] = IGNORE_LABEL
+    ours = MaskedDiceCELoss(squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(logits, target)
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(
+        _valid_voxels_only(logits, valid), _valid_voxels_only(target, valid))
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    everything = DiceCELoss(to_onehot_y=True, softmax=True)(logits, torch.where(target == IGNORE_LABEL, 0, target))
+    assert abs(ours.item() - everything.item()) > 1e-3  # the ignored voxels did matter to the plain loss
+
+
+def test_region_loss_with_ignored_voxels_equals_monai_dice_plus_bce_on_the_valid_voxels():
+    torch.manual_seed(4)
+    logits, target = torch.randn(2, 3, 6, 6, 6), (torch.rand(2, 3, 6, 6, 6) > 0.5).float()
+    valid = _ignore_some(target, 150, seed=4)
+    target = torch.where(valid[:, None], target, float(IGNORE_LABEL))
+    ours = MaskedRegionLoss(bce_weight=0.5)(logits, target)
+    kept_logits, kept_target = _valid_voxels_only(logits, valid), _valid_voxels_only(target, valid)
+    reference = DiceLoss(sigmoid=True)(kept_logits, kept_target) + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(
+        kept_logits, kept_target)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
 def test_fully_ignored_patch_gives_a_finite_loss_and_no_gradient():
     target = torch.full((1, 1, 4, 4, 4), float(IGNORE_LABEL))
     loss, grad = _loss_and_grad(MaskedDiceCELoss(), torch.randn(1, 3, 4, 4, 4), target)
