@@ -10,7 +10,16 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
 from swinbob.labels import IGNORE_LABEL
-from swinbob.metrics import dice_per_class, hd95, score_case, summarize, surface, volume_diagonal
+from swinbob.metrics import (
+    dice_per_class,
+    hd95,
+    json_ready,
+    metrics_csv,
+    score_case,
+    summarize,
+    surface,
+    volume_diagonal,
+)
 
 SPACING = (0.5, 2.0, 3.0)
 
@@ -190,3 +199,54 @@ def test_dice_equals_monai_on_random_label_volumes():
     onehot = lambda x: torch.stack([x == c for c in range(4)])[None].float()  # noqa: E731
     theirs = compute_dice(onehot(pred), onehot(target), include_background=False)[0]
     assert torch.allclose(ours.double(), theirs.double(), atol=1e-6)
+
+
+def test_dice_ignores_ignored_voxels_and_a_single_voxel_on_one_side_scores_zero():
+    pred = torch.tensor([[1, 1, 0, 2]])
+    target = torch.tensor([[1, IGNORE_LABEL, 0, 0]])  # the second 1 is predicted on an ignored voxel
+    dice = dice_per_class(pred, target, [1, 2])
+    assert dice[0].item() == 1.0
+    assert dice[1].item() == 0.0  # one voxel, in the prediction only: 0, not "not scored"
+
+
+def test_hd95_accepts_integer_masks_and_a_valid_region():
+    target = np.zeros((12, 12, 12), np.uint8)  # 0/1 integers, as read from a NIfTI file
+    target[3:8, 3:8, 3:8] = 1
+    pred = np.roll(target, 2, axis=0)
+    spacing = (1.0, 2.0, 0.5)
+    as_bool = hd95(pred.astype(bool), target.astype(bool), spacing)
+    assert as_bool == pytest.approx(2.0) and hd95(pred, target, spacing) == as_bool
+    valid = np.ones_like(target, bool)
+    valid[:, :, 8:] = False  # nothing of either mask lies there: same value
+    assert hd95(pred, target, spacing, valid=valid) == as_bool
+    valid[8:] = False  # the shifted part of the prediction is left out: only x 3..7 remains of it
+    assert hd95(pred, target, spacing, valid=valid) == pytest.approx(hd95(pred[:8], target[:8], spacing))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: dice_per_class(torch.zeros(2, 3), torch.zeros(3, 2), [1]),
+    lambda: hd95(np.zeros((2, 3, 4), bool), np.zeros((2, 3, 5), bool), SPACING),
+    lambda: score_case(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)), {"a": (1,)}, SPACING),
+])
+def test_shape_mismatches_name_both_shapes(call):
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\).*\(2, 3, 5\)|\(2, 3\).*\(3, 2\)"):
+        call()
+
+
+def test_regions_of_several_labels_are_scored_as_their_union():
+    target = np.zeros((6, 6, 6), np.int16)
+    target[1:3, 1:3, 1:3] = 1
+    target[3:5, 1:3, 1:3] = 3
+    pred = np.where(target == 3, 1, target)  # ET predicted as necrosis: still inside TC = {1, 3}
+    rows = {r["class"]: r for r in score_case(pred, target, {"TC": (1, 3), "ET": (3,)}, (1.0, 1.0, 1.0))}
+    assert rows["TC"]["dice"] == 1.0 and rows["TC"]["hd95_mm"] == 0.0
+    assert rows["ET"]["dice"] == 0.0
+
+
+def test_summary_of_a_never_scored_class_and_the_report_formats():
+    rows = [{"case": "a", "method": "etta", "class": "liver", "dice": 0.123456789, "hd95_mm": float("nan")}]
+    summary = summarize(rows)
+    assert summary["hd95_mm"]["per_class"]["liver"] == {"mean": None, "std": None, "n": 0}
+    assert summary["hd95_mm"]["overall"] == {"mean": None, "std": None, "n": 0}
+    assert metrics_csv(rows) == "case,method,class,dice,hd95_mm\na,etta,liver,0.123457,nan\n"
+    assert json_ready({1: [0.5, float("inf")], "b": (float("nan"), 2)}) == {"1": [0.5, None], "b": [None, 2]}
