@@ -162,3 +162,35 @@ def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
     loss, stepped, changed, optimizer = _step(lambda logits, label: logits.sum() * float("nan"))
     assert not stepped and not changed and math.isnan(loss.item())
     assert optimizer.state_dict()["state"] == {}
+
+
+@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 1e-5, 1e-3)])
+def test_build_loss_passes_the_dice_settings_on(squared, nr, dr):
+    torch.manual_seed(5)
+    logits, labels = torch.randn(2, 4, 6, 6, 6), _labels(4, seed=5)
+    softmax = build_loss(get_task("btcv"), squared, nr, dr)(logits, labels)
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(logits, labels)
+    assert softmax.item() == pytest.approx(reference.item(), rel=1e-5)
+    region_logits, regions = torch.randn(2, 3, 6, 6, 6), (torch.rand(2, 3, 6, 6, 6) > 0.7).float()
+    region = build_loss(get_task("brats"), squared, nr, dr, bce_weight=0.3)(region_logits, regions)
+    reference = DiceLoss(sigmoid=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(region_logits, regions) + \
+        0.3 * torch.nn.functional.binary_cross_entropy_with_logits(region_logits, regions)
+    assert region.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_build_loss_defaults_are_the_upstream_recipe():
+    """Plain (not squared) Dice, smooth_nr 0, smooth_dr 1e-6 (upstream flags' defaults), no BCE."""
+    torch.manual_seed(6)
+    logits, labels = torch.randn(1, 3, 5, 5, 5), _labels(3, seed=6)[:1, :, :5, :5, :5]
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, labels)
+    assert build_loss(get_task("btcv"))(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
+    regions = (torch.rand(1, 3, 5, 5, 5) > 0.5).float()
+    reference = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, regions)
+    assert build_loss(get_task("brats"))(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_region_bce_is_a_mean_over_valid_voxels_even_for_one():
+    logits = torch.tensor([0.3, -1.2]).reshape(1, 1, 2, 1, 1)
+    targets = torch.tensor([1.0, IGNORE_LABEL]).reshape(1, 1, 2, 1, 1)
+    with_bce = MaskedRegionLoss(bce_weight=1.0)(logits, targets) - MaskedRegionLoss()(logits, targets)
+    assert with_bce.item() == pytest.approx(-math.log(torch.sigmoid(torch.tensor(0.3)).item()), rel=1e-6)
