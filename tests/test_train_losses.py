@@ -7,7 +7,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 
 from swinbob.labels import IGNORE_LABEL
-from swinbob.losses import MaskedDiceCELoss, MaskedRegionLoss, build_loss
+from swinbob.losses import MaskedDiceCELoss, MaskedRegionLoss, build_loss, masked_soft_dice_loss
 from swinbob.tasks import get_task
 from swinbob.train import learning_rate, train_step
 
@@ -164,7 +164,7 @@ def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
     assert optimizer.state_dict()["state"] == {}
 
 
-@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 1e-5, 1e-3)])
+@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 0.5, 2.0), (False, 3.0, 0.25)])
 def test_build_loss_passes_the_dice_settings_on(squared, nr, dr):
     torch.manual_seed(5)
     logits, labels = torch.randn(2, 4, 6, 6, 6), _labels(4, seed=5)
@@ -184,9 +184,22 @@ def test_build_loss_defaults_are_the_upstream_recipe():
     logits, labels = torch.randn(1, 3, 5, 5, 5), _labels(3, seed=6)[:1, :, :5, :5, :5]
     reference = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, labels)
     assert build_loss(get_task("btcv"))(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert MaskedDiceCELoss()(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
     regions = (torch.rand(1, 3, 5, 5, 5) > 0.5).float()
     reference = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, regions)
     assert build_loss(get_task("brats"))(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert MaskedRegionLoss()(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
+    probs, valid = torch.sigmoid(logits), torch.ones(1, 1, 5, 5, 5, dtype=torch.bool)
+    assert masked_soft_dice_loss(probs, regions, valid).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_cross_entropy_part_with_the_top_class_absent_and_one_valid_voxel():
+    """The CE term alone (Dice weight 0, so this holds whatever Dice does with absent classes):
+    the mean over the one valid voxel, with the number of classes taken from the logits."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]).T.reshape(1, 3, 2, 1, 1)
+    labels = torch.tensor([1.0, IGNORE_LABEL]).reshape(1, 1, 2, 1, 1)  # class 2 absent, one valid voxel
+    ours = MaskedDiceCELoss(lambda_dice=0.0)(logits, labels)
+    assert ours.item() == pytest.approx(-torch.log_softmax(logits[0, :, 0, 0, 0], 0)[1].item(), rel=1e-6)
 
 
 def test_region_bce_is_a_mean_over_valid_voxels_even_for_one():
