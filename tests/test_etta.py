@@ -314,3 +314,40 @@ def test_adaptation_windows_are_centred_on_the_source_foreground():
     for start in starts:
         centre = tuple(lo + r // 2 for lo, r in zip(start, ROI))
         assert fg[centre], f"window at {start} is not centred on the foreground"
+
+
+def test_adaptation_box_at_the_volume_end_keeps_one_roi_inside_and_has_integer_bounds():
+    fg = torch.zeros(60, 40, 100, dtype=torch.bool)
+    fg[57:59, 10:30, 0:20] = True
+    box = adaptation_box(fg, ROI)
+    # x: 57..59 grown by 4 = 53..60, widened to 16 and shifted inside: 44..60; y: 10..30 grown by 4
+    # = 6..34 (longer than the ROI: kept); z: 0..20 grown by 4, clipped at 0: 0..24.
+    assert box == (slice(44, 60), slice(6, 34), slice(0, 24))
+    assert all(type(b) is int for s in box for b in (s.start, s.stop))
+
+
+def test_etta_loss_is_the_mean_softmax_entropy_on_the_first_windows():
+    """Narrow (etta internals): the first recorded loss is the source model's mean normalised
+    softmax entropy on the first step's foreground-centred windows."""
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    fg = foreground(logits[0], "softmax")
+    starts = sample_window_starts(torch.nonzero(fg), fg.shape, ROI, CONFIG.windows, np.random.default_rng(CONFIG.seed))
+    expected = window_entropy(model, image, starts, ROI, "softmax")
+    assert 0 < expected < 1
+    outcome = etta_predict(model, image, logits, "softmax", CONFIG, WINDOW)
+    assert len(outcome.info["losses"]) == CONFIG.steps
+    assert outcome.info["losses"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_fallback_of_the_integration_is_reported_by_etta_predict(monkeypatch):
+    import swinbob.etta as etta_module
+
+    monkeypatch.setattr(etta_module, "integrate", lambda *a, **k: (None, {"fallback": "entropy did not decrease"}))
+    model, image = make_model(), make_image(2)
+    outcome = etta_predict(model, image, source(model, image), "softmax", CONFIG, WINDOW)
+    assert not outcome.applied and outcome.fallback == "entropy did not decrease"
+    plain = nn.Conv3d(1, 3, 1)
+    assert etta_predict(plain, image, source(plain, image), "softmax", CONFIG, WINDOW).fallback == \
+        "model has no affine normalisation parameters"
+    assert foreground_fraction(torch.ones(1, 1, 1, dtype=torch.bool)) == 1.0
