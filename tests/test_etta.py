@@ -351,3 +351,30 @@ def test_a_fallback_of_the_integration_is_reported_by_etta_predict(monkeypatch):
     assert etta_predict(plain, image, source(plain, image), "softmax", CONFIG, WINDOW).fallback == \
         "model has no affine normalisation parameters"
     assert foreground_fraction(torch.ones(1, 1, 1, dtype=torch.bool)) == 1.0
+
+
+def test_crop_windows_cuts_each_axis_at_its_start_and_zero_pads_past_the_border():
+    from swinbob.etta import crop_windows
+
+    image = torch.arange(2 * 10 * 12 * 14, dtype=torch.float32).reshape(1, 2, 10, 12, 14) + 1
+    roi = (6, 8, 20)  # larger than the image along z
+    starts = [(3, 4, 0), (7, 9, 0)]  # the second one runs past the x and y borders too
+    windows = crop_windows(image, starts, roi)
+    assert windows.shape == (2, 2, *roi)
+    for window, (x, y, z) in zip(windows, starts):
+        expected = torch.zeros(2, *roi)
+        part = image[0, :, x:x + roi[0], y:y + roi[1], z:z + roi[2]]
+        expected[:, :part.shape[1], :part.shape[2], :part.shape[3]] = part
+        assert torch.equal(window, expected)
+
+
+def test_window_centres_without_foreground_are_spread_over_the_volume_and_every_voxel_can_be_a_centre():
+    shape = (30, 24, 20)
+    starts = sample_window_starts(torch.zeros(0, 3, dtype=torch.long), shape, ROI, 200, np.random.default_rng(0))
+    array = np.asarray(starts)
+    assert array.shape == (200, 3)
+    assert np.all(array >= 0) and np.all(array <= np.asarray(shape) - np.asarray(ROI))
+    assert all(len(np.unique(array[:, axis])) > 3 for axis in range(3))  # not a fixed corner
+    two = torch.tensor([[20, 10, 9], [21, 10, 9]])  # foreground of two voxels: both get picked
+    picked = {s[0] + ROI[0] // 2 for s in sample_window_starts(two, shape, ROI, 40, np.random.default_rng(1))}
+    assert picked == {20, 21}
