@@ -378,3 +378,22 @@ def test_window_centres_without_foreground_are_spread_over_the_volume_and_every_
     two = torch.tensor([[20, 10, 9], [21, 10, 9]])  # foreground of two voxels: both get picked
     picked = {s[0] + ROI[0] // 2 for s in sample_window_starts(two, shape, ROI, 40, np.random.default_rng(1))}
     assert picked == {20, 21}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": 0}, "at least one step and one window"), ({"windows": 0}, "at least one step and one window"),
+    ({"lr": 0.0}, "learning rate must be positive, got 0.0"), ({"collapse": 1.5}, r"collapse threshold must be in \(0, 1\], got 1.5"),
+])
+def test_invalid_settings_name_the_setting_and_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        EttaConfig(**bad)
+    assert EttaConfig(collapse=1.0).collapse == 1.0  # the closed end of (0, 1]
+
+
+def test_voxel_entropy_is_per_voxel_in_both_modes_and_a_bare_norm_layer_is_tunable():
+    logits = torch.randn(2, 3, 4, 5, 6, generator=torch.Generator().manual_seed(3))
+    p = torch.sigmoid(logits)
+    binary = -(p * p.log() + (1 - p) * (1 - p).log()).mean(dim=1) / np.log(2.0)
+    assert torch.allclose(voxel_entropy(logits, "regions"), binary, atol=1e-6)
+    assert voxel_entropy(logits, "softmax").shape == (2, 4, 5, 6)
+    assert [n for n, _ in norm_parameters(nn.LayerNorm(4))] == ["weight", "bias"]
