@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from swinbob.files import NiftiError, read_nifti
-from swinbob.solf.features import LabelError, measure_organs, validate_labels
+from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
 
 FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
@@ -45,6 +45,7 @@ class CaseTask:
     channel_names: tuple[str, ...]
     fingerprint: str
     image_error: str | None = None
+    max_label: int = MAX_LABEL
 
 
 def case_id_of(path: Path) -> str | None:
@@ -104,13 +105,16 @@ def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
                             f"or {case_id}_0000..{len(channel_names) - 1:04d}.nii.gz")
 
 
-def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
+def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL) -> str:
     """Identity of a scan's inputs (size and modification time of each file, feature format).
 
     A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
-    never served stale features.
+    never served stale features. Another label set (its highest ID) changes what is valid, so it
+    is part of the identity too (left out for the default set, so older logs stay current).
     """
     parts: list = [FEATURE_FORMAT, list(channel_names)]
+    if max_label != MAX_LABEL:
+        parts.append(["max_label", max_label])
     for path in paths:
         try:
             stat = os.stat(path)
@@ -121,7 +125,7 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
 
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
-              channel_names: tuple[str, ...]) -> CaseTask:
+              channel_names: tuple[str, ...], max_label: int = MAX_LABEL) -> CaseTask:
     """The :class:`CaseTask` of one case, with its image channels resolved if images are used."""
     image_paths: tuple[str, ...] = ()
     image_error = None
@@ -132,7 +136,7 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
             image_error = str(exc)
     names = channel_names if image_dir is not None else ()
     return CaseTask(case_id, str(label_path), image_paths, names,
-                    fingerprint([str(label_path), *image_paths], names), image_error)
+                    fingerprint([str(label_path), *image_paths], names, max_label), image_error, max_label)
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -170,7 +174,7 @@ def measure_case(task: CaseTask) -> dict:
     """
     try:
         data, affine = read_nifti(task.label_path, ndim=3)
-        label = validate_labels(data)
+        label = validate_labels(data, task.max_label)
         if task.image_error:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None

@@ -31,6 +31,9 @@ from scipy import ndimage
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 
 MAX_LABEL = max(TOTALVIBE_LABELS)
+"""Highest ID of the default label set; other sets pass their own to :func:`validate_labels`."""
+MAX_ORGAN_ID = IGNORE_LABEL - 1
+"""Highest value measured as an organ (any label set fits below the ignore value)."""
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 CHUNK_VOXELS = 1 << 20
 
@@ -47,7 +50,7 @@ MAIN_GEOMETRY = ("surface_mm2", "sphericity", "eccentricity", "centroid_x", "cen
 
 
 class LabelError(ValueError):
-    """A label volume whose values are not TotalVibeSegmentator IDs (the message says which)."""
+    """A label volume whose values are not IDs of the label set (the message says which)."""
 
 
 def validate_labels(data: np.ndarray, max_label: int = MAX_LABEL) -> np.ndarray:
@@ -216,7 +219,7 @@ def measure_organs(label: np.ndarray, affine: np.ndarray, images: np.ndarray | N
     """
     label = np.ascontiguousarray(label)
     affine = np.asarray(affine, dtype=np.float64)
-    boxes = ndimage.find_objects(label, max_label=MAX_LABEL)
+    boxes = ndimage.find_objects(label, max_label=MAX_ORGAN_ID)
     present = np.array([i + 1 for i, box in enumerate(boxes) if box is not None], dtype=np.int64)
     columns: dict[str, list] = {"label": present.tolist(), **{name: [] for name in SHAPE_COLUMNS}}
     for organ in present:

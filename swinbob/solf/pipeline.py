@@ -41,9 +41,10 @@ from tqdm import tqdm
 from swinbob.files import remove_stale_temp_files
 from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_cases, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
+from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
-from swinbob.solf.rules import RuleSet, RulesError, load_rules
+from swinbob.solf.rules import METHODS, RuleSet, RulesError, load_rules
 from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
                                 shard_log_path, write_features_csv, write_scans_csv)
 
@@ -76,6 +77,9 @@ class SolfConfig:
     max_scans: int | None = None
     overwrite: bool = False
     figure: bool = True
+    labels: str | None = None
+    method: str | None = None
+    epsilon: float | None = None
 
     @property
     def report(self) -> Path:
@@ -92,10 +96,15 @@ class SolfConfig:
         """Folder of the resumable pass-1 state."""
         return self.output_dir / "features"
 
+    def label_set(self) -> dict[int, str]:
+        """The ``{id: name}`` table of ``--labels`` (a preset or a file; TotalVibeSegmentator by default)."""
+        return load_label_set(self.labels)
+
     def rules(self) -> RuleSet:
         """Default rules, the rules file, then the threshold flags (in that order of precedence)."""
-        return load_rules(self.rules_path, mad_threshold=self.mad_threshold, position_threshold=self.position_threshold,
-                          max_rejected_fraction=self.max_rejected_fraction, min_population=self.min_population)
+        return load_rules(self.rules_path, self.label_set(), mad_threshold=self.mad_threshold,
+                          position_threshold=self.position_threshold, max_rejected_fraction=self.max_rejected_fraction,
+                          min_population=self.min_population, method=self.method, epsilon=self.epsilon)
 
 
 def check_config(config: SolfConfig) -> None:
@@ -122,7 +131,9 @@ def case_tasks(config: SolfConfig) -> dict[str, CaseTask]:
     """The :class:`CaseTask` of every input scan (images matched by case id), by case id."""
     labels = discover_cases(config.input_dir)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
-    return {case: make_task(case, path, config.image_dir, names, config.channel_names) for case, path in labels.items()}
+    max_label = max(config.label_set())
+    return {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label)
+            for case, path in labels.items()}
 
 
 WORKER_DIED = ("a worker process died twice while processing it (killed by a signal, e.g. by the out-of-memory "
@@ -252,7 +263,7 @@ def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTab
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ConfigError(f"{len(missing)} scans have no features yet ({shown}); run --stage features for every shard first")
     table = build_table(records)
-    write_features_csv(table, config.report / "features.csv")
+    write_features_csv(table, config.report / "features.csv", config.label_set())
     write_scans_csv(table, config.report / "scans.csv")
     log.info("merged features of %d scans (%d failed) into %s", len(table.scans),
              len(table.scans) - len(table.case_ids), config.report / "features.csv")
@@ -301,7 +312,7 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     label_files = {t.case_id: Path(t.output_path) for t in cleaning}
     images = {c: tasks[c].image_paths for c in usable}
     channels = config.channel_names if config.image_dir is not None else ()
-    datalist = dataset_json(json_path, train, validation, label_files, images, channels)
+    datalist = dataset_json(json_path, train, validation, label_files, images, channels, rules.labels)
     write_json(json_path, datalist)
     log.info("train on it with: --json_list=%s --data_dir=%s", json_path, os.path.normpath(json_path.parent / datalist["data_root"]))
     failures = [{"case_id": s["case_id"], "stage": "features", "reason": s["reason"]} for s in table.scans if s["status"] != "ok"]
@@ -365,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_shards", type=int, default=1, help="split pass 1 into this many array jobs (default: 1)")
     p.add_argument("--shard_id", type=int, default=0, help="this job's shard, 0-based (default: 0)")
     p.add_argument("--max_scans", type=int, default=None, help="measure at most this many new scans in this run")
+    p.add_argument("--labels", default=None, help="label set: totalvibe (default), totalsegmentator, or a file "
+                   "(dataset.json labels block, JSON or CSV id,name); organ rules and left/right pairs follow its names")
+    p.add_argument("--method", choices=METHODS, default=None, help="decision rule: ours (default), paper (two of three "
+                   "features beyond the epsilon percentiles), both (rejected if either flags; reasons kept apart)")
+    p.add_argument("--epsilon", type=float, default=None, help="paper rule: percent of each tail out of range (default: 2)")
     p.add_argument("--rules", type=Path, default=None, help="JSON (or YAML) file overriding the organ rules")
     p.add_argument("--dump_rules", action="store_true", help="print the effective rules as JSON and exit")
     p.add_argument("--mad_threshold", type=float, default=None, help="robust z limit for shape outliers (default: 4.5)")
@@ -389,7 +405,8 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
         shard_id=args.shard_id, rules_path=args.rules, mad_threshold=args.mad_threshold,
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
         min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
-        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure)
+        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure, labels=args.labels,
+        method=args.method, epsilon=args.epsilon)
 
 
 def organ_filtering_entry(argv: list[str] | None = None) -> int:
@@ -402,6 +419,6 @@ def organ_filtering_entry(argv: list[str] | None = None) -> int:
             print(json.dumps(config.rules().to_json(), indent=2))
             return 0
         return run_solf(config)
-    except (ConfigError, RulesError) as exc:
+    except (ConfigError, RulesError, LabelSetError) as exc:
         log.error("configuration error: %s", exc)
         return 2

@@ -22,6 +22,7 @@ import numpy as np
 
 from swinbob.files import atomic_write_text
 from swinbob.labels import TOTALVIBE_LABELS
+from swinbob.solf.labelsets import name_of
 from swinbob.solf.features import SHAPE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -163,11 +164,11 @@ def csv_text(header: list[str], rows: list[list]) -> str:
     return buffer.getvalue()
 
 
-def write_features_csv(table: FeatureTable, path: Path) -> None:
+def write_features_csv(table: FeatureTable, path: Path, labels: dict[int, str] = TOTALVIBE_LABELS) -> None:
     """The per-(scan, organ) features table, sorted by case then label, written atomically."""
     cols = table.columns
     values = [cols[name].tolist() for name in table.feature_names]
-    rows = [[table.case_ids[c], label, TOTALVIBE_LABELS.get(label, str(label)), *(v[row] for v in values)]
+    rows = [[table.case_ids[c], label, name_of(labels, label), *(v[row] for v in values)]
             for row, (c, label) in enumerate(zip(cols["case_index"].tolist(), cols["label"].tolist()))]
     atomic_write_text(path, csv_text(["case_id", "label", "name", *table.feature_names], rows))
 
