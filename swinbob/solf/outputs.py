@@ -28,9 +28,9 @@ from swinbob.files import NiftiError, atomic_write_text, load_nifti_header, read
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, Decisions
 from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, MAX_ORGAN_ID, LabelError, validate_labels
-from swinbob.solf.labelsets import name_of
+from swinbob.solf.labelsets import LABEL_SLOTS, name_of
 from swinbob.solf.rules import RuleSet
-from swinbob.solf.store import FeatureTable, csv_text
+from swinbob.solf.store import FeatureTable, csv_text, write_csv_columns
 
 DECISION_COLUMNS = ("case_id", "label", "name", "decision", "reasons", "paper_reasons", "voxel_count", "n_components",
                     "largest_share", "z_log_volume", "z_log_surface", "z_sphericity", "z_eccentricity",
@@ -193,17 +193,16 @@ def write_json(path: Path, content: object) -> None:
 
 
 def write_decisions_csv(path: Path, table: FeatureTable, decisions: Decisions) -> None:
-    """The per-(scan, organ) decision table with reasons and robust z-scores."""
+    """The per-(scan, organ) decision table with reasons and robust z-scores (blank where untested)."""
     cols, z = table.columns, decisions.zscores
-    lists = {name: z[name].round(3).tolist() for name in ("log_volume", "log_surface", "sphericity", "eccentricity", "position")}
-    rows = []
-    for row, (case, label) in enumerate(zip(cols["case_index"].tolist(), cols["label"].tolist())):
-        rows.append([table.case_ids[case], label, name_of(decisions.rules.labels, label), decisions.decision[row],
-                     decisions.reasons[row], decisions.paper_reasons[row],
-                     cols["voxel_count"][row], cols["n_components"][row], round(float(cols["largest_share"][row]), 4),
-                     *("" if np.isnan(lists[n][row]) else lists[n][row] for n in lists),
-                     int(decisions.scan_excluded[case])])
-    atomic_write_text(path, csv_text(list(DECISION_COLUMNS), rows))
+    case, label = cols["case_index"], cols["label"]
+    names = np.array([name_of(decisions.rules.labels, i) for i in range(LABEL_SLOTS)], dtype=object)
+    values = [np.asarray(table.case_ids, dtype=object)[case].tolist(), label, names[label].tolist(),
+              decisions.decision.tolist(), decisions.reasons, decisions.paper_reasons, cols["voxel_count"],
+              cols["n_components"], cols["largest_share"].round(4),
+              *(np.ma.masked_invalid(z[n].round(3)) for n in ("log_volume", "log_surface", "sphericity", "eccentricity", "position")),
+              decisions.scan_excluded[case].astype(np.int64)]
+    write_csv_columns(path, dict(zip(DECISION_COLUMNS, values)))
 
 
 def write_failures(report_dir: Path, failures: list[dict]) -> None:
