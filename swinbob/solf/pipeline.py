@@ -80,6 +80,7 @@ class SolfConfig:
     labels: str | None = None
     method: str | None = None
     epsilon: float | None = None
+    max_previews: int = 100
 
     @property
     def report(self) -> Path:
@@ -115,8 +116,8 @@ def check_config(config: SolfConfig) -> None:
         raise ConfigError(f"need num_shards >= 1 and 0 <= shard_id < num_shards, got {config.shard_id}/{config.num_shards}")
     if config.stage == "all" and config.num_shards > 1:
         raise ConfigError("sharded runs use --stage features per shard, then one --stage decide")
-    if config.workers < 0 or (config.max_scans is not None and config.max_scans < 0):
-        raise ConfigError("workers and max_scans must be >= 0")
+    if config.workers < 0 or config.max_previews < 0 or (config.max_scans is not None and config.max_scans < 0):
+        raise ConfigError("workers, max_scans and max_previews must be >= 0")
     if not 0.0 <= config.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.image_dir is not None and not config.image_dir.is_dir():
@@ -324,6 +325,11 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     if config.figure:
         from swinbob.solf.figure import plot_report
         plot_report(config.report / "solf_report.png", table, decisions, rules)
+        if config.max_previews > 0:
+            from swinbob.solf.previews import write_previews
+            count = write_previews(config.report / "previews", table, decisions, {c: t.label_path for c, t in tasks.items()},
+                                   {c: t.image_paths for c, t in tasks.items()}, config.max_previews)
+            log.info("%d preview(s) of rejected organs in %s", count, config.report / "previews")
     log.info("SOLF: %d scans, %d failed, %d excluded, %d training + %d validation; organs kept %d, cleaned %d, rejected %d",
              content["scans"]["total"], content["scans"]["failed"], content["scans"]["excluded"], len(train),
              len(validation), content["organs"]["kept"], content["organs"]["cleaned"], content["organs"]["rejected"])
@@ -391,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="train/validation split seed (default: 0)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of included scans for validation (default: 0.1)")
     p.add_argument("--overwrite", action="store_true", help="re-measure every scan and rewrite every output")
-    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure")
+    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure and the previews")
+    p.add_argument("--max_previews", type=int, default=100,
+                   help="report/previews/: one PNG per rejected organ, at most this many, 0 = none (default: %(default)s)")
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -406,7 +414,7 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
         min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
         max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure, labels=args.labels,
-        method=args.method, epsilon=args.epsilon)
+        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews)
 
 
 def organ_filtering_entry(argv: list[str] | None = None) -> int:
