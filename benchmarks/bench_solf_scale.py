@@ -51,8 +51,12 @@ def _organs(rng: np.random.Generator) -> dict[str, list]:
     cols.update({"voxel_count": np.round(size), "volume_mm3": np.round(size) * 6.0, "surface_mm2": size ** (2 / 3) * 20,
                  "sphericity": rng.uniform(0.4, 0.7, n), "eccentricity": rng.uniform(0.3, 0.95, n),
                  "n_components": np.ones(n), "largest_share": np.ones(n), "touches_border": np.zeros(n)})
-    for axis, base in zip("xyz", np.random.default_rng(123).normal(0, 150, (3, n))):  # organs keep their place
-        cols[f"centroid_{axis}"] = base + rng.normal(0, 5, n)
+    base = np.random.default_rng(123).normal(0, 150, (3, n))  # organs keep their place; RAS: right at +x
+    side = np.array([1 if name.endswith("_right") else -1 if name.endswith("_left") else 0 for name in
+                     list(TOTALVIBE_LABELS.values())[1:]])
+    base[0] = np.where(side != 0, side * (20 + np.abs(base[0])), base[0])
+    for axis, centre in zip("xyz", base):
+        cols[f"centroid_{axis}"] = centre + rng.normal(0, 5, n)
     for name in ("surface_mm2", "sphericity", "eccentricity"):
         cols[f"main_{name}"] = cols[name]
     for key in ("centroid_x", "centroid_y", "centroid_z"):
@@ -93,7 +97,7 @@ def run(workdir: Path, scans: int) -> dict[str, float]:
     """Time the merge, decide and output stages; returns seconds per stage and peak memory."""
     times: dict[str, float] = {}
     report, out = workdir / "report", workdir / "out"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     logged = read_records(workdir / "features")
     records, missing = select_current(logged, {c: next(iter(fps)) for c, fps in logged.items()})
     del logged
@@ -123,6 +127,7 @@ def run(workdir: Path, scans: int) -> dict[str, float]:
     write_json(report / "summary.json", summary(table, decisions, rules, (train, validation), []))
     times["summary + cleaning tasks + dataset.json"] = time.perf_counter() - mark
     times["total"] = time.perf_counter() - start
+    times["total CPU time of this process"] = time.process_time() - cpu
     times["rows"] = float(table.columns["label"].size)
     times["rejected"] = float(np.sum(decisions.decision == "rejected"))
     times["peak_gb"] = peak_gb()
