@@ -20,10 +20,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from swinbob.files import write_nifti
+from swinbob.solf.cases import make_task, measure_case
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, decide
 from swinbob.solf.features import SHAPE_COLUMNS
+from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.solf.rules import RulesError, load_rules
-from swinbob.solf.store import FeatureTable
+from swinbob.solf.store import FeatureTable, build_table
 
 N, LIVER, MUSCLE = 100, 5, 66
 EXTREMES = {  # feature: {scan: rank}
@@ -120,3 +123,23 @@ def test_too_small_a_population_is_not_tested_and_bad_settings_are_refused():
     for bad in ({"method": "mine"}, {"epsilon": 0.0}, {"epsilon": 50.0}):
         with pytest.raises(RulesError):
             load_rules(**bad)
+
+
+def test_body_masks_give_the_body_volume_and_a_mismatched_mask_fails_the_scan(tmp_path):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[2:5, 2:5, 2:5] = LIVER
+    write_nifti(tmp_path / "labels" / "a.nii.gz", label, affine)
+    write_nifti(tmp_path / "labels" / "b.nii.gz", label, affine)
+    body = np.zeros((10, 10, 10), np.uint8)
+    body[1:9, 1:9, 1:9] = 1
+    write_nifti(tmp_path / "body" / "a.nii.gz", body, affine)
+    write_nifti(tmp_path / "body" / "b.nii.gz", body[:9], affine)
+    records = [measure_case(make_task(c, tmp_path / "labels" / f"{c}.nii.gz", None, set(), (), body_dir=tmp_path / "body"))
+               for c in ("a", "b")]
+    assert records[0]["body_volume_mm3"] == 8**3 * 12.0
+    assert records[1]["status"] == "failed" and "body mask/label grid mismatch" in records[1]["reason"]
+    table = build_table(records)
+    assert table.columns["body_volume_mm3"].tolist() == [8**3 * 12.0]
+    assert organ_filtering_entry(["--input_dir", str(tmp_path / "labels"), "--output_dir", str(tmp_path / "out"),
+                                  "--body_dir", str(tmp_path / "nowhere")]) == 2

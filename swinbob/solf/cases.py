@@ -46,6 +46,7 @@ class CaseTask:
     fingerprint: str
     image_error: str | None = None
     max_label: int = MAX_LABEL
+    body_path: str | None = None
 
 
 def case_id_of(path: Path) -> str | None:
@@ -125,8 +126,9 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int
 
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
-              channel_names: tuple[str, ...], max_label: int = MAX_LABEL) -> CaseTask:
-    """The :class:`CaseTask` of one case, with its image channels resolved if images are used."""
+              channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None) -> CaseTask:
+    """The :class:`CaseTask` of one case, with its image channels resolved if images are used, and
+    its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used."""
     image_paths: tuple[str, ...] = ()
     image_error = None
     if image_dir is not None:
@@ -135,8 +137,21 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
         except FileNotFoundError as exc:
             image_error = str(exc)
     names = channel_names if image_dir is not None else ()
-    return CaseTask(case_id, str(label_path), image_paths, names,
-                    fingerprint([str(label_path), *image_paths], names, max_label), image_error, max_label)
+    body = None
+    if body_dir is not None:
+        body = next((str(body_dir / f"{case_id}{s}") for s in NIFTI_SUFFIXES if (body_dir / f"{case_id}{s}").is_file()),
+                    str(body_dir / f"{case_id}.nii.gz"))  # a missing mask fails the scan with its path
+    inputs = [str(label_path), *image_paths, *([body] if body else [])]
+    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label), image_error,
+                    max_label, body)
+
+
+def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
+    """Volume (mm³) of the non-zero voxels of a body mask on the label grid."""
+    mask, mask_affine = read_nifti(path, ndim=3)
+    if mask.shape != shape or not np.allclose(mask_affine, affine, atol=GRID_TOLERANCE_MM):
+        raise NiftiError(f"{path}: body mask/label grid mismatch (shape {mask.shape}, label shape {shape})")
+    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(affine[:3, :3])))
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -181,6 +196,7 @@ def measure_case(task: CaseTask) -> dict:
         organs = measure_organs(label, affine, images, task.channel_names)
         if not organs["label"]:  # a failed segmentation: training on it would teach "no organs"
             raise LabelError("no organ labelled (the label map is all background or ignore)")
+        body = {"body_volume_mm3": body_volume(task.body_path, label.shape, affine)} if task.body_path else {}
     except LabelError as exc:
         return failed_record(task, f"{task.label_path}: {exc}")
     except (NiftiError, OSError, MemoryError) as exc:
@@ -188,5 +204,5 @@ def measure_case(task: CaseTask) -> dict:
     return {
         "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
         "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
-        "orientation": "".join(nib.aff2axcodes(affine)), "organs": organs,
+        "orientation": "".join(nib.aff2axcodes(affine)), **body, "organs": organs,
     }

@@ -81,6 +81,7 @@ class SolfConfig:
     method: str | None = None
     epsilon: float | None = None
     max_previews: int = 100
+    body_dir: Path | None = None
 
     @property
     def report(self) -> Path:
@@ -122,6 +123,8 @@ def check_config(config: SolfConfig) -> None:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.image_dir is not None and not config.image_dir.is_dir():
         raise ConfigError(f"image folder {config.image_dir} does not exist")
+    if config.body_dir is not None and not config.body_dir.is_dir():
+        raise ConfigError(f"body mask folder {config.body_dir} does not exist")
     if config.labels_dir.resolve() == config.input_dir.resolve():
         raise ConfigError("the output labels folder is the input folder; inputs are never modified")
     if len(set(config.channel_names)) != len(config.channel_names) or not config.channel_names:
@@ -133,7 +136,7 @@ def case_tasks(config: SolfConfig) -> dict[str, CaseTask]:
     labels = discover_cases(config.input_dir)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
     max_label = max(config.label_set())
-    return {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label)
+    return {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
             for case, path in labels.items()}
 
 
@@ -387,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default=None, help="decision rule: ours (default), paper (two of three "
                    "features beyond the epsilon percentiles), both (rejected if either flags; reasons kept apart)")
     p.add_argument("--epsilon", type=float, default=None, help="paper rule: percent of each tail out of range (default: 2)")
+    p.add_argument("--body_dir", type=Path, default=None, help="body masks {case}.nii.gz: the paper rule's body volume "
+                   "(default: the union of all labels of the scan)")
     p.add_argument("--rules", type=Path, default=None, help="JSON (or YAML) file overriding the organ rules")
     p.add_argument("--dump_rules", action="store_true", help="print the effective rules as JSON and exit")
     p.add_argument("--mad_threshold", type=float, default=None, help="robust z limit for shape outliers (default: 4.5)")
@@ -414,7 +419,7 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
         min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
         max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure, labels=args.labels,
-        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews)
+        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews, body_dir=args.body_dir)
 
 
 def organ_filtering_entry(argv: list[str] | None = None) -> int:

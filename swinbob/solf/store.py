@@ -173,6 +173,9 @@ def build_table(records: list[dict]) -> FeatureTable:
     features = (np.concatenate([_feature_matrix(r["organs"], feature_names) for r in ok], axis=1) if ok
                 else np.zeros((len(feature_names), 0)))
     columns.update(zip(feature_names, features))  # rows of one C-ordered block: contiguous views
+    if any("body_volume_mm3" in r for r in ok):  # measured from --body_dir masks (see swinbob.solf.paper)
+        body = np.array([r.get("body_volume_mm3", np.nan) for r in ok], dtype=np.float64)
+        columns["body_volume_mm3"] = body[columns["case_index"]]
     scans = [{
         "case_id": r["case_id"], "status": r["status"], "reason": r.get("reason", ""),
         "n_organs": len(r["organs"]["label"]) if r["status"] == "ok" else 0,
