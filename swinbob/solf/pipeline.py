@@ -13,7 +13,8 @@ many more scans and runs pass 2 only once every scan is measured. Layout of ``--
     features/                pass-1 shard logs and the cleaned-label manifest (resume state)
 
 and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
-``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``.
+``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``,
+``previews/`` (one PNG per rejected organ, :mod:`swinbob.solf.previews`).
 Exit status: 0 on success, 1 when every scan failed, 2 for configuration errors.
 
 Interruptions: a killed job loses at most the scans in progress (see ``store``); a rerun goes on
