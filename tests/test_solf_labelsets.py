@@ -16,7 +16,7 @@ from swinbob.phantoms import ukbob_case
 from swinbob.solf.inject import inject
 from swinbob.solf.labelsets import LabelSetError, load_label_set, mirror_name, remap_by_name, side_pairs
 from swinbob.solf.pipeline import organ_filtering_entry
-from swinbob.solf.rules import RulesError, load_rules
+from swinbob.solf.rules import RulesError, learn_component_rules, load_rules
 
 TS = {name: i for i, name in TOTALSEGMENTATOR_LABELS.items()}
 
@@ -153,3 +153,16 @@ def test_clean_scans_of_the_totalsegmentator_cohort_are_hardly_touched(ts_run):
     clean = [r for (case_id, _), r in rows.items() if case_id not in injected]
     rejected = sum(r["decision"] == "rejected" for r in clean)
     assert len(clean) > 18 * 30 and rejected / len(clean) <= 0.02
+
+
+def test_component_counts_are_learned_from_the_cohort_and_leave_the_rest_of_the_rule_alone(tmp_path):
+    labels = {0: "background", 1: "liver", 2: "vessels", 3: "rare"}
+    rules_file = tmp_path / "rules.json"
+    rules_file.write_text(json.dumps({"organs": {"liver": {"min_largest_share": 0.9}}}))
+    rules = load_rules(rules_file, labels)
+    rows = np.array([1] * 30 + [2] * 30 + [3] * 5)
+    components = np.array([1] * 28 + [3, 2] + [4, 5, 3] * 10 + [7] * 5)
+    learned = learn_component_rules(rules, rows, components).organs
+    assert (learned[1].max_components, learned[1].min_largest_share) == (1, 0.9)  # one piece: fragments cleaned
+    assert (learned[2].min_components, learned[2].max_components) == (1, 12)  # median 4 -> up to 3x
+    assert learned[3] == rules.organs[3]  # 5 scans < min_population: not learned

@@ -151,8 +151,7 @@ def learn_component_rules(rules: RuleSet, labels: np.ndarray, n_components: np.n
             continue
         median = float(np.median(counts))
         high = 1 if median <= 1 else int(np.ceil(3 * median))
-        organs[label] = dataclasses.replace(rule, min_components=1, max_components=high,
-                                            min_largest_share=0.5 if high == 1 else 0.0)
+        organs[label] = dataclasses.replace(rule, min_components=1, max_components=high)
     return dataclasses.replace(rules, organs=organs)
 
 
