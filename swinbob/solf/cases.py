@@ -160,18 +160,19 @@ def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> 
     NaN or Inf voxels are refused: they would make the organ intensity statistics NaN, and the
     scan would carry them into training through dataset.json (which refuses them as well).
     """
-    channels = []
-    for path in task.image_paths:
-        data, image_affine = read_nifti(path, ndim=3, dtype=np.float32)
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+    images = np.empty((len(task.image_paths), *shape), dtype=np.float32)  # filled in place: no stacked copy
+    for index, path in enumerate(task.image_paths):
+        data, image_affine = read_nifti(path, ndim=3)
         if data.shape != shape:
             raise NiftiError(f"{path}: image/label grid mismatch (image shape {data.shape}, label shape {shape})")
         if not np.allclose(image_affine, affine, atol=GRID_TOLERANCE_MM):
             raise NiftiError(f"{path}: image/label grid mismatch (affines differ)")
-        channels.append(data)
-    return np.stack(channels)
+        images[index] = data
+        if data.dtype.kind not in "iub":  # integers are always finite in float32
+            bad = int(data.size - np.count_nonzero(np.isfinite(images[index])))
+            if bad:
+                raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+    return images
 
 
 def failed_record(task: CaseTask, reason: str) -> dict:
