@@ -33,7 +33,7 @@ def preview_name(case_id: str, label: int, name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_id}__{label:03d}_{name}") + ".png"
 
 
-def rejected_rows(table: FeatureTable, decisions: Decisions, limit: int) -> list[int]:
+def rejected_rows(decisions: Decisions, limit: int) -> list[int]:
     """The first ``limit`` rejected rows in (case, label) order."""
     return np.flatnonzero(decisions.decision == REJECTED)[: max(0, limit)].tolist()
 
@@ -86,7 +86,7 @@ def draw_preview(path: Path, label: np.ndarray, image: np.ndarray | None, affine
 def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, label_paths: dict[str, str],
                    image_paths: dict[str, tuple[str, ...]], limit: int) -> int:
     """Draw the previews of the first ``limit`` rejected organs; remove stale ones; return how many."""
-    rows = rejected_rows(table, decisions, limit)
+    rows = rejected_rows(decisions, limit)
     if rows and importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed; skipping the previews of rejected organs (pip install matplotlib)")
         return 0
