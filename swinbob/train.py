@@ -39,6 +39,9 @@ from swinbob.metrics import dice_from_masks, dice_per_class
 from swinbob.model import build_model
 from swinbob.runtime import autocast_dtype, seed_everything
 from swinbob.tasks import Task
+from swinbob.cli import ConfigError
+from swinbob.dataset_task import DatasetJsonError
+from swinbob.files import NiftiError
 from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
 from swinbob.train_state import ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
 
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 EXIT_BAD_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4
-"""Exit codes: the datalist has problems; training diverged or a checkpoint is unusable; a
+"""Exit codes: a wrong setting or a datalist with problems; training diverged or a checkpoint is unusable; a
 stop signal (SIGTERM, SIGINT) was answered by saving ``last.pt``: run again with ``--resume``."""
 
 
@@ -531,6 +534,9 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
         plan = resolve_plan(args)
     except DatalistError as exc:
         log.error("%s", exc)
+        return EXIT_BAD_DATA
+    except (ConfigError, DatasetJsonError, NiftiError) as exc:
+        log.error("configuration error: %s", exc)
         return EXIT_BAD_DATA
     return launch(train_worker, plan, distributed=args.distributed, world_size=args.world_size,
                   node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend, device_name=args.device)

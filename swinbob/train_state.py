@@ -75,6 +75,7 @@ def run_config(task: Task, model: ModelConfig, data: DataConfig) -> dict[str, An
         "regions": {name: list(ids) for name, ids in task.regions.items()},
         "spacing": [float(s) for s in data.spacing],
         "intensity": dataclasses.asdict(data.intensity),
+        "task_spec": dataclasses.replace(task, spacing=tuple(data.spacing), intensity=data.intensity, roi=model.roi).to_dict(),
     }
 
 

@@ -1,0 +1,137 @@
+"""``--task auto``: train on one's own labelled set from its dataset.json, evaluate from the checkpoint alone.
+
+A tiny 3-class MRI set (nnU-Net v2 dataset.json, custom label names) and a CT set (Decathlon
+dataset.json) are trained with ``--task auto`` only and evaluated with ``test_etta.py`` given the
+checkpoint and the data: the custom names must reach metrics.csv, summary.json and the GIF legend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from swinbob.dataset_task import DatasetJsonError, parse_labels, task_from_dataset
+from swinbob.evaluate import main as evaluate
+from swinbob.inference import stored_task
+from swinbob.checkpoint import load_checkpoint
+from swinbob.train import main as train
+from swinbob.viz import LEGEND_WIDTH, _legend
+
+MRI_NAMES = {1: "cortex_gm", 2: "deep_wm", 3: "ventricle_csf"}
+TINY = ["--feature_size=12", "--roi_x=32", "--roi_y=32", "--roi_z=64", "--workers=0"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def write_dataset(root: Path, modality: str, num_cases: int = 3, nnunet_style: bool = True) -> Path:
+    """Nested-sphere phantoms (36 x 36 x 30 voxels, 2 x 2 x 2.5 mm) with 3 labels and a dataset.json."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (36, 36, 30)], indexing="ij"), -1).astype(np.float32)
+    entries = []
+    for index in range(num_cases):
+        centre = np.array([18, 18, 15]) + rng.integers(-2, 3, 3)
+        radius = np.linalg.norm((grid - centre) * [2.0, 2.0, 2.5], axis=-1)
+        label = np.zeros(radius.shape, np.uint8)
+        label[radius < 30], label[radius < 20], label[radius < 8] = 1, 2, 3
+        means = {"MRI": [0, 300, 600, 100], "CT": [-1000, 40, 90, 10]}[modality]
+        image = np.take(np.asarray(means, np.float32), label) + rng.normal(0, 15, label.shape).astype(np.float32)
+        if modality == "MRI":
+            image[label == 0] = 0
+        for sub, name, array in (("imagesTr", f"case{index}_0000", image), ("labelsTr", f"case{index}", label)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine), root / sub / f"{name}.nii.gz")
+        entries.append({"image": f"imagesTr/case{index}_0000.nii.gz", "label": f"labelsTr/case{index}.nii.gz"})
+    names = MRI_NAMES if modality == "MRI" else {1: "liver", 2: "spleen", 3: "lesion"}
+    content = {"name": f"tiny_{modality}", "training": entries[:-1], "validation": entries[-1:]}
+    if nnunet_style:
+        content |= {"channel_names": {"0": modality}, "labels": {"background": 0, **{v: k for k, v in names.items()}}}
+    else:
+        content |= {"modality": {"0": modality}, "labels": {"0": "background", **{str(k): v for k, v in names.items()}}}
+    (root / "dataset.json").write_text(json.dumps(content))
+    return root / "dataset.json"
+
+
+def gif_legend_matches(gif: Path, names: dict[int, str]) -> float:
+    """Share of the legend's text pixels (white) in the GIF's first frame that the legend drawn with ``names`` has too."""
+    frame = iio.imread(gif, index=0)[..., :3]
+    legend = frame[:, -LEGEND_WIDTH:]
+    expected = _legend(legend.shape[0], [1, 2, 3], names)  # every class is in the label
+    got_text, want_text = legend.min(-1) > 200, expected.min(-1) > 200
+    return float((got_text & want_text).sum() / max(want_text.sum(), 1))
+
+
+@pytest.mark.parametrize("modality", ["MRI", "CT"])
+def test_auto_task_trains_and_evaluates_from_the_checkpoint_alone(tmp_path, modality):
+    datalist = write_dataset(tmp_path / "data", modality, nnunet_style=modality == "MRI")
+    run = tmp_path / "run"
+    status = train(["--task=auto", f"--json_list={datalist}", f"--data_dir={datalist.parent}", f"--logdir={run}",
+                    "--max_epochs=1", "--max_steps_per_epoch=2", "--num_samples=1", "--val_every=1", "--save_checkpoint",
+                    *TINY])
+    assert status == 0
+    task = stored_task(load_checkpoint(run / "model_final.pt")["config"])
+    names = MRI_NAMES if modality == "MRI" else {1: "liver", 2: "spleen", 3: "lesion"}
+    assert task.label_map == {0: "background", **names} and task.channel_names == (modality,)
+    assert task.spacing == (2.0, 2.0, 2.5)  # median of the training images
+    if modality == "CT":  # nnU-Net: clip to the foreground's 0.5/99.5 percentiles, z-score with its mean/std
+        assert task.intensity.kind == "window" and -60 < task.intensity.a_min < 40 < 90 < task.intensity.a_max < 160
+        assert task.intensity.b_min < 0 < task.intensity.b_max
+    else:
+        assert task.intensity.kind == "zscore_nonzero"
+    out = tmp_path / "eval"
+    status = evaluate([f"--pretrained_dir={run}", "--pretrained_model_name=model_final.pt", f"--json_list={datalist}",
+                       f"--data_dir={datalist.parent}", f"--output_dir={out}", "--generate_gifs", "--gif_frames=2",
+                       "--etta_steps=1", "--workers=0"], default_task="btcv")
+    assert status == 0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert {r.split(",")[2] for r in rows[1:]} == set(names.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["classes"]) == set(names.values()) and summary["task"] == task.name
+    assert set(summary["metrics"]["etta"]["dice"]["per_class"]) == set(names.values())
+    assert (out / "predictions" / "case2_0000.nii.gz").is_file()  # written by default
+    gif = out / "gifs" / "case2_0000.gif"
+    from swinbob.labels import TOTALVIBE_LABELS
+    assert gif_legend_matches(gif, {0: "background", **names}) > 0.95
+    assert gif_legend_matches(gif, TOTALVIBE_LABELS) < 0.9  # the check can fail: other names, other pixels
+
+
+def test_evaluation_refuses_a_dataset_with_other_labels_naming_both(tmp_path, caplog):
+    datalist = write_dataset(tmp_path / "data", "MRI", nnunet_style=True)
+    run = tmp_path / "run"
+    assert train(["--task=auto", f"--json_list={datalist}", f"--data_dir={datalist.parent}", f"--logdir={run}",
+                  "--max_epochs=1", "--max_steps_per_epoch=1", "--num_samples=1", "--save_checkpoint", *TINY]) == 0
+    other = json.loads(datalist.read_text())
+    other["labels"] = {"background": 0, "tumour": 1, "oedema": 2, "necrosis": 3}
+    (datalist.parent / "other.json").write_text(json.dumps(other))
+    status = evaluate([f"--pretrained_dir={run}", "--pretrained_model_name=model_final.pt",
+                       f"--json_list={datalist.parent / 'other.json'}", f"--data_dir={datalist.parent}",
+                       f"--output_dir={tmp_path / 'eval'}", "--no_etta", "--workers=0"], default_task="btcv")
+    assert status == 2
+    message = caplog.text
+    assert "model_final.pt" in message and "other.json" in message and "tumour" in message and "cortex_gm" in message
+
+
+def test_nnunet_regions_and_ignore_label_parse_into_a_region_task(tmp_path):
+    content = {"labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing": 3, "ignore": 4},
+               "regions_class_order": [1, 2, 3], "channel_names": {"0": "T1", "1": "FLAIR"}, "name": "Dataset042_Brain"}
+    (tmp_path / "dataset.json").write_text(json.dumps(content))
+    task = task_from_dataset(tmp_path / "dataset.json", spacing=(1, 1, 1))
+    assert task.mode == "regions" and task.regions == {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing": (3,)}
+    assert task.region_labels == (1, 2, 3) and task.ignore_value == 4 and task.out_channels == 3
+    assert task.in_channels == 2 and task.name == "dataset042_brain" and 4 in task.valid_label_values
+    with pytest.raises(DatasetJsonError, match="no background"):
+        parse_labels({"labels": {"1": "liver"}}, "x.json")
+    with pytest.raises(DatasetJsonError, match="used twice"):
+        parse_labels({"labels": {"background": 0, "a": 1, "b": 1}}, "x.json")
+
+
+def test_ordered_regions_write_the_last_region_on_top():
+    from swinbob.inference import ordered_regions_to_labels
+    regions = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
+    regions[0, :3], regions[1, 1:3], regions[2, 2] = True, True, True
+    assert ordered_regions_to_labels(regions, (1, 2, 3)).flatten().tolist() == [1, 2, 3, 0]
