@@ -135,3 +135,30 @@ def test_ordered_regions_write_the_last_region_on_top():
     regions = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
     regions[0, :3], regions[1, 1:3], regions[2, 2] = True, True, True
     assert ordered_regions_to_labels(regions, (1, 2, 3)).flatten().tolist() == [1, 2, 3, 0]
+
+
+def test_fine_tuning_swinbob_starts_matching_head_rows_from_its_own_and_logs_them(tmp_path, caplog):
+    from swinbob.model import ModelConfig, build_model
+    from swinbob.train_state import init_head_rows, source_class_names
+
+    torch.manual_seed(0)
+    swinbob = build_model(ModelConfig(in_channels=1, out_channels=73, feature_size=12, roi=(32, 32, 64)))
+    (tmp_path / "pretrained").mkdir()
+    checkpoint = {"state_dict": swinbob.state_dict(), "epoch": 3, "best_acc": 0.5}  # upstream format, no names
+    torch.save(checkpoint, tmp_path / "pretrained" / "swinbob.pt")
+    names = source_class_names(checkpoint)
+    assert names[5] == "liver" and names[1] == "spleen"
+    target = build_model(ModelConfig(in_channels=1, out_channels=4, feature_size=12, roi=(32, 32, 64)))
+    rows = init_head_rows(target, checkpoint["state_dict"], names, ["background", "liver", "spleen", "lesion"])
+    assert rows == [("background", 0, 0), ("liver", 5, 1), ("spleen", 1, 2)]
+    head = target.state_dict()["out.conv.conv.weight"]
+    assert torch.equal(head[1], swinbob.state_dict()["out.conv.conv.weight"][5])
+    assert not torch.equal(head[3], swinbob.state_dict()["out.conv.conv.weight"][3])  # lesion: fresh
+    # The same through the training command, with the log saying which rows:
+    datalist = write_dataset(tmp_path / "data", "CT", nnunet_style=False)
+    caplog.set_level("INFO", logger="swinbob")
+    assert train(["--task=auto", f"--json_list={datalist}", f"--data_dir={datalist.parent}", f"--logdir={tmp_path / 'run'}",
+                  f"--pretrained_dir={tmp_path / 'pretrained'}", "--pretrained_model_name=swinbob.pt",
+                  "--max_epochs=1", "--max_steps_per_epoch=1", "--num_samples=1", *TINY]) == 0
+    assert "loaded " in caplog.text and "head rows initialised from" in caplog.text
+    assert "liver (5 -> 1), spleen (1 -> 2)" in caplog.text

@@ -117,3 +117,24 @@ def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
     loss, stepped, changed, optimizer = _step(lambda logits, label: logits.sum() * float("nan"))
     assert not stepped and not changed and math.isnan(loss.item())
     assert optimizer.state_dict()["state"] == {}
+
+
+def test_classes_absent_from_a_patch_add_no_constant_to_the_dice_term():
+    """73 outputs, 3 classes present, near-perfect logits: Dice term ~0, not 70/73 (issue 12's loss floor)."""
+    target = torch.zeros(1, 1, 8, 8, 8)
+    target[:, :, :4], target[:, :, 4:6] = 5, 2
+    onehot = torch.nn.functional.one_hot(target[:, 0].long(), 73).movedim(-1, 1).float()
+    loss = MaskedDiceCELoss(lambda_ce=0.0)(20.0 * onehot, target)
+    assert loss.item() < 1e-3
+    # Still MONAI's Dice on the classes that are present (here 0, 2 and 5):
+    torch.manual_seed(3)
+    logits = torch.randn(1, 73, 8, 8, 8)
+    present = [0, 2, 5]
+    ours = MaskedDiceCELoss(lambda_ce=0.0)(logits, target)
+    probs = torch.softmax(logits, 1)[:, present]
+    monai = DiceLoss()(probs, onehot[:, present])
+    assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
+    # With smooth_nr > 0 absent classes keep MONAI DiceLoss semantics (a false-positive penalty):
+    smoothed = MaskedDiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, lambda_ce=0.0)(logits, target)
+    reference = DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert smoothed.item() == pytest.approx(reference.item(), rel=1e-5)
