@@ -19,6 +19,10 @@ from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
 
 
+DEFAULT_FEATURE_SIZE = 48
+"""Swin-UNETR's (and Swin-BOB's) embedding size."""
+
+
 class ConfigError(ValueError):
     """A wrong setting: refused before any data is read, exit status 2, one line naming it."""
 
@@ -48,7 +52,8 @@ def add_task_args(parser: argparse.ArgumentParser, default_task: str | None) -> 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Swin-UNETR architecture flags (upstream names)."""
     g = parser.add_argument_group("model")
-    g.add_argument("--feature_size", type=int, default=48, help="Swin-UNETR embedding size (multiple of 12)")
+    g.add_argument("--feature_size", type=int, default=None,
+                   help=f"Swin-UNETR embedding size, a multiple of 12 (default: {DEFAULT_FEATURE_SIZE}; evaluation: the checkpoint's)")
     g.add_argument("--in_channels", type=int, default=None, help="input channels (default: the task's)")
     g.add_argument("--out_channels", type=int, default=None, help="output channels (default: the task's)")
     g.add_argument("--spatial_dims", type=int, default=3, help="must be 3")
@@ -96,7 +101,7 @@ def check_settings(args: argparse.Namespace) -> None:
         validate_roi(roi)
     except ValueError as exc:
         raise ConfigError(f"--roi_x/--roi_y/--roi_z: {exc}") from exc
-    if args.feature_size <= 0 or args.feature_size % 12:
+    if args.feature_size is not None and (args.feature_size <= 0 or args.feature_size % 12):
         raise ConfigError(f"--feature_size must be a positive multiple of 12 (Swin-UNETR heads), got {args.feature_size}")
     if args.spatial_dims != 3:
         raise ConfigError(f"--spatial_dims must be 3 (Swin-BOB is a 3D model), got {args.spatial_dims}")
@@ -154,7 +159,7 @@ def model_config(args: argparse.Namespace, task: Task) -> ModelConfig:
     """Architecture from flags, falling back to the task; the ROI is validated here, early."""
     return ModelConfig.from_task(
         task,
-        feature_size=args.feature_size,
+        feature_size=args.feature_size or DEFAULT_FEATURE_SIZE,
         roi=validate_roi(_triplet(args, "roi", task.roi)),
         dropout_path_rate=args.dropout_path_rate,
         use_checkpoint=args.use_checkpoint,

@@ -209,7 +209,8 @@ def evaluate_case(
             _write_once(path, settings.overwrite, lambda p, pred=pred: write_prediction(p, pred, case.image[0]))
     if probs is not None:
         path = output_file(settings.output_dir / "probabilities", case.name, ".nii.gz")
-        _write_once(path, settings.overwrite, lambda p: write_probabilities(p, probs, image, preprocess, case.image[0]))
+        _write_once(path, settings.overwrite, lambda p: write_probabilities(p, probs, image, preprocess, case.image[0],
+                                                                     settings.task.mode == "softmax"))
     if settings.statistics:
         shown, affine = _first_channel(case)
         record["statistics"] = structure_statistics(predictions[settings.primary], shown, affine,
@@ -410,13 +411,13 @@ def load_model(
     path = Path(args.pretrained_dir) / args.pretrained_model_name
     from_flags = ModelConfig(
         in_channels=args.in_channels or task.in_channels, out_channels=args.out_channels or task.out_channels,
-        feature_size=args.feature_size, roi=_roi(args, task.roi), use_checkpoint=args.use_checkpoint,
+        feature_size=args.feature_size or cli.DEFAULT_FEATURE_SIZE, roi=_roi(args, task.roi), use_checkpoint=args.use_checkpoint,
         use_v2=args.use_v2, norm_name=args.norm_name,
     )
     model, config, stored = load_inference_model(path, from_flags, args.use_checkpoint, checkpoint)
     # Same maths, less time and memory: fused attention and cached shift masks (benchmarks/RESULTS.md).
     fast.accelerate(model, sdpa=True, cached_masks=True)
-    if stored is not None and config.feature_size != args.feature_size:
+    if stored is not None and args.feature_size is not None and config.feature_size != args.feature_size:
         log.warning("using feature_size %d from the checkpoint (flag says %d)", config.feature_size, args.feature_size)
     return model, config, path, stored
 

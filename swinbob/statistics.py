@@ -4,7 +4,7 @@
 in ml (voxel count × voxel volume from the image's affine), the voxel count, the mean intensity
 of the image's first channel inside the structure, the number of connected components (26-
 connectivity) and the bounding box (voxel indices, inclusive). ``--save_probabilities`` writes
-the class probabilities mapped back to the input grid (linear interpolation) as a 4D NIfTI.
+the class probabilities mapped back to the input grid (as the labels) as a 4D NIfTI.
 """
 
 from __future__ import annotations
@@ -57,12 +57,15 @@ def write_probabilities(
     preprocessed_image: torch.Tensor,
     preprocess: Compose,
     reference_image: str | os.PathLike,
+    softmax: bool = True,
 ) -> Path:
     """Probabilities (C, X, Y, Z) on the preprocessed grid → the input grid (X, Y, Z, C), float32 NIfTI.
 
-    Outside the foreground crop every channel is 0: MONAI's inverse of the crop pads with zeros.
+    Resampled like the labels (nearest neighbour), so that each voxel's probabilities are the ones
+    its label was taken from (softmax channels sum to 1). Outside the foreground crop, where the
+    prediction is background, softmax tasks get background 1 and region tasks 0 everywhere.
     """
-    inverter = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=False)
+    inverter = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=True)
     pred = MetaTensor(probs.detach().float().cpu())
     inverted = inverter({"pred": pred, "image": preprocessed_image})["pred"]
     array = (inverted.as_tensor() if hasattr(inverted, "as_tensor") else inverted).numpy()
@@ -71,6 +74,8 @@ def write_probabilities(
     if tuple(array.shape[1:]) != spatial:
         raise ValueError(f"probabilities of shape {array.shape[1:]} differ from the input image's {spatial} ({reference_image})")
     volume = np.moveaxis(array, 0, -1).astype(np.float32)
+    if softmax:
+        volume[..., 0][volume.sum(-1) == 0] = 1.0
     header = nib.Nifti1Header()
     header.set_xyzt_units("mm")
     return write_nifti(path, volume, reference.affine, header=header)

@@ -100,16 +100,23 @@ def test_auto_task_trains_and_evaluates_from_the_checkpoint_alone(tmp_path, moda
     assert gif_legend_matches(gif, TOTALVIBE_LABELS) < 0.9  # the check can fail: other names, other pixels
 
 
-def test_evaluation_refuses_a_dataset_with_other_labels_naming_both(tmp_path, caplog):
-    datalist = write_dataset(tmp_path / "data", "MRI", nnunet_style=True)
-    run = tmp_path / "run"
-    assert train(["--task=auto", f"--json_list={datalist}", f"--data_dir={datalist.parent}", f"--logdir={run}",
+@pytest.fixture(scope="module")
+def mri_run(tmp_path_factory, one_torch_thread):
+    """A tiny model trained for one step on the MRI set: (datalist, run folder)."""
+    root = tmp_path_factory.mktemp("mri")
+    datalist = write_dataset(root / "data", "MRI", nnunet_style=True)
+    assert train(["--task=auto", f"--json_list={datalist}", f"--data_dir={datalist.parent}", f"--logdir={root / 'run'}",
                   "--max_epochs=1", "--max_steps_per_epoch=1", "--num_samples=1", "--save_checkpoint", *TINY]) == 0
+    return datalist, root / "run"
+
+
+def test_evaluation_refuses_a_dataset_with_other_labels_naming_both(tmp_path, caplog, mri_run):
+    datalist, run = mri_run
     other = json.loads(datalist.read_text())
     other["labels"] = {"background": 0, "tumour": 1, "oedema": 2, "necrosis": 3}
-    (datalist.parent / "other.json").write_text(json.dumps(other))
+    (tmp_path / "other.json").write_text(json.dumps(other))
     status = evaluate([f"--pretrained_dir={run}", "--pretrained_model_name=model_final.pt",
-                       f"--json_list={datalist.parent / 'other.json'}", f"--data_dir={datalist.parent}",
+                       f"--json_list={tmp_path / 'other.json'}", f"--data_dir={datalist.parent}",
                        f"--output_dir={tmp_path / 'eval'}", "--no_etta", "--workers=0"], default_task="btcv")
     assert status == 2
     message = caplog.text
@@ -162,3 +169,49 @@ def test_fine_tuning_swinbob_starts_matching_head_rows_from_its_own_and_logs_the
                   "--max_epochs=1", "--max_steps_per_epoch=1", "--num_samples=1", *TINY]) == 0
     assert "loaded " in caplog.text and "head rows initialised from" in caplog.text
     assert "liver (5 -> 1), spleen (1 -> 2)" in caplog.text
+
+
+def test_swinbob_predict_writes_each_input_geometry_probabilities_and_statistics(tmp_path, mri_run):
+    from swinbob.commands import main as swinbob_command
+
+    datalist, run = mri_run
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    source = nib.load(datalist.parent / "imagesTr" / "case0_0000.nii.gz")
+    oblique = np.array([[0, -2.0, 0, 40], [1.5, 0, 0, -20], [0, 0, 2.5, 5], [0, 0, 0, 1]])  # permuted, flipped, anisotropic
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[:, :30], oblique), inputs / "scan_a.nii.gz")
+    nib.save(source, inputs / "scan_b.nii.gz")
+    out = tmp_path / "out"
+    assert swinbob_command(["predict", "-i", str(inputs), "-o", str(out), "-m", str(run / "model_final.pt"),
+                            "--save_probabilities", "--statistics"]) == 0
+    statistics = json.loads((out / "statistics.json").read_text())
+    for name in ("scan_a", "scan_b"):
+        image = nib.load(inputs / f"{name}.nii.gz")
+        pred = nib.load(out / "predictions" / f"{name}.nii.gz")
+        assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+        probs = nib.load(out / "probabilities" / f"{name}.nii.gz")
+        assert probs.shape == (*image.shape, 4) and np.allclose(probs.affine, image.affine)
+        labels = np.asarray(pred.dataobj)
+        probabilities = np.asarray(probs.dataobj)
+        assert np.allclose(probabilities.sum(-1), 1.0, atol=1e-4)  # softmax, also outside the foreground crop
+        assert np.array_equal(probabilities.argmax(-1), labels)  # the labels are the probabilities' argmax
+        voxel_ml = abs(np.linalg.det(image.affine[:3, :3])) / 1000
+        for label, structure in MRI_NAMES.items():
+            entry = statistics[name][structure]
+            assert entry["voxels"] == int((labels == label).sum())
+            assert entry["volume_ml"] == pytest.approx(entry["voxels"] * voxel_ml, rel=1e-9)
+            if entry["voxels"]:
+                assert entry["mean_intensity"] == pytest.approx(float(np.asarray(image.dataobj)[labels == label].mean()), rel=1e-5)
+                assert entry["components"] >= 1 and len(entry["bbox"]) == 3
+
+
+def test_structure_statistics_count_components_and_boxes():
+    from swinbob.statistics import structure_statistics
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:3, 1:3, 1:3], labels[6:9, 6:8, 5:6] = 1, 1
+    image = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    stats = structure_statistics(labels, image, np.diag([2.0, 1.0, 0.5, 1.0]), {"a": (1,), "b": (2,)})
+    assert stats["a"]["voxels"] == 14 and stats["a"]["volume_ml"] == pytest.approx(14 * 1e-3)
+    assert stats["a"]["components"] == 2 and stats["a"]["bbox"] == [[1, 8], [1, 7], [1, 5]]
+    assert stats["b"] == {"volume_ml": 0.0, "voxels": 0, "mean_intensity": None, "components": 0, "bbox": None}
