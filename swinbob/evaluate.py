@@ -444,16 +444,21 @@ def _same_labels(a: dict[int, str], b: dict[int, str]) -> bool:
     return {k: v.lower() for k, v in a.items()} == {k: v.lower() for k, v in b.items()}
 
 
-def check_dataset(task: Task, path: Path, args: argparse.Namespace) -> None:
-    """Refuse a datalist whose dataset.json declares other labels or channels than the model's task."""
+def check_dataset(task: Task, path: Path, args: argparse.Namespace, strict: bool = False) -> None:
+    """Refuse a datalist whose dataset.json declares other labels or channels than the model's task.
+
+    ``strict`` (``--task auto``): the dataset.json must declare both.
+    """
     if args.input_dir:
         return
     try:
         json_path = find_datalist(args.json_list, args.data_dir)
         content = read_dataset_json(json_path)
-        labels = parse_labels(content, json_path)["label_map"] if "labels" in content else None
-        channels = parse_channels(content, json_path) if {"modality", "channel_names"} & set(content) else None
+        labels = parse_labels(content, json_path)["label_map"] if strict or "labels" in content else None
+        channels = parse_channels(content, json_path) if strict or {"modality", "channel_names"} & set(content) else None
     except (FileNotFoundError, DatasetJsonError):
+        if strict:
+            raise
         return  # reported (or not needed) when the cases are read
     if labels is not None and not _same_labels(labels, task.label_map):
         raise ConfigError(f"checkpoint {path} was trained for task {task.name!r} with labels {task.label_map} but "
@@ -471,7 +476,7 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
         return recorded
     if args.task == AUTO:
         if recorded is not None:
-            check_dataset(recorded, path, args)
+            check_dataset(recorded, path, args, strict=True)
             return recorded
         entries = load_datalist(args.json_list, args.data_dir, split="training", allow_absolute=args.allow_absolute_paths)
         return cli.auto_task(args, entries)

@@ -11,10 +11,13 @@ its own geometry; ``--save_probabilities`` adds ``OUT_DIR/probabilities/<case>.n
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from swinbob import evaluate
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +58,8 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     """Exit codes as ``test_etta.py``: 0 done, 1 every scan failed, 2 configuration error."""
     args = build_parser().parse_args(argv)
     if not Path(args.input).is_dir():
-        build_parser().exit(2, f"swinbob predict: error: -i/--input: {args.input} is not a folder\n")
+        log.error("configuration error: -i/--input: %s is not a folder", args.input)
+        return 2
     return evaluate.main(evaluate_argv(args), default_task=default_task)
 
 

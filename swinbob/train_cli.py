@@ -177,6 +177,7 @@ def check_task_flags(args: argparse.Namespace, task: Task) -> None:
     if args.bce_weight and task.mode != "regions":
         raise ConfigError(f"--bce_weight applies to region tasks (BraTS), not to {task.name!r}")
     check_trainable_roi(model_config(args, task))
+    data_config(args, task)  # e.g. a CT window given to an MRI task
 
 
 def resolve_plan(args: argparse.Namespace) -> TrainPlan:
