@@ -100,6 +100,40 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
 
 
 @dataclass(frozen=True)
+class TrainOptions:
+    """The run's settings besides task, model and data: checked plain values, read below the entry
+    point instead of the argparse namespace (which never leaves :func:`resolve_plan`)."""
+
+    json_list: str
+    workers: int
+    data_check: str
+    cache_dir: str | None
+    use_normal_dataset: bool
+    cache_rate: float
+    batch_size: int
+    seed: int
+    max_steps_per_epoch: int | None
+    deterministic: bool
+    optim_name: str
+    momentum: float
+    squared_dice: bool
+    smooth_nr: float
+    smooth_dr: float
+    bce_weight: float
+    lrschedule: str
+    compile: bool
+    nan_patience: int
+    log_every: int
+    save_checkpoint: bool
+    sw_batch_size: int
+    checkpoint: str | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
 class TrainPlan:
     """Everything a training process needs, resolved and checked (picklable for spawning)."""
 
@@ -118,7 +152,7 @@ class TrainPlan:
     amp: str
     pretrained: Path | None
     resume: Path | None
-    args: argparse.Namespace
+    options: TrainOptions
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type view written to ``<logdir>/config.json`` (flags and resolved values)."""
@@ -132,7 +166,7 @@ class TrainPlan:
             "overlap": self.overlap, "amp": self.amp,
             "pretrained": str(self.pretrained) if self.pretrained else None,
             "resume": str(self.resume) if self.resume else None,
-            "flags": vars(self.args),
+            "options": dataclasses.asdict(self.options),
         }
 
 
@@ -220,5 +254,5 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
         amp="none" if args.noamp else args.amp,
         pretrained=None if resume else pretrained_path(args),
         resume=resume,
-        args=args,
+        options=TrainOptions.from_args(args),
     )

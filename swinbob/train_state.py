@@ -198,7 +198,7 @@ def upstream_start(checkpoint: dict[str, Any]) -> TrainState:
 def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, schedule: dict, ctx: DistContext) -> tuple[TrainState, ResumePoint]:
     """Counters and weights from ``--resume``, ``--checkpoint`` or fine-tuning weights, else fresh."""
-    args = plan.args
+    args = plan.options
     if plan.resume is not None:
         ckpt, source = load_resume_checkpoint(plan.resume)
         state = restore_training(ckpt, str(source), model, optimizer, scaler, schedule)

@@ -187,3 +187,23 @@ def test_structure_statistics_count_components_and_boxes():
     assert stats["a"]["voxels"] == 14 and stats["a"]["volume_ml"] == pytest.approx(14 * 1e-3)
     assert stats["a"]["components"] == 2 and stats["a"]["bbox"] == [[1, 8], [1, 7], [1, 5]]
     assert stats["b"] == {"volume_ml": 0.0, "voxels": 0, "mean_intensity": None, "components": 0, "bbox": None}
+
+
+@pytest.mark.parametrize("script", ["UKBOB/main.py", "BTCV/test_etta.py"])
+def test_help_shows_the_presets_actual_values(script, capsys):
+    from swinbob.evaluate import build_parser as eval_parser
+    from swinbob.train_cli import build_parser as train_parser
+
+    parser = train_parser("ukbob") if script.endswith("main.py") else eval_parser("btcv")
+    text = parser.format_help()
+    assert "ukbob: 4 channel(s)" in text and "spacing 2/2/3 mm" in text
+    assert "btcv: 1 channel(s) CT, 14 outputs" in text and "spacing 1.5/1.5/2 mm" in text and "-175..250" in text
+    assert "brats:" in text and "ROI 128x128x128" in text and "auto:" in text and "exit codes:" in text
+
+
+def test_task_round_trips_through_its_plain_dict_and_json():
+    from swinbob.tasks import Task, get_task
+
+    for task in (get_task("ukbob"), get_task("brats", et_label=4)):
+        assert Task.from_dict(task.to_dict()) == task
+        assert Task.from_dict(json.loads(json.dumps(task.to_dict()))) == task  # config.json: string label IDs
