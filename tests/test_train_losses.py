@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
@@ -138,3 +139,34 @@ def test_classes_absent_from_a_patch_add_no_constant_to_the_dice_term():
     smoothed = MaskedDiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, lambda_ce=0.0)(logits, target)
     reference = DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
     assert smoothed.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_validation_mean_dice_averages_only_classes_present_in_label_or_prediction():
+    """Issue 12: absent classes must not drag the mean (0.37 for two classes at 0.92); a stray
+    predicted voxel of a class absent from the label does count, as a 0."""
+    import dataclasses
+
+    from swinbob.train import validate
+
+    task = dataclasses.replace(get_task("btcv"), label_map={0: "background", 1: "grey", 2: "white", 3: "csf"})
+    shape = (32, 32, 64)
+    label = torch.zeros(1, 1, *shape)
+    label[..., :10, :, :], label[..., 10:20, :, :] = 1, 2
+    prediction = label.clone()
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, labels):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(()))
+            self.logits = 10.0 * torch.nn.functional.one_hot(labels[:, 0].long(), 4).movedim(-1, 1).float()
+
+        def forward(self, x):
+            return self.logits.expand(x.shape[0], -1, -1, -1, -1) + 0 * self.dummy
+
+    batch = {"image": torch.zeros(1, 1, *shape), "label": label}
+    metrics = validate(Fixed(prediction), [batch], task, shape, overlap=0.0)
+    assert metrics["grey"] == pytest.approx(1.0) and metrics["white"] == pytest.approx(1.0)
+    assert np.isnan(metrics["csf"]) and metrics["mean"] == pytest.approx(1.0)
+    prediction[..., 30, 0, 0] = 3  # one stray csf voxel: csf is now present in the prediction
+    metrics = validate(Fixed(prediction), [batch], task, shape, overlap=0.0)
+    assert metrics["csf"] == 0.0 and metrics["mean"] == pytest.approx(2 / 3, abs=1e-3)
