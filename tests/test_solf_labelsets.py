@@ -52,9 +52,9 @@ def test_label_tables_load_from_dataset_json_decathlon_json_and_csv(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"labels": {"liver": 1, "spleen": 1}}', "appears twice"),
+    ('{"labels": {"liver": 1, "spleen": 1}}', "used twice"),
     ('{"labels": {"liver": 300}}', "outside 1..254"),
-    ('{"labels": {"liver": "x"}}', "not a non-negative integer"),
+    ('{"labels": {"liver": "x"}}', "not an integer label value"),
     ('{"labels": {"background": 0}}', "no labels besides background"),
     ('{"labels": {"liver": 1, "liver ": 2}}', "padded name"),
     ("[1, 2", "invalid JSON"),
