@@ -73,9 +73,12 @@ def load_inference_model(
     checkpoint = load_checkpoint(path)
     stored = stored_config(checkpoint)
     config = fallback
-    if stored is not None:
-        config = dataclasses.replace(ModelConfig.from_dict(stored), use_checkpoint=use_checkpoint)
-    model = build_model(config)
+    try:
+        if stored is not None:
+            config = dataclasses.replace(ModelConfig.from_dict(stored), use_checkpoint=use_checkpoint)
+        model = build_model(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     report = transfer_weights(model, extract_state_dict(checkpoint), source=str(path))
     if report.missing or report.shape_mismatch:
         examples = ", ".join((report.shape_mismatch + report.missing)[:3])

@@ -157,25 +157,30 @@ def summarize(rows: Sequence[Mapping[str, object]], metrics: Sequence[str] = ("d
     over its scored classes and then takes mean ± std over cases, so every case weighs the same
     whatever the number of organs present in it.
     """
-    classes = list(dict.fromkeys(str(r["class"]) for r in rows))
-    cases = list(dict.fromkeys(str(r["case"]) for r in rows))
+    by_class: dict[str, list] = {}
+    by_case: dict[str, list] = {}
+    for r in rows:  # one pass: linear in the number of rows, however many cases
+        by_class.setdefault(str(r["class"]), []).append(r)
+        by_case.setdefault(str(r["case"]), []).append(r)
     out: dict[str, dict] = {}
     for metric in metrics:
-        per_class = {c: _mean_std(float(r[metric]) for r in rows if r["class"] == c) for c in classes}
+        per_class = {c: _mean_std(float(r[metric]) for r in group) for c, group in by_class.items()}
         case_means = []
-        for case in cases:
-            values = [float(r[metric]) for r in rows if r["case"] == case and np.isfinite(float(r[metric]))]
+        for group in by_case.values():
+            values = [float(r[metric]) for r in group if np.isfinite(float(r[metric]))]
             if values:
                 case_means.append(float(np.mean(values)))
         out[metric] = {"per_class": per_class, "overall": _mean_std(case_means)}
     return out
 
 
-def metrics_csv(rows: Sequence[Mapping[str, object]]) -> str:
-    """``case,method,class,dice,hd95_mm`` lines (6 significant digits; ``nan`` = not scored)."""
+def metrics_csv(rows: Sequence[Mapping[str, object]], header: bool = True) -> str:
+    """``case,method,class,dice,hd95_mm`` lines (6 significant digits; ``nan`` = not scored);
+    without ``header`` the rows only (appended per case by the evaluation)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in CSV_FIELDS})
     return buffer.getvalue()
