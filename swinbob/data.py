@@ -193,6 +193,9 @@ class LoadCheckedImaged(T.LoadImaged):
                 load_nifti_header(path)
         d = super().__call__(data, reader)
         for key, source in sources.items():
+            if d[key].ndim < 3:  # would fail deep in the network ("Inputs must have 5 dimensions")
+                raise NiftiError(f"{', '.join(map(str, _file_paths(source)))}: a {d[key].ndim}D image (shape "
+                                 f"{tuple(d[key].shape)}); Swin-BOB needs 3D volumes")
             while d[key].ndim > 4 and d[key].shape[-1] == 1:  # X×Y×Z×1×1 files, or a list of X×Y×Z×1
                 d[key] = d[key].squeeze(-1)  # (read_nifti squeezes the same way)
             check_finite(d[key], source, str(key))
