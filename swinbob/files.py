@@ -43,6 +43,21 @@ class NiftiError(ValueError):
     """A NIfTI file that cannot be used; the message names the file and the problem."""
 
 
+class TransientReadError(NiftiError):
+    """A file that could not be read for a reason outside its content (permission denied, out of
+    memory): the same file may read fine later, so records of this failure are retried."""
+
+
+def _read_failure(path: Path, exc: BaseException, what: str) -> NiftiError:
+    """The :class:`NiftiError` for ``exc`` raised while reading ``path``: transient for permissions and
+    memory (not a verdict on the file), else ``what`` (truncated, corrupt, not NIfTI)."""
+    if isinstance(exc, PermissionError):
+        return TransientReadError(f"{path}: permission denied ({exc.strerror or exc})")
+    if isinstance(exc, MemoryError):
+        return TransientReadError(f"{path}: out of memory while reading it")
+    return NiftiError(f"{path}: {what} ({exc})")
+
+
 class OutputError(OSError):
     """An output folder that cannot be used (not creatable, not writable, in use by another run)."""
 
@@ -77,18 +92,19 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "output folder"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: str = LOCK_NAME) -> Iterator[Path]:
     """Hold an advisory lock (``fcntl.flock``) on ``folder`` while the block runs.
 
     Two runs writing into one folder would mix their outputs (predictions of one model, tables
     of the other) and delete each other's temporary files; the second run is refused at start-up
     with the PID of the first. The lock dies with its process (even after ``SIGKILL``), so a
-    crashed run never leaves a folder locked; the lock file itself stays.
+    crashed run never leaves a folder locked; the lock file itself stays. ``name`` picks another
+    lock file, for writers that may share a folder but not a part of it (one lock per SOLF shard).
     """
     folder = check_writable_folder(folder, what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     except OSError as exc:
         raise OutputError(exc.errno, f"{what} {folder} cannot be written ({exc.strerror or exc})") from exc
     try:
@@ -275,7 +291,7 @@ def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers
-        raise NiftiError(f"{path}: not a readable NIfTI file ({exc})") from exc
+        raise _read_failure(path, exc, "not a readable NIfTI file") from exc
     shape = img.shape
     if len(shape) == 0 or any(int(s) <= 0 for s in shape):
         raise NiftiError(f"{path}: empty volume (shape {tuple(shape)})")
@@ -285,8 +301,8 @@ def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
         check_header(img, path)
     except NiftiError:
         raise
-    except (OSError, ValueError, EOFError) as exc:  # the raw header could not be read again
-        raise NiftiError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    except (OSError, ValueError, EOFError, MemoryError) as exc:  # the raw header could not be read again
+        raise _read_failure(path, exc, "not a readable NIfTI file") from exc
     check_affine(img.affine, path)
     return img
 
@@ -302,7 +318,7 @@ def read_nifti(path: str | os.PathLike, ndim: int | None = 3, dtype: type | None
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated gzip streams raise EOFError, OSError, zlib.error ...
-        raise NiftiError(f"{path}: data could not be read; the file is truncated or corrupt ({exc})") from exc
+        raise _read_failure(path, exc, "data could not be read; the file is truncated or corrupt") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if ndim is not None and data.ndim != ndim:
