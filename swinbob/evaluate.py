@@ -394,8 +394,8 @@ def _label_id(value: Any, what: str) -> int:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ConfigError(f"--label_map: {what} {json.dumps(value) if not isinstance(value, float) else value!r} is not an "
-                      "integer label ID")
+    shown = repr(value) if isinstance(value, float) else json.dumps(value)
+    raise ConfigError(f"--label_map: {what} {shown} is not an integer label ID")
 
 
 def read_label_map_text(text: str) -> str:

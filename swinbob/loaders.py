@@ -214,7 +214,7 @@ def note_changed_files(entries: Sequence[Mapping[str, Any]], cache_dir: Path) ->
         shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         log.warning("--cache_dir %s: %d file(s) changed since they were cached (%s); their cached volumes are "
                     "not used, the files are preprocessed again", cache_dir, len(changed), shown)
-    if current.items() - known.items():
+    if any(known.get(p) != identity for p, identity in current.items()):
         try:
             atomic_write_text(manifest_path, json.dumps({**known, **current}, sort_keys=True))
         except OSError as exc:  # the cache key alone keeps the data right; only the warning is lost
