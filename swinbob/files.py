@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import re
 import secrets
@@ -270,7 +271,7 @@ def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
         raise NiftiError(f"{path}: zero or NaN voxel spacing in the header (pixdim {pixdim.tolist()})")
     data_file = _data_file(img, path)
     offset = int(img.header.get_data_offset()) if data_file == path else max(0, int(img.header.get_data_offset()))
-    promised = offset + int(np.prod(img.shape, dtype=np.int64)) * img.get_data_dtype().itemsize
+    promised = offset + math.prod(int(n) for n in img.shape) * img.get_data_dtype().itemsize
     try:
         size = data_file.stat().st_size
     except OSError as exc:
@@ -295,7 +296,7 @@ def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
     shape = img.shape
     if len(shape) == 0 or any(int(s) <= 0 for s in shape):
         raise NiftiError(f"{path}: empty volume (shape {tuple(shape)})")
-    if int(np.prod([int(s) for s in shape], dtype=np.int64)) > (most := limit("max_voxels")):
+    if math.prod(int(s) for s in shape) > (most := limit("max_voxels")):  # exact: int64 products of 7 dims wrap
         raise NiftiError(f"{path}: volume of shape {tuple(shape)} is larger than {most} voxels (--max_voxels)")
     try:
         check_header(img, path)
