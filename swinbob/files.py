@@ -287,8 +287,10 @@ def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
 def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
     """Open a NIfTI lazily and validate its header: exists, readable, sane size, spacing and affine."""
     path = Path(path)
-    if not path.is_file():
-        raise NiftiError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO would block its reader for ever: never opened
+        if path.is_symlink() and not path.exists():
+            raise NiftiError(f"{path}: a symbolic link to a missing file")
+        raise NiftiError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers

@@ -24,7 +24,7 @@ from swinbob.loaders import DatalistError, load_splits
 from swinbob.model import ModelConfig
 from swinbob.tasks import get_task
 
-pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow is a size check that wrapped
+pytestmark = [pytest.mark.faults, pytest.mark.filterwarnings("error::RuntimeWarning")]  # an overflow is a size check that wrapped
 FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),

@@ -20,6 +20,7 @@ from faults_report import record_fault
 from swinbob.checkpoint import load_checkpoint
 from swinbob.phantoms import write_cohort
 
+pytestmark = pytest.mark.faults
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
 TRAIN = ("--task=btcv", "--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4",

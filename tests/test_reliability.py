@@ -42,6 +42,7 @@ from swinbob.train_state import restore_training
 
 from test_eval_cli import btcv_folder
 
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 TINY_TRAIN = ["--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4", "--space_z=4",
@@ -73,6 +74,7 @@ CLASS_OF = {
     "test_unreadable_solf_inputs_are_listed_not_skipped": "8 silent skips and coercions",
     "test_solf_with_an_unwritable_labels_folder_stops_before_any_work": "8 silent skips and coercions",
     "test_a_legal_long_file_name_is_written_despite_its_longer_temporary_name": "8 silent skips and coercions",
+    "test_links_fifos_and_analyze_pairs_in_an_input_dir_are_named": "8 silent skips and coercions",
 }
 """Each test's attack class (issue 13), for the class table of the fault report."""
 
@@ -566,3 +568,21 @@ def test_a_legal_long_file_name_is_written_despite_its_longer_temporary_name(tmp
     atomic_write_text(tmp_path / ("t" * 250 + ".json"), "{}")
     assert (tmp_path / name).is_file() and nib.load(tmp_path / name).shape == (4, 4, 4)
     record_input("silent skips", "247-byte output file name -> atomic write", handled("written"))
+
+
+def test_links_fifos_and_analyze_pairs_in_an_input_dir_are_named(tmp_path, caplog):
+    write_nifti(tmp_path / "scan.nii.gz", np.ones((8, 8, 8), np.float32), AFFINE)
+    os.symlink(tmp_path / "gone.nii.gz", tmp_path / "dangling.nii.gz")
+    os.mkfifo(tmp_path / "pipe.nii.gz")
+    (tmp_path / "pair.hdr").write_bytes(nib.AnalyzeHeader().binaryblock)
+    caplog.set_level(logging.WARNING, logger="swinbob")
+    cases = {c.name: c for c in inference.folder_cases(tmp_path, ["image"])}
+    assert set(cases) == {"scan", "dangling", "pipe"}  # each becomes a case that fails with its reason
+    reasons = {}
+    for name in ("dangling", "pipe"):
+        with pytest.raises(NiftiError) as caught:
+            load_nifti_header(cases[name].image[0])
+        reasons[name] = str(caught.value)
+        record_input("silent skips", f"{name}.nii.gz in --input_dir", refused(caught.value, strip=tmp_path))
+    assert "a symbolic link to a missing file" in reasons["dangling"] and "not a regular file" in reasons["pipe"]
+    assert "pair.hdr: not read (Analyze/NIfTI pairs" in caplog.text
