@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from swinbob.inference import (
     Case, WindowSettings, datalist_cases, folder_cases, invert_labels, iterate_cases, load_inference_model, map_labels,
     predict_logits, root_cause, to_labels, trained_preprocessing, write_prediction,
 )
-from swinbob.metrics import json_ready, metrics_csv, score_case, summarize
+from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
 from swinbob.tasks import Task, get_task
@@ -216,35 +215,6 @@ def is_done(case: Case, settings: EvalSettings) -> bool:
         return all(settings.prediction_path(m, case).exists() for m in settings.methods)
     except CaseError:  # reported when the case runs
         return False
-
-
-class MetricsLog:
-    """``metrics.csv`` written append-only: the header once, then each case's rows as it finishes.
-
-    Each case costs one append and one flush, so bookkeeping stays linear in the number of cases
-    (rewriting the whole table after every case was quadratic: 8,000 entries took minutes). An
-    interrupted run leaves the rows of every finished case.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle = None
-
-    def append(self, rows: Sequence[dict]) -> None:
-        if not rows:
-            return
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "w", encoding="utf-8")
-            self._handle.write(metrics_csv([]))
-        self._handle.write(metrics_csv(rows, header=False))
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
 
 
 def write_summary(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
