@@ -36,15 +36,15 @@ from swinbob.checkpoint import CheckpointError
 from swinbob.data import DataConfig, eval_transforms, load_datalist
 from swinbob.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
-    OutputError, atomic_write_text, folder_lock, read_nifti, remove_stale_temp_files, resolve_inside,
-    voxel_spacing, check_writable_folder,
+    OutputError, atomic_write_text, check_writable_folder, folder_lock, read_nifti, remove_stale_temp_files,
+    resolve_inside, voxel_spacing,
 )
-from swinbob.interrupt import stop_on_signals
-from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.inference import (
     Case, WindowSettings, datalist_cases, folder_cases, invert_labels, iterate_cases, load_inference_model, map_labels,
     predict_logits, root_cause, to_labels, trained_preprocessing, write_prediction,
 )
+from swinbob.interrupt import stop_on_signals
+from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
@@ -352,9 +352,9 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("runtime")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
     run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
-    add_limit_args(parser)
     run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
                      help="where window logits are summed (auto: GPU if the volume fits)")
+    add_limit_args(parser)
     return parser
 
 
