@@ -210,13 +210,17 @@ class RequireForegroundd(T.MapTransform):
     one whose intensities all fall outside the task's window, is named here instead.
     """
 
+    def __init__(self, keys: KeysCollection, floor: float = 0.0) -> None:
+        super().__init__(keys)
+        self.floor = floor
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            if not bool((torch.as_tensor(image) > 0).any()):
+            if not bool((torch.as_tensor(image) > self.floor).any()):
                 source = getattr(image, "meta", {}).get("filename_or_obj", "(in-memory image)")
-                raise NiftiError(f"{source}: {key} has no voxel above 0 after intensity normalisation (blank, or "
+                raise NiftiError(f"{source}: {key} has no voxel above {self.floor:g} after intensity normalisation (blank, or "
                                  "entirely outside the task's intensity window): nothing to crop to")
         return d
 
@@ -244,6 +248,22 @@ class LabelsToRegionsd(T.MapTransform):
         return d
 
 
+@dataclass(frozen=True)
+class Above:
+    """``x > level`` as a picklable function (foreground selection for MONAI's crops)."""
+
+    level: float = 0.0
+
+    def __call__(self, x: Any) -> Any:
+        return x > self.level
+
+
+def background_level(intensity: Intensity) -> float:
+    """The normalised value of background (air, outside the window): the lower end of a CT
+    window, 0 for z-scored MRI (whose zero voxels stay zero); foreground crops keep what lies above."""
+    return float(intensity.b_min) if intensity.kind == "window" else 0.0
+
+
 def intensity_transform(intensity: Intensity) -> T.MapTransform:
     """The intensity normalisation of a task as a dictionary transform on ``image``."""
     if intensity.kind == "window":
@@ -265,9 +285,12 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
         T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),
         intensity_transform(config.intensity),
     ]
+    if with_label and task.ignore_value is not None and task.ignore_value != IGNORE_LABEL:
+        chain.insert(1, T.MapLabelValued(keys="label", orig_labels=[task.ignore_value], target_labels=[IGNORE_LABEL]))
     if task.crop_foreground:
-        chain.append(RequireForegroundd(keys="image"))
-        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+        floor = background_level(config.intensity)
+        chain.append(RequireForegroundd(keys="image", floor=floor))
+        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True, select_fn=Above(floor)))
     if with_label and task.mode == "regions":
         chain.append(LabelsToRegionsd(keys="label", regions=task.regions))
     return chain
@@ -300,17 +323,18 @@ def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool 
     keep them: each sample then starts from its crop. The crops are the same either way.
     """
     keys = ["image", "label"]
+    floor = background_level(config.intensity)
     sampling: list[T.Transform] = [T.SpatialPadd(keys=keys, spatial_size=config.roi)]
     if task.mode == "regions":
         sampling.append(T.RandSpatialCropd(keys=keys, roi_size=config.roi, random_size=False))
     else:
         indices: dict[str, str] = {}
         if cache_crop_indices:
-            sampling.append(CropIndicesd(keys="label", image_key="image", image_threshold=0))
+            sampling.append(CropIndicesd(keys="label", image_key="image", image_threshold=floor))
             indices = {"fg_indices_key": "label_fg_indices", "bg_indices_key": "label_bg_indices"}
         sampling.append(T.RandCropByPosNegLabeld(
             keys=keys, label_key="label", spatial_size=config.roi, pos=1, neg=1,
-            num_samples=config.num_samples, image_key="image", image_threshold=0, **indices,
+            num_samples=config.num_samples, image_key="image", image_threshold=floor, **indices,
         ))
     chain: list[T.Transform] = sampling + [
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),

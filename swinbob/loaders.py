@@ -42,6 +42,9 @@ class DatalistError(ValueError):
 
     def __init__(self, problems: Sequence[str], source: str = "datalist") -> None:
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"{source}: {self.problems[0]} (nothing was trained)")
+            return
         listed = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s) found, nothing was trained:\n{listed}")
 

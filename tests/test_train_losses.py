@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
@@ -117,3 +118,55 @@ def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
     loss, stepped, changed, optimizer = _step(lambda logits, label: logits.sum() * float("nan"))
     assert not stepped and not changed and math.isnan(loss.item())
     assert optimizer.state_dict()["state"] == {}
+
+
+def test_classes_absent_from_a_patch_add_no_constant_to_the_dice_term():
+    """73 outputs, 3 classes present, near-perfect logits: Dice term ~0, not 70/73 (issue 12's loss floor)."""
+    target = torch.zeros(1, 1, 8, 8, 8)
+    target[:, :, :4], target[:, :, 4:6] = 5, 2
+    onehot = torch.nn.functional.one_hot(target[:, 0].long(), 73).movedim(-1, 1).float()
+    loss = MaskedDiceCELoss(lambda_ce=0.0)(20.0 * onehot, target)
+    assert loss.item() < 1e-3
+    # Still MONAI's Dice on the classes that are present (here 0, 2 and 5):
+    torch.manual_seed(3)
+    logits = torch.randn(1, 73, 8, 8, 8)
+    present = [0, 2, 5]
+    ours = MaskedDiceCELoss(lambda_ce=0.0)(logits, target)
+    probs = torch.softmax(logits, 1)[:, present]
+    monai = DiceLoss()(probs, onehot[:, present])
+    assert ours.item() == pytest.approx(monai.item(), rel=1e-5)
+    # With smooth_nr > 0 absent classes keep MONAI DiceLoss semantics (a false-positive penalty):
+    smoothed = MaskedDiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, lambda_ce=0.0)(logits, target)
+    reference = DiceLoss(softmax=True, to_onehot_y=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert smoothed.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_validation_mean_dice_averages_only_classes_present_in_label_or_prediction():
+    """Issue 12: absent classes must not drag the mean (0.37 for two classes at 0.92); a stray
+    predicted voxel of a class absent from the label does count, as a 0."""
+    import dataclasses
+
+    from swinbob.train import validate
+
+    task = dataclasses.replace(get_task("btcv"), label_map={0: "background", 1: "grey", 2: "white", 3: "csf"})
+    shape = (32, 32, 64)
+    label = torch.zeros(1, 1, *shape)
+    label[..., :10, :, :], label[..., 10:20, :, :] = 1, 2
+    prediction = label.clone()
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, labels):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(()))
+            self.logits = 10.0 * torch.nn.functional.one_hot(labels[:, 0].long(), 4).movedim(-1, 1).float()
+
+        def forward(self, x):
+            return self.logits.expand(x.shape[0], -1, -1, -1, -1) + 0 * self.dummy
+
+    batch = {"image": torch.zeros(1, 1, *shape), "label": label}
+    metrics = validate(Fixed(prediction), [batch], task, shape, overlap=0.0)
+    assert metrics["grey"] == pytest.approx(1.0) and metrics["white"] == pytest.approx(1.0)
+    assert np.isnan(metrics["csf"]) and metrics["mean"] == pytest.approx(1.0)
+    prediction[..., 30, 0, 0] = 3  # one stray csf voxel: csf is now present in the prediction
+    metrics = validate(Fixed(prediction), [batch], task, shape, overlap=0.0)
+    assert metrics["csf"] == 0.0 and metrics["mean"] == pytest.approx(2 / 3, abs=1e-3)

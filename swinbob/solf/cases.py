@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from swinbob.files import NiftiError, TransientReadError, read_nifti
-from swinbob.solf.features import LabelError, measure_organs, validate_labels
+from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
 
 FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
@@ -46,6 +46,8 @@ class CaseTask:
     channel_names: tuple[str, ...]
     fingerprint: str
     image_error: str | None = None
+    max_label: int = MAX_LABEL
+    body_path: str | None = None
 
 
 def case_id_of(path: Path) -> str | None:
@@ -143,13 +145,16 @@ def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
                             f"or {case_id}_0000..{len(channel_names) - 1:04d}.nii.gz")
 
 
-def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
+def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL) -> str:
     """Identity of a scan's inputs (size and modification time of each file, feature format).
 
     A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
-    never served stale features.
+    never served stale features. Another label set (its highest ID) changes what is valid, so it
+    is part of the identity too (left out for the default set, so older logs stay current).
     """
     parts: list = [FEATURE_FORMAT, list(channel_names)]
+    if max_label != MAX_LABEL:
+        parts.append(["max_label", max_label])
     for path in paths:
         try:
             stat = os.stat(path)
@@ -160,8 +165,9 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
 
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
-              channel_names: tuple[str, ...]) -> CaseTask:
-    """The :class:`CaseTask` of one case, with its image channels resolved if images are used."""
+              channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None) -> CaseTask:
+    """The :class:`CaseTask` of one case, with its image channels resolved if images are used, and
+    its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used."""
     image_paths: tuple[str, ...] = ()
     image_error = None
     if image_dir is not None:
@@ -170,8 +176,21 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
         except FileNotFoundError as exc:
             image_error = str(exc)
     names = channel_names if image_dir is not None else ()
-    return CaseTask(case_id, str(label_path), image_paths, names,
-                    fingerprint([str(label_path), *image_paths], names), image_error)
+    body = None
+    if body_dir is not None:
+        body = next((str(body_dir / f"{case_id}{s}") for s in NIFTI_SUFFIXES if (body_dir / f"{case_id}{s}").is_file()),
+                    str(body_dir / f"{case_id}.nii.gz"))  # a missing mask fails the scan with its path
+    inputs = [str(label_path), *image_paths, *([body] if body else [])]
+    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label), image_error,
+                    max_label, body)
+
+
+def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
+    """Volume (mm³) of the non-zero voxels of a body mask on the label grid."""
+    mask, mask_affine = read_nifti(path, ndim=3)
+    if mask.shape != shape or not np.allclose(mask_affine, affine, atol=GRID_TOLERANCE_MM):
+        raise NiftiError(f"{path}: body mask/label grid mismatch (shape {mask.shape}, label shape {shape})")
+    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(affine[:3, :3])))
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -180,18 +199,19 @@ def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> 
     NaN or Inf voxels are refused: they would make the organ intensity statistics NaN, and the
     scan would carry them into training through dataset.json (which refuses them as well).
     """
-    channels = []
-    for path in task.image_paths:
-        data, image_affine = read_nifti(path, ndim=3, dtype=np.float32)
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+    images = np.empty((len(task.image_paths), *shape), dtype=np.float32)  # filled in place: no stacked copy
+    for index, path in enumerate(task.image_paths):
+        data, image_affine = read_nifti(path, ndim=3)
         if data.shape != shape:
             raise NiftiError(f"{path}: image/label grid mismatch (image shape {data.shape}, label shape {shape})")
         if not np.allclose(image_affine, affine, atol=GRID_TOLERANCE_MM):
             raise NiftiError(f"{path}: image/label grid mismatch (affines differ)")
-        channels.append(data)
-    return np.stack(channels)
+        images[index] = data
+        if data.dtype.kind not in "iub":  # integers are always finite in float32
+            bad = int(data.size - np.count_nonzero(np.isfinite(images[index])))
+            if bad:
+                raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+    return images
 
 
 def failed_record(task: CaseTask, reason: str, retry: bool = False) -> dict:
@@ -211,13 +231,14 @@ def measure_case(task: CaseTask) -> dict:
     """
     try:
         data, affine = read_nifti(task.label_path, ndim=3)
-        label = validate_labels(data)
+        label = validate_labels(data, task.max_label)
         if task.image_error:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None
         organs = measure_organs(label, affine, images, task.channel_names)
         if not organs["label"]:  # a failed segmentation: training on it would teach "no organs"
             raise LabelError("no organ labelled (the label map is all background or ignore)")
+        body = {"body_volume_mm3": body_volume(task.body_path, label.shape, affine)} if task.body_path else {}
     except LabelError as exc:
         return failed_record(task, f"{task.label_path}: {exc}")
     except TransientReadError as exc:
@@ -230,5 +251,5 @@ def measure_case(task: CaseTask) -> dict:
     return {
         "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
         "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
-        "orientation": "".join(nib.aff2axcodes(affine)), "organs": organs,
+        "orientation": "".join(nib.aff2axcodes(affine)), **body, "organs": organs,
     }

@@ -13,7 +13,8 @@ many more scans and runs pass 2 only once every scan is measured. Layout of ``--
     features/                pass-1 shard logs and the cleaned-label manifest (resume state)
 
 and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
-``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``.
+``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``,
+``previews/`` (one PNG per rejected organ, :mod:`swinbob.solf.previews`).
 Exit status: 0 on success; 1 when every scan failed, no cleaned label could be written, or a write
 failed (a full disk: rerun once there is space, finished scans are kept); 2 for configuration
 errors (flags, folders, an output folder that is not writable or in use by another run).
@@ -47,9 +48,10 @@ from swinbob.files import OutputError, check_writable_folder, disk_full, folder_
 from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_inputs, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
+from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
-from swinbob.solf.rules import RuleSet, RulesError, load_rules
+from swinbob.solf.rules import METHODS, RuleSet, RulesError, load_rules
 from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
                                 shard_log_path, write_features_csv, write_scans_csv)
 
@@ -82,6 +84,11 @@ class SolfConfig:
     max_scans: int | None = None
     overwrite: bool = False
     figure: bool = True
+    labels: str | None = None
+    method: str | None = None
+    epsilon: float | None = None
+    max_previews: int = 100
+    body_dir: Path | None = None
 
     @property
     def report(self) -> Path:
@@ -98,10 +105,15 @@ class SolfConfig:
         """Folder of the resumable pass-1 state."""
         return self.output_dir / "features"
 
+    def label_set(self) -> dict[int, str]:
+        """The ``{id: name}`` table of ``--labels`` (a preset or a file; TotalVibeSegmentator by default)."""
+        return load_label_set(self.labels)
+
     def rules(self) -> RuleSet:
         """Default rules, the rules file, then the threshold flags (in that order of precedence)."""
-        return load_rules(self.rules_path, mad_threshold=self.mad_threshold, position_threshold=self.position_threshold,
-                          max_rejected_fraction=self.max_rejected_fraction, min_population=self.min_population)
+        return load_rules(self.rules_path, self.label_set(), mad_threshold=self.mad_threshold,
+                          position_threshold=self.position_threshold, max_rejected_fraction=self.max_rejected_fraction,
+                          min_population=self.min_population, method=self.method, epsilon=self.epsilon)
 
 
 def check_config(config: SolfConfig) -> None:
@@ -112,12 +124,14 @@ def check_config(config: SolfConfig) -> None:
         raise ConfigError(f"need num_shards >= 1 and 0 <= shard_id < num_shards, got {config.shard_id}/{config.num_shards}")
     if config.stage == "all" and config.num_shards > 1:
         raise ConfigError("sharded runs use --stage features per shard, then one --stage decide")
-    if config.workers < 0 or (config.max_scans is not None and config.max_scans < 0):
-        raise ConfigError("workers and max_scans must be >= 0")
+    if config.workers < 0 or config.max_previews < 0 or (config.max_scans is not None and config.max_scans < 0):
+        raise ConfigError("workers, max_scans and max_previews must be >= 0")
     if not 0.0 <= config.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.image_dir is not None and not config.image_dir.is_dir():
         raise ConfigError(f"image folder {config.image_dir} does not exist")
+    if config.body_dir is not None and not config.body_dir.is_dir():
+        raise ConfigError(f"body mask folder {config.body_dir} does not exist")
     if config.labels_dir.resolve() == config.input_dir.resolve():
         raise ConfigError("the output labels folder is the input folder; inputs are never modified")
     if len(set(config.channel_names)) != len(config.channel_names) or not config.channel_names:
@@ -139,7 +153,9 @@ def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]
     for reason in skipped.values():
         log.warning("input not read: %s", reason)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
-    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names) for case, path in labels.items()}
+    max_label = max(config.label_set())
+    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
+             for case, path in labels.items()}
     return tasks, skipped
 
 
@@ -308,7 +324,7 @@ def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTab
         raise ConfigError(f"{len(missing)} scans have no features yet ({shown}); run --stage features for every shard first")
     table = build_table(records)
     warn_failures(records, config.report / "failures.csv")
-    write_features_csv(table, config.report / "features.csv")
+    write_features_csv(table, config.report / "features.csv", config.label_set())
     write_scans_csv(table, config.report / "scans.csv")
     log.info("merged features of %d scans (%d failed) into %s", len(table.scans),
              len(table.scans) - len(table.case_ids), config.report / "features.csv")
@@ -358,7 +374,7 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     label_files = {t.case_id: Path(t.output_path) for t in cleaning}
     images = {c: tasks[c].image_paths for c in usable}
     channels = config.channel_names if config.image_dir is not None else ()
-    datalist = dataset_json(json_path, train, validation, label_files, images, channels)
+    datalist = dataset_json(json_path, train, validation, label_files, images, channels, rules.labels)
     write_json(json_path, datalist)
     log.info("train on it with: --json_list=%s --data_dir=%s", json_path, os.path.normpath(json_path.parent / datalist["data_root"]))
     failures = [{"case_id": s["case_id"], "stage": "features", "reason": s["reason"]} for s in table.scans if s["status"] != "ok"]
@@ -372,6 +388,11 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     if config.figure:
         from swinbob.solf.figure import plot_report
         plot_report(config.report / "solf_report.png", table, decisions, rules)
+        if config.max_previews > 0:
+            from swinbob.solf.previews import write_previews
+            count = write_previews(config.report / "previews", table, decisions, {c: t.label_path for c, t in tasks.items()},
+                                   {c: t.image_paths for c, t in tasks.items()}, config.max_previews)
+            log.info("%d preview(s) of rejected organs in %s", count, config.report / "previews")
     log.info("SOLF: %d scans, %d failed, %d excluded, %d training + %d validation; organs kept %d, cleaned %d, rejected %d",
              content["scans"]["total"], content["scans"]["failed"], content["scans"]["excluded"], len(train),
              len(validation), content["organs"]["kept"], content["organs"]["cleaned"], content["organs"]["rejected"])
@@ -452,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_shards", type=int, default=1, help="split pass 1 into this many array jobs (default: 1)")
     p.add_argument("--shard_id", type=int, default=0, help="this job's shard, 0-based (default: 0)")
     p.add_argument("--max_scans", type=int, default=None, help="measure at most this many new scans in this run")
+    p.add_argument("--labels", default=None, help="label set: totalvibe (default), totalsegmentator, or a file "
+                   "(dataset.json labels block, JSON or CSV id,name); organ rules and left/right pairs follow its names")
+    p.add_argument("--method", choices=METHODS, default=None, help="decision rule: ours (default), paper (two of three "
+                   "features beyond the epsilon percentiles), both (rejected if either flags; reasons kept apart)")
+    p.add_argument("--epsilon", type=float, default=None, help="paper rule: percent of each tail out of range (default: 2)")
+    p.add_argument("--body_dir", type=Path, default=None, help="body masks {case}.nii.gz: the paper rule's body volume "
+                   "(default: the union of all labels of the scan)")
     p.add_argument("--rules", type=Path, default=None, help="JSON (or YAML) file overriding the organ rules")
     p.add_argument("--dump_rules", action="store_true", help="print the effective rules as JSON and exit")
     p.add_argument("--mad_threshold", type=float, default=None, help="robust z limit for shape outliers (default: 4.5)")
@@ -462,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="train/validation split seed (default: 0)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of included scans for validation (default: 0.1)")
     p.add_argument("--overwrite", action="store_true", help="re-measure every scan and rewrite every output")
-    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure")
+    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure and the previews")
+    p.add_argument("--max_previews", type=int, default=100,
+                   help="report/previews/: one PNG per rejected organ, at most this many, 0 = none (default: %(default)s)")
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_limit_args(p)
     return p
@@ -477,7 +507,8 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
         shard_id=args.shard_id, rules_path=args.rules, mad_threshold=args.mad_threshold,
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
         min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
-        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure)
+        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure, labels=args.labels,
+        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews, body_dir=args.body_dir)
 
 
 def organ_filtering_entry(argv: list[str] | None = None) -> int:
@@ -491,7 +522,7 @@ def organ_filtering_entry(argv: list[str] | None = None) -> int:
             print(json.dumps(config.rules().to_json(), indent=2))
             return 0
         return run_solf(config)
-    except (ConfigError, RulesError, ValueError) as exc:
+    except (ConfigError, RulesError, LabelSetError, ValueError) as exc:
         log.error("configuration error: %s", exc)
         return 2
     except OSError as exc:  # a full disk, a vanished share: the run stops; a rerun resumes from the logs
