@@ -66,15 +66,20 @@ def stored_task(stored: dict[str, Any] | None) -> Task | None:
     """The task a checkpoint was trained for, with its preprocessing and input channels, or None.
 
     Checkpoints store the full task (``task_spec``); older ones only a preset's name, which is
-    rebuilt from the preset plus the stored spacing, intensity and channel count.
+    rebuilt from the preset plus the stored spacing, intensity and channel count. A checkpoint is
+    untrusted data: any malformed field is a :class:`CheckpointError`, never a traceback.
     """
     if not stored:
         return None
+    try:
+        return _stored_task(stored)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"the checkpoint's stored task is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _stored_task(stored: dict[str, Any]) -> Task | None:
     if isinstance(stored.get("task_spec"), dict):
-        try:
-            return Task.from_dict(stored["task_spec"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"the checkpoint's stored task is unreadable ({exc})") from exc
+        return Task.from_dict(stored["task_spec"])
     if stored.get("task") not in TASK_NAMES:
         return None
     label_map = {int(k) for k in (stored.get("label_map") or {})}

@@ -1,7 +1,7 @@
 """Property-based fuzzing (Hypothesis) of what strangers hand the toolkit: datalists, NIfTI
 headers, checkpoint model configs and label maps. Every generated input must be either accepted
 or refused with the toolkit's own error type (a one-line message), never an uncaught exception,
-and nothing accepted may exceed the resource limits. 620 generated inputs per run, derandomized
+and nothing accepted may exceed the resource limits. 720 generated inputs per run, derandomized
 so CI is reproducible; the CI profile takes well under a minute on two cores."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faults_report import record_input
+from swinbob.checkpoint import CheckpointError
 from swinbob.evaluate import ConfigError, parse_label_map
+from swinbob.inference import stored_task
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.limits import limit
 from swinbob.loaders import DatalistError, load_splits
@@ -152,10 +154,30 @@ def test_any_label_map_is_parsed_to_integers_or_refused(text):
         assert all(type(k) is int and type(v) is int for k, v in mapping.items())
 
 
+task_specs = st.dictionaries(
+    st.sampled_from(["task", "task_spec", "label_map", "in_channels", "intensity", "spacing", "name", "channel_names",
+                     "regions", "mode", "roi"]),
+    st.one_of(json_values, st.sampled_from(["btcv", "ukbob", "brats"]),
+              st.fixed_dictionaries({}, optional={"name": json_values, "label_map": json_values, "intensity": json_values,
+                                                  "channel_names": json_values, "mode": json_values})),
+    max_size=6)
+
+
+@settings(FUZZ, max_examples=100)
+@given(stored=task_specs)
+def test_any_stored_task_is_rebuilt_or_refused_with_a_checkpoint_error(stored):
+    _count("stored task")
+    try:
+        stored_task(stored)
+    except CheckpointError:
+        pass
+
+
 def test_fuzz_inputs_are_counted_in_the_fault_report():
     """Runs last in this module: one report row per fuzzed consumer, with the count generated."""
     if not COUNTS:
         pytest.skip("the fuzz tests did not run in this session")
     for kind, count in sorted(COUNTS.items()):
         record_input("fuzzed (Hypothesis)", f"{count} generated {kind}s", "none raised an uncaught exception")
-    assert sum(COUNTS.values()) >= 500 or len(COUNTS) < 4
+    assert sum(COUNTS.values()) >= 500 or len(COUNTS) < 5
+
