@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,25 +162,30 @@ def summarize(rows: Sequence[Mapping[str, object]], metrics: Sequence[str] = ("d
     over its scored classes and then takes mean ± std over cases, so every case weighs the same
     whatever the number of organs present in it.
     """
-    classes = list(dict.fromkeys(str(r["class"]) for r in rows))
-    cases = list(dict.fromkeys(str(r["case"]) for r in rows))
+    by_class: dict[str, list] = {}
+    by_case: dict[str, list] = {}
+    for r in rows:  # one pass: linear in the number of rows, however many cases
+        by_class.setdefault(str(r["class"]), []).append(r)
+        by_case.setdefault(str(r["case"]), []).append(r)
     out: dict[str, dict] = {}
     for metric in metrics:
-        per_class = {c: _mean_std(float(r[metric]) for r in rows if r["class"] == c) for c in classes}
+        per_class = {c: _mean_std(float(r[metric]) for r in group) for c, group in by_class.items()}
         case_means = []
-        for case in cases:
-            values = [float(r[metric]) for r in rows if r["case"] == case and np.isfinite(float(r[metric]))]
+        for group in by_case.values():
+            values = [float(r[metric]) for r in group if np.isfinite(float(r[metric]))]
             if values:
                 case_means.append(float(np.mean(values)))
         out[metric] = {"per_class": per_class, "overall": _mean_std(case_means)}
     return out
 
 
-def metrics_csv(rows: Sequence[Mapping[str, object]]) -> str:
-    """``case,method,class,dice,hd95_mm`` lines (6 significant digits; ``nan`` = not scored)."""
+def metrics_csv(rows: Sequence[Mapping[str, object]], header: bool = True) -> str:
+    """``case,method,class,dice,hd95_mm`` lines (6 significant digits; ``nan`` = not scored);
+    without ``header`` the rows only (appended per case by the evaluation)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in CSV_FIELDS})
     return buffer.getvalue()
@@ -193,3 +200,32 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
     return value
+
+
+class MetricsLog:
+    """``metrics.csv`` written append-only: the header once, then each case's rows as it finishes.
+
+    Each case costs one append and one flush, so bookkeeping stays linear in the number of cases
+    (rewriting the whole table after every case was quadratic: 8,000 entries took minutes). An
+    interrupted run leaves the rows of every finished case.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+
+    def append(self, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "w", encoding="utf-8")
+            self._handle.write(metrics_csv([]))
+        self._handle.write(metrics_csv(rows, header=False))
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = None

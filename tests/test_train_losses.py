@@ -165,51 +165,6 @@ def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
     assert optimizer.state_dict()["state"] == {}
 
 
-@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 0.5, 2.0), (False, 3.0, 0.25)])
-def test_build_loss_passes_the_dice_settings_on(squared, nr, dr):
-    torch.manual_seed(5)
-    logits, labels = torch.randn(2, 4, 6, 6, 6), _labels(4, seed=5)
-    softmax = build_loss(get_task("btcv"), squared, nr, dr)(logits, labels)
-    reference = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(logits, labels)
-    assert softmax.item() == pytest.approx(reference.item(), rel=1e-5)
-    region_logits, regions = torch.randn(2, 3, 6, 6, 6), (torch.rand(2, 3, 6, 6, 6) > 0.7).float()
-    region = build_loss(get_task("brats"), squared, nr, dr, bce_weight=0.3)(region_logits, regions)
-    reference = DiceLoss(sigmoid=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(region_logits, regions) + \
-        0.3 * torch.nn.functional.binary_cross_entropy_with_logits(region_logits, regions)
-    assert region.item() == pytest.approx(reference.item(), rel=1e-5)
-
-
-def test_build_loss_defaults_are_the_upstream_recipe():
-    """Plain (not squared) Dice, smooth_nr 0, smooth_dr 1e-6 (upstream flags' defaults), no BCE."""
-    torch.manual_seed(6)
-    logits, labels = torch.randn(1, 3, 5, 5, 5), _labels(3, seed=6)[:1, :, :5, :5, :5]
-    reference = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, labels)
-    assert build_loss(get_task("btcv"))(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
-    assert MaskedDiceCELoss()(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
-    regions = (torch.rand(1, 3, 5, 5, 5) > 0.5).float()
-    reference = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, regions)
-    assert build_loss(get_task("brats"))(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
-    assert MaskedRegionLoss()(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
-    probs, valid = torch.sigmoid(logits), torch.ones(1, 1, 5, 5, 5, dtype=torch.bool)
-    assert masked_soft_dice_loss(probs, regions, valid).item() == pytest.approx(reference.item(), rel=1e-6)
-
-
-def test_cross_entropy_part_with_the_top_class_absent_and_one_valid_voxel():
-    """The CE term alone (Dice weight 0, so this holds whatever Dice does with absent classes):
-    the mean over the one valid voxel, with the number of classes taken from the logits."""
-    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]).T.reshape(1, 3, 2, 1, 1)
-    labels = torch.tensor([1.0, IGNORE_LABEL]).reshape(1, 1, 2, 1, 1)  # class 2 absent, one valid voxel
-    ours = MaskedDiceCELoss(lambda_dice=0.0)(logits, labels)
-    assert ours.item() == pytest.approx(-torch.log_softmax(logits[0, :, 0, 0, 0], 0)[1].item(), rel=1e-6)
-
-
-def test_region_bce_is_a_mean_over_valid_voxels_even_for_one():
-    logits = torch.tensor([0.3, -1.2]).reshape(1, 1, 2, 1, 1)
-    targets = torch.tensor([1.0, IGNORE_LABEL]).reshape(1, 1, 2, 1, 1)
-    with_bce = MaskedRegionLoss(bce_weight=1.0)(logits, targets) - MaskedRegionLoss()(logits, targets)
-    assert with_bce.item() == pytest.approx(-math.log(torch.sigmoid(torch.tensor(0.3)).item()), rel=1e-6)
-
-
 def test_classes_absent_from_a_patch_add_no_constant_to_the_dice_term():
     """73 outputs, 3 classes present, near-perfect logits: Dice term ~0, not 70/73 (issue 12's loss floor)."""
     target = torch.zeros(1, 1, 8, 8, 8)
@@ -269,3 +224,48 @@ def test_dice_over_present_pairs_counts_a_class_of_one_voxel():
     target[0, 0, 0] = 1.0  # channel 0: one voxel; channel 1: absent
     loss = masked_soft_dice_loss(probs, target, torch.ones(1, 1, 4, 1, 1, dtype=torch.bool))
     assert loss.item() == pytest.approx(1 - 2 * 0.7 / (1.4 + 1 + 1e-6), rel=1e-6)
+
+
+@pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 0.5, 2.0), (False, 3.0, 0.25)])
+def test_build_loss_passes_the_dice_settings_on(squared, nr, dr):
+    torch.manual_seed(5)
+    logits, labels = torch.randn(2, 4, 6, 6, 6), _labels(4, seed=5)
+    softmax = build_loss(get_task("btcv"), squared, nr, dr)(logits, labels)
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(logits, labels)
+    assert softmax.item() == pytest.approx(reference.item(), rel=1e-5)
+    region_logits, regions = torch.randn(2, 3, 6, 6, 6), (torch.rand(2, 3, 6, 6, 6) > 0.7).float()
+    region = build_loss(get_task("brats"), squared, nr, dr, bce_weight=0.3)(region_logits, regions)
+    reference = DiceLoss(sigmoid=True, squared_pred=squared, smooth_nr=nr, smooth_dr=dr)(region_logits, regions) + \
+        0.3 * torch.nn.functional.binary_cross_entropy_with_logits(region_logits, regions)
+    assert region.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_build_loss_defaults_are_the_upstream_recipe():
+    """Plain (not squared) Dice, smooth_nr 0, smooth_dr 1e-6 (upstream flags' defaults), no BCE."""
+    torch.manual_seed(6)
+    logits, labels = torch.randn(1, 3, 5, 5, 5), _labels(3, seed=6)[:1, :, :5, :5, :5]
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, labels)
+    assert build_loss(get_task("btcv"))(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert MaskedDiceCELoss()(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
+    regions = (torch.rand(1, 3, 5, 5, 5) > 0.5).float()
+    reference = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-6)(logits, regions)
+    assert build_loss(get_task("brats"))(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert MaskedRegionLoss()(logits, regions).item() == pytest.approx(reference.item(), rel=1e-6)
+    probs, valid = torch.sigmoid(logits), torch.ones(1, 1, 5, 5, 5, dtype=torch.bool)
+    assert masked_soft_dice_loss(probs, regions, valid).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def test_cross_entropy_part_with_the_top_class_absent_and_one_valid_voxel():
+    """The CE term alone (Dice weight 0, so this holds whatever Dice does with absent classes):
+    the mean over the one valid voxel, with the number of classes taken from the logits."""
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]).T.reshape(1, 3, 2, 1, 1)
+    labels = torch.tensor([1.0, IGNORE_LABEL]).reshape(1, 1, 2, 1, 1)  # class 2 absent, one valid voxel
+    ours = MaskedDiceCELoss(lambda_dice=0.0)(logits, labels)
+    assert ours.item() == pytest.approx(-torch.log_softmax(logits[0, :, 0, 0, 0], 0)[1].item(), rel=1e-6)
+
+
+def test_region_bce_is_a_mean_over_valid_voxels_even_for_one():
+    logits = torch.tensor([0.3, -1.2]).reshape(1, 1, 2, 1, 1)
+    targets = torch.tensor([1.0, IGNORE_LABEL]).reshape(1, 1, 2, 1, 1)
+    with_bce = MaskedRegionLoss(bce_weight=1.0)(logits, targets) - MaskedRegionLoss()(logits, targets)
+    assert with_bce.item() == pytest.approx(-math.log(torch.sigmoid(torch.tensor(0.3)).item()), rel=1e-6)
