@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from swinbob.labels import TOTALVIBE_LABELS  # noqa: E402
 from swinbob.phantoms import ukbob_case  # noqa: E402
 from swinbob.solf.decide import KEPT, REJECTED, decide  # noqa: E402
 from swinbob.solf.features import measure_organs  # noqa: E402
@@ -75,6 +76,8 @@ def score(clean: FeatureTable, corrupted: FeatureTable, injections: list[Injecti
         found = all(verdict.get((injection.case_id, organ), KEPT) != KEPT for organ in injection.primary)
         counts[f"total_{injection.kind}"] += 1
         counts[f"found_{injection.kind}"] += found
+        if not found:
+            counts["missed " + injection.kind + " " + "+".join(TOTALVIBE_LABELS[o] for o in injection.primary)] += 1
     touched = {(i.case_id, organ) for i in injections for organ in i.touched}
     flagged = [key for key, d in verdict.items() if d != KEPT]
     counts["flags"] += len(flagged)
@@ -82,6 +85,8 @@ def score(clean: FeatureTable, corrupted: FeatureTable, injections: list[Injecti
     clean_decision = decide(clean, rules).decision
     counts["clean_organs"] += clean_decision.size
     counts["clean_rejected"] += int(np.sum(clean_decision == REJECTED))
+    for label in clean.columns["label"][clean_decision == REJECTED].tolist():
+        counts["clean rejection " + TOTALVIBE_LABELS[label]] += 1
     return counts
 
 
@@ -125,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(args.seeds)} cohorts of {args.cases} scans ({args.injected} with {ERRORS_PER_CASE} errors each), "
           f"{time.perf_counter() - start:.0f} s\n")
     print(report(totals))
+    for name, counts in totals.items():
+        for prefix in ("missed", "clean rejection"):
+            top = sorted(((k[len(prefix) + 1:], v) for k, v in counts.items() if k.startswith(prefix + " ")),
+                         key=lambda item: (-item[1], item[0]))[:8]
+            print(f"{name} {prefix} (most frequent): " + ", ".join(f"{k} {v}" for k, v in top))
     return 0
 
 

@@ -79,6 +79,15 @@ def _resolve_entry(entry: Mapping[str, Any], data_dir: Path, allow_absolute: boo
     return out
 
 
+def _entry_fold(entry: Mapping[str, Any], path: Path) -> int:
+    """The entry's ``"fold"`` as an integer; anything else (null, "one", 1.5, true) is refused."""
+    fold = entry["fold"]
+    if isinstance(fold, bool) or not isinstance(fold, int):
+        raise ValueError(f"datalist {path}: entry {entry.get('image')!r} has \"fold\": {json.dumps(fold)}, "
+                         "which is not an integer fold number")
+    return fold
+
+
 def load_datalist(
     json_list: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -97,14 +106,19 @@ def load_datalist(
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise ValueError(f"datalist {path} must be a JSON object with 'training' (and 'validation') lists, "
+                         f"got a JSON {type(content).__name__}")
+    for name in ("training", "validation", split):
+        if not isinstance(content.get(name, []), list):
+            raise ValueError(f"datalist {path}: '{name}' must be a list of entries, got {json.dumps(content[name])[:60]}")
     pooled = content.get("training", []) + content.get("validation", [])
-    if fold is not None and any("fold" in e for e in pooled):
+    if fold is not None and any(isinstance(e, dict) and "fold" in e for e in pooled):
         # Fold files (BraTS): every entry carrying a "fold", from either list, joins the pool.
-        entries = [e for e in pooled if "fold" in e and (int(e["fold"]) == fold) == (split == "validation")]
+        entries = [e for e in pooled if isinstance(e, dict) and "fold" in e
+                   and (_entry_fold(e, path) == fold) == (split == "validation")]
     else:
         entries = content.get(split, [])
-    if not isinstance(entries, list):
-        raise ValueError(f"datalist {path}: '{split}' must be a list of entries")
     data_path = Path(data_dir)
     resolved = []
     for index, entry in enumerate(entries):
@@ -179,6 +193,9 @@ class LoadCheckedImaged(T.LoadImaged):
                 load_nifti_header(path)
         d = super().__call__(data, reader)
         for key, source in sources.items():
+            if d[key].ndim < 3:  # would fail deep in the network ("Inputs must have 5 dimensions")
+                raise NiftiError(f"{', '.join(map(str, _file_paths(source)))}: a {d[key].ndim}D image (shape "
+                                 f"{tuple(d[key].shape)}); Swin-BOB needs 3D volumes")
             while d[key].ndim > 4 and d[key].shape[-1] == 1:  # X×Y×Z×1×1 files, or a list of X×Y×Z×1
                 d[key] = d[key].squeeze(-1)  # (read_nifti squeezes the same way)
             check_finite(d[key], source, str(key))

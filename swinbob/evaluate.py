@@ -37,16 +37,19 @@ from swinbob.data import DataConfig, eval_transforms, find_datalist, load_datali
 from swinbob.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
 from swinbob.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
-    NiftiError, atomic_write_text, read_nifti, remove_stale_temp_files, resolve_inside, voxel_spacing,
+    NiftiError, OutputError, atomic_write_text, check_writable_folder, folder_lock, read_nifti, remove_stale_temp_files,
+    resolve_inside, voxel_spacing,
 )
 from swinbob.inference import (
     Case, WindowSettings, datalist_cases, folder_cases, invert_labels, iterate_cases, load_inference_model, map_labels,
     stored_config,
     predict_logits, probabilities, root_cause, stored_task, to_labels, trained_preprocessing, write_prediction,
 )
+from swinbob.interrupt import stop_on_signals
+from swinbob.limits import add_limit_args, apply_limit_args
+from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.statistics import structure_statistics, write_probabilities
 from swinbob.labels import IGNORE_LABEL
-from swinbob.metrics import json_ready, metrics_csv, score_case, summarize
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
 from swinbob.tasks import AUTO, Task, get_task
@@ -55,6 +58,8 @@ from swinbob.viz import GifSettings, write_gif
 log = logging.getLogger(__name__)
 
 NO_ETTA, ETTA = "no_etta", "etta"
+EXIT_INTERRUPTED = 4
+"""Exit status of a run stopped by SIGTERM/SIGINT between cases (as in training)."""
 
 
 class CaseError(RuntimeError):
@@ -242,10 +247,8 @@ def is_done(case: Case, settings: EvalSettings) -> bool:
         return False
 
 
-def write_reports(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
-    """``metrics.csv`` (when there are scores) and ``summary.json``, both atomically."""
-    if rows:
-        atomic_write_text(settings.output_dir / "metrics.csv", metrics_csv(rows))
+def write_summary(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
+    """``summary.json`` (atomically), with mean ± std per method over ``rows``."""
     summary["metrics"] = {m: summarize([r for r in rows if r["method"] == m]) for m in settings.methods if rows}
     atomic_write_text(settings.output_dir / "summary.json", json.dumps(json_ready(summary), indent=2) + "\n")
 
@@ -258,7 +261,9 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate ``cases`` with ``model`` (eval mode is set here); returns the summary written to disk.
 
-    ``settings.task`` must have the model's input channels (``Task.with_channels``).
+    ``settings.task`` must have the model's input channels (``Task.with_channels``). Metric rows are
+    appended to ``metrics.csv`` case by case; ``summary.json`` is written once, at the end, or when
+    the run stops early (SIGTERM/SIGINT between cases, or an exception), then with ``interrupted``.
     """
     model.eval()
     preprocess = eval_transforms(settings.task, settings.data, with_label=False)
@@ -276,33 +281,56 @@ def run_evaluation(
         "failures": [], "skipped": skipped, "etta": {},
     }
     rows: list[dict] = []
+    metrics_log = MetricsLog(settings.output_dir / "metrics.csv")
     statistics: dict[str, Any] = {}
     started = time.perf_counter()
-    for index, item in enumerate(iterate_cases(todo, preprocess, settings.workers), start=1):
-        case, tic = item["case"], time.perf_counter()
-        try:
-            if "error" in item:
-                raise CaseError(item["error"])
-            case_rows, record = evaluate_case(model, case, item["image"], preprocess, settings)
-        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
-            reason = str(exc) if isinstance(exc, CaseError) else root_cause(exc)
-            log.error("[%d/%d] %s FAILED: %s", index, len(todo), case.name, reason)
-            summary["failures"].append({"case": case.name, "reason": reason})
-            summary["cases"]["failed"] += 1
-        else:
-            rows += case_rows
-            if "statistics" in record:
-                statistics[case.name] = record.pop("statistics")
-                atomic_write_text(settings.output_dir / "statistics.json", json.dumps(json_ready(statistics), indent=2) + "\n")
-            if record:
-                summary["etta"][case.name] = record
-            summary["cases"]["evaluated"] += 1
-            log.info("[%d/%d] %s done in %.1fs%s", index, len(todo), case.name, time.perf_counter() - tic, _brief(case_rows))
+    stopped: str | BaseException | None = None
+    try:
+        with stop_on_signals() as stop:
+            for index, item in enumerate(iterate_cases(todo, preprocess, settings.workers), start=1):
+                _run_one(model, item, index, len(todo), preprocess, settings, summary, rows, metrics_log, statistics)
+                if stop.requested:
+                    stopped = stop.name
+                    log.warning("%s: stopped after %d of %d case(s); summary.json lists what was done", stop.name,
+                                index, len(todo))
+                    break
+    except BaseException as exc:
+        stopped = exc
+        raise
+    finally:
+        metrics_log.close()
+        if statistics:  # once, like the summary: rewriting it per case would be quadratic
+            atomic_write_text(settings.output_dir / "statistics.json", json.dumps(json_ready(statistics), indent=2) + "\n")
         summary["elapsed_s"] = round(time.perf_counter() - started, 2)
-        write_reports(settings, rows, summary)
-    if not todo:
-        write_reports(settings, rows, summary)
+        if stopped is not None:
+            summary["interrupted"] = stopped if isinstance(stopped, str) else (type(stopped).__name__ + f": {stopped}")
+        write_summary(settings, rows, summary)
     return summary
+
+
+def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preprocess: Compose, settings: EvalSettings,
+             summary: dict, rows: list[dict], metrics_log: MetricsLog, statistics: dict[str, Any]) -> None:
+    """Evaluate one loaded case (or record its loading error) into ``summary``, ``rows``, the metrics
+    log and ``statistics`` (per-structure statistics of the cases that have them)."""
+    case, tic = item["case"], time.perf_counter()
+    try:
+        if "error" in item:
+            raise CaseError(item["error"])
+        case_rows, record = evaluate_case(model, case, item["image"], preprocess, settings)
+    except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
+        reason = str(exc) if isinstance(exc, CaseError) else root_cause(exc)
+        log.error("[%d/%d] %s FAILED: %s", index, total, case.name, reason)
+        summary["failures"].append({"case": case.name, "reason": reason})
+        summary["cases"]["failed"] += 1
+        return
+    rows += case_rows
+    metrics_log.append(case_rows)
+    if "statistics" in record:
+        statistics[case.name] = record.pop("statistics")
+    if record:
+        summary["etta"][case.name] = record
+    summary["cases"]["evaluated"] += 1
+    log.info("[%d/%d] %s done in %.1fs%s", index, total, case.name, time.perf_counter() - tic, _brief(case_rows))
 
 
 def _brief(rows: Sequence[dict]) -> str:
@@ -377,7 +405,30 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
     run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
                      help="where window logits are summed (auto: GPU if the volume fits)")
+    add_limit_args(parser)
     return parser
+
+
+def _label_id(value: Any, what: str) -> int:
+    """A label ID from JSON: an integer (or a key text of digits); 6.9, true, 1e999 are refused."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    shown = repr(value) if isinstance(value, float) else json.dumps(value)
+    raise ConfigError(f"--label_map: {what} {shown} is not an integer label ID")
+
+
+def read_label_map_text(text: str) -> str:
+    """The JSON of ``--label_map``: the text itself when it looks like JSON (starts with ``{``),
+    else the content of the file it names, so that a long inline map is never taken for a file name."""
+    if text.lstrip().startswith("{"):
+        return text
+    try:
+        return Path(text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--label_map {text!r} is neither a JSON object nor a readable JSON file "
+                          f"({getattr(exc, 'strerror', None) or exc})") from exc
 
 
 def parse_label_map(text: str | None, task: Task, out_channels: int) -> dict[int, int] | None:
@@ -385,10 +436,12 @@ def parse_label_map(text: str | None, task: Task, out_channels: int) -> dict[int
     if not text:
         return None
     try:
-        raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-        mapping = {int(k): int(v) for k, v in raw.items()}
-    except (ValueError, AttributeError, TypeError) as exc:
+        raw = json.loads(read_label_map_text(text), parse_constant=lambda c: float(c))
+    except ValueError as exc:
         raise ConfigError(f"--label_map must be a JSON object of label IDs, e.g. '{{\"5\": 6}}' ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--label_map must be a JSON object of label IDs, e.g. '{{\"5\": 6}}', got a JSON {type(raw).__name__}")
+    mapping = {_label_id(k, "model ID"): _label_id(v, "dataset ID") for k, v in raw.items()}
     if task.mode != "softmax":
         raise ConfigError("--label_map applies to softmax tasks only (BraTS predicts regions)")
     bad_model = sorted(k for k in mapping if not 0 < k < out_channels)
@@ -436,6 +489,15 @@ def check_unique_names(cases: Sequence[Case]) -> None:
         name, paths = next(iter(clashes.items()))
         raise ConfigError(f"{len(clashes)} case name(s) occur more than once, e.g. {name!r}: {', '.join(paths)}; "
                           "outputs are named after the case, so rename the files")
+
+
+def check_previous_results(output_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse to replace the tables of an earlier run unless ``--overwrite`` (checked at start-up
+    and again once the folder is locked: another run may have finished in between)."""
+    if not args.input_dir and not args.overwrite:
+        existing = [p for p in (output_dir / "metrics.csv", output_dir / "summary.json") if p.exists()]
+        if existing:
+            raise ConfigError(f"{existing[0]} exists: choose another --exp_name/--output_dir or pass --overwrite")
 
 
 def _methods(args: argparse.Namespace) -> tuple[str, ...]:
@@ -491,6 +553,8 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
     """Resolve flags into a loaded model, the cases and the settings; raises :class:`ConfigError`."""
     cli.check_settings(args)
+    output_dir = Path(args.output_dir) if args.output_dir else Path("./outputs") / args.exp_name
+    check_writable_folder(output_dir, "--output_dir")  # before minutes of model loading: read-only, below a file, ...
     path = Path(args.pretrained_dir) / args.pretrained_model_name
     checkpoint = load_checkpoint(path)
     task = eval_task(args, stored_config(checkpoint), path)
@@ -508,7 +572,6 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
     device = select_device(args.device)
     window = WindowSettings(_roi(args, config.roi), args.sw_batch_size, cli.infer_overlap(args, task),
                             autocast_dtype(device, args.amp), args.accumulate)
-    output_dir = Path(args.output_dir) if args.output_dir else Path("./outputs") / args.exp_name
     if args.input_dir:
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
@@ -519,10 +582,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         source = args.input_dir or f"split {args.split!r} of {args.json_list}"
         raise ConfigError(f"no cases found in {source}")
     check_unique_names(cases)
-    if not args.input_dir and not args.overwrite:
-        existing = [p for p in (output_dir / "metrics.csv", output_dir / "summary.json") if p.exists()]
-        if existing:
-            raise ConfigError(f"{existing[0]} exists: choose another --exp_name/--output_dir or pass --overwrite")
+    check_previous_results(output_dir, args)
     settings = EvalSettings(
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
         etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
@@ -554,18 +614,29 @@ def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
     try:
         try:
             seed_everything(args.etta_seed)
+            apply_limit_args(args)
             model, cases, settings, context = setup(args)
-        except (ConfigError, CheckpointError, ValueError, FileNotFoundError, NiftiError) as exc:
+        except (ConfigError, CheckpointError, ValueError, OSError, NiftiError) as exc:
             log.error("configuration error: %s", exc)
             return 2
         except SystemExit as exc:  # cli helpers and select_device exit with a message
             log.error("configuration error: %s", exc.code)
             return 2
-        settings.output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(_attach_log(logging.FileHandler(settings.output_dir / "evaluate.log")))
-        log.info("%d case(s), methods %s, device %s -> %s", len(cases), ", ".join(settings.methods), settings.device,
-                 settings.output_dir)
-        summary = run_evaluation(model, cases, settings, context)
+        try:
+            with folder_lock(settings.output_dir, "--output_dir"):
+                check_previous_results(settings.output_dir, args)
+                handlers.append(_attach_log(logging.FileHandler(settings.output_dir / "evaluate.log")))
+                log.info("%d case(s), methods %s, device %s -> %s", len(cases), ", ".join(settings.methods),
+                         settings.device, settings.output_dir)
+                summary = run_evaluation(model, cases, settings, context)
+        except (OutputError, ConfigError) as exc:
+            log.error("configuration error: %s", exc)
+            return 2
+        except OSError as exc:
+            log.error("run failed: %s: %s", getattr(exc, "filename", None) or settings.output_dir, exc.strerror or exc)
+            return 1
+        if "interrupted" in summary:
+            return EXIT_INTERRUPTED
         attempted = summary["cases"]["evaluated"] + summary["cases"]["failed"]
         return 1 if attempted and not summary["cases"]["evaluated"] else 0
     finally:

@@ -66,15 +66,20 @@ def stored_task(stored: dict[str, Any] | None) -> Task | None:
     """The task a checkpoint was trained for, with its preprocessing and input channels, or None.
 
     Checkpoints store the full task (``task_spec``); older ones only a preset's name, which is
-    rebuilt from the preset plus the stored spacing, intensity and channel count.
+    rebuilt from the preset plus the stored spacing, intensity and channel count. A checkpoint is
+    untrusted data: any malformed field is a :class:`CheckpointError`, never a traceback.
     """
     if not stored:
         return None
+    try:
+        return _stored_task(stored)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"the checkpoint's stored task is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _stored_task(stored: dict[str, Any]) -> Task | None:
     if isinstance(stored.get("task_spec"), dict):
-        try:
-            return Task.from_dict(stored["task_spec"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"the checkpoint's stored task is unreadable ({exc})") from exc
+        return Task.from_dict(stored["task_spec"])
     if stored.get("task") not in TASK_NAMES:
         return None
     label_map = {int(k) for k in (stored.get("label_map") or {})}
@@ -97,9 +102,12 @@ def load_inference_model(
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     stored = stored_config(checkpoint)
     config = fallback
-    if stored is not None:
-        config = dataclasses.replace(ModelConfig.from_dict(stored), use_checkpoint=use_checkpoint)
-    model = build_model(config)
+    try:
+        if stored is not None:
+            config = dataclasses.replace(ModelConfig.from_dict(stored), use_checkpoint=use_checkpoint)
+        model = build_model(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     report = transfer_weights(model, extract_state_dict(checkpoint), source=str(path))
     if report.missing or report.shape_mismatch:
         examples = ", ".join((report.shape_mismatch + report.missing)[:3])
@@ -230,8 +238,11 @@ def folder_cases(input_dir: str | Path, channel_names: Sequence[str]) -> list[Ca
     different folders are never mixed into one input (their clashing names are refused later);
     two files for one channel of one case raise ``ValueError``.
     """
-    files = sorted(p for p in Path(input_dir).rglob("*")
-                   if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("._"))  # macOS metadata
+    listed = sorted(p for p in Path(input_dir).rglob("*") if not p.name.startswith("._"))  # macOS metadata
+    files = [p for p in listed if p.name.endswith((".nii", ".nii.gz"))]  # links and FIFOs too: their cases fail, named
+    for path in listed:
+        if path.name.endswith((".hdr", ".img", ".hdr.gz", ".img.gz")):
+            log.warning("%s: not read (Analyze/NIfTI pairs are not predicted; convert the pair to .nii.gz)", path)
     if len(channel_names) == 1:
         return [Case(_case_id(str(p), channel_names), (str(p),)) for p in files if p.parent == Path(input_dir)]
     pattern = re.compile(rf"^(.+)[-_]({'|'.join(map(re.escape, channel_names))})\.nii(\.gz)?$", re.IGNORECASE)

@@ -56,9 +56,9 @@ _TOTALSEGMENTATOR_NAMES = (
 
 TOTALSEGMENTATOR_LABELS: dict[int, str] = dict(enumerate(_TOTALSEGMENTATOR_NAMES))
 """TotalSegmentator v2 ``total`` task (CT), IDs 0..117. Written from our knowledge of
-TotalSegmentator's class map (``totalsegmentator/map_to_binary.py``, ``class_map["total"]``), not
-copied from its code; check it against your TotalSegmentator version, or pass that version's
-``dataset.json`` to SOLF with ``--labels``."""
+TotalSegmentator's class map, then checked name by name against ``class_map["total"]`` in
+``totalsegmentator/map_to_binary.py`` (wasserth/TotalSegmentator, commit 0275d30); other versions
+may differ: pass that version's ``dataset.json`` to SOLF with ``--labels`` if in doubt."""
 
 BTCV_LABELS: dict[int, str] = dict(
     enumerate(

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from swinbob import fast
 from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from swinbob.data import eval_transforms, train_transforms
 from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
-from swinbob.files import atomic_write_text, remove_stale_temp_files
+from swinbob.files import OutputError, atomic_write_text, check_writable_folder, folder_lock, remove_stale_temp_files
 from swinbob.inference import sliding_window_logits
 from swinbob.interrupt import StopRequest, stop_on_signals
 from swinbob.labels import IGNORE_LABEL
@@ -43,7 +45,8 @@ from swinbob.cli import ConfigError
 from swinbob.dataset_task import DatasetJsonError
 from swinbob.files import NiftiError
 from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
-from swinbob.train_state import ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
+from swinbob.limits import apply_limit_args
+from swinbob.train_state import ResumeMismatch, ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
 
 log = logging.getLogger(__name__)
 
@@ -511,7 +514,7 @@ def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
         finally:
             if run.writer:
                 run.writer.close()
-    except DatalistError as exc:
+    except (DatalistError, ResumeMismatch) as exc:
         if ctx.is_main:
             log.error("%s", exc)
         return EXIT_BAD_DATA
@@ -531,15 +534,28 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     args = build_parser(default_task).parse_args(argv)
     configure_logging(verbose=True)
     try:
+        apply_limit_args(args)
         plan = resolve_plan(args)
-    except DatalistError as exc:
+        for folder, flag in ((plan.logdir, "--logdir"), (args.cache_dir, "--cache_dir")):
+            if folder is not None:
+                check_writable_folder(folder, flag)
+    except (DatalistError, OutputError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_DATA
     except (ConfigError, DatasetJsonError, NiftiError) as exc:
         log.error("configuration error: %s", exc)
         return EXIT_BAD_DATA
-    return launch(train_worker, plan, distributed=args.distributed, world_size=args.world_size,
-                  node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend, device_name=args.device)
+    run = functools.partial(launch, train_worker, plan, distributed=args.distributed, world_size=args.world_size,
+                            node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend,
+                            device_name=args.device)
+    if os.environ.get("RANK", "0") != "0" or args.rank != 0:
+        return run()  # only the process that writes the run folder (global rank 0) locks it
+    try:
+        with folder_lock(plan.logdir, "--logdir"):
+            return run()
+    except OutputError as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_DATA
 
 
 if __name__ == "__main__":  # python -m swinbob.train --task btcv ...

@@ -161,6 +161,29 @@ def load_model_exactly(model: torch.nn.Module, checkpoint: dict[str, Any], sourc
         raise CheckpointError(f"{source} does not fit this model (other task or flags?):\n{report.summary()}")
 
 
+class ResumeMismatch(CheckpointError):
+    """``--resume`` with settings the checkpoint cannot continue (another optimizer): exit status 2."""
+
+
+OPTIMIZER_FLAGS = ("momentum", "dampening", "nesterov", "betas", "amsgrad", "decoupled_weight_decay")
+"""Hyper-parameter keys whose presence or value tells SGD, Adam and AdamW apart."""
+
+
+def check_same_optimizer(saved: Any, optimizer: torch.optim.Optimizer, source: str, name: str) -> None:
+    """Refuse an optimizer state saved by another optimizer (an AdamW state under ``--optim_name sgd``
+    would fail at the first step with ``KeyError: 'momentum'``, after loading everything else)."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not groups or not isinstance(groups[0], dict):
+        raise CheckpointError(f"{source}: its optimizer state is not a torch optimizer state_dict")
+    own = optimizer.param_groups[0]
+    mine = {k: own[k] for k in OPTIMIZER_FLAGS if k in own}
+    theirs = {k: groups[0][k] for k in OPTIMIZER_FLAGS if k in groups[0]}
+    if mine.keys() != theirs.keys() or mine.get("decoupled_weight_decay") != theirs.get("decoupled_weight_decay"):
+        raise ResumeMismatch(f"{source} was saved by another optimizer than --optim_name {name} (its settings: "
+                             f"{sorted(theirs)}); resume with the --optim_name of that run, or start from its "
+                             "weights with --checkpoint")
+
+
 def restore_training(
     checkpoint: dict[str, Any],
     source: str,
@@ -176,6 +199,7 @@ def restore_training(
     """
     if "optimizer" not in checkpoint or "epoch" not in checkpoint:
         raise CheckpointError(f"{source} is not a full training state (no optimizer/epoch); use --checkpoint to start from its weights")
+    check_same_optimizer(checkpoint["optimizer"], optimizer, source, type(optimizer).__name__.lower())
     load_model_exactly(model, checkpoint, source)
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scaler"):

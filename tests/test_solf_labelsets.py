@@ -1,5 +1,6 @@
-"""SOLF on any label set: label tables from files, names -> left/right pairs, and a synthetic CT
-cohort in TotalSegmentator IDs with injected left/right swaps and fragments, cleaned end to end."""
+"""SOLF on any label set: label tables from files, names -> left/right pairs, and synthetic cohorts in
+TotalSegmentator IDs (whole-body labels, and CT with images) with injected left/right swaps and
+fragments, cleaned end to end."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 
 from swinbob.files import read_nifti, write_nifti
-from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
-from swinbob.phantoms import ukbob_case
-from swinbob.solf.inject import inject
+from swinbob.labels import BTCV_LABELS, IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
+from swinbob.phantoms import btcv_case, ukbob_case
+from swinbob.solf.inject import fragment, inject, swap
 from swinbob.solf.labelsets import LabelSetError, load_label_set, mirror_name, remap_by_name, side_pairs
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.solf.rules import RulesError, learn_component_rules, load_rules
@@ -52,9 +53,9 @@ def test_label_tables_load_from_dataset_json_decathlon_json_and_csv(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"labels": {"liver": 1, "spleen": 1}}', "appears twice"),
+    ('{"labels": {"liver": 1, "spleen": 1}}', "used twice"),
     ('{"labels": {"liver": 300}}', "outside 1..254"),
-    ('{"labels": {"liver": "x"}}', "not a non-negative integer"),
+    ('{"labels": {"liver": "x"}}', "not an integer label value"),
     ('{"labels": {"background": 0}}', "no labels besides background"),
     ('{"labels": {"liver": 1, "liver ": 2}}', "padded name"),
     ("[1, 2", "invalid JSON"),
@@ -165,3 +166,42 @@ def test_component_counts_are_learned_from_the_cohort_and_leave_the_rest_of_the_
     assert (learned[1].max_components, learned[1].min_largest_share) == (1, 0.9)  # one piece: fragments cleaned
     assert (learned[2].min_components, learned[2].max_components) == (1, 12)  # median 4 -> up to 3x
     assert learned[3] == rules.organs[3]  # 5 scans < min_population: not learned
+
+
+BTCV_TO_TS = {"right_kidney": "kidney_right", "left_kidney": "kidney_left", "right_adrenal_gland": "adrenal_gland_right",
+              "left_adrenal_gland": "adrenal_gland_left", "portal_and_splenic_veins": "portal_vein_and_splenic_vein"}
+
+
+def test_a_ct_cohort_in_totalsegmentator_ids_with_its_ct_images(tmp_path):
+    """BTCV-like CT phantoms (HU images, 13 abdominal organs) relabelled with TotalSegmentator IDs:
+    kidney swaps and organ fragments are found, and the CT intensities are measured."""
+    rng = np.random.default_rng(9)
+    source = {i: BTCV_TO_TS.get(n, n) for i, n in BTCV_LABELS.items()}
+    injected = {}
+    for index in range(24):
+        case = btcv_case(index, seed=4)
+        label = remap_by_name(case.label, source, TOTALSEGMENTATOR_LABELS)
+        if index < 3:
+            label = swap(label, TS["kidney_left"], TS["kidney_right"])
+            injected[case.case_id] = ("swap", (TS["kidney_left"], TS["kidney_right"]))
+        elif index < 6:
+            organ = TS[("liver", "spleen", "stomach")[index - 3]]
+            label = fragment(label, organ, case.affine, rng)
+            injected[case.case_id] = ("fragment", (organ,))
+        write_nifti(tmp_path / "labels" / f"{case.case_id}.nii.gz", label, case.affine)
+        write_nifti(tmp_path / "images" / f"{case.case_id}_0000.nii.gz", case.image[0], case.affine)
+    assert organ_filtering_entry(["--input_dir", str(tmp_path / "labels"), "--image_dir", str(tmp_path / "images"),
+                                  "--channel_names", "CT", "--labels", "totalsegmentator", "--output_dir",
+                                  str(tmp_path / "out"), "--workers", "1", "--no_figure", "--log_level", "WARNING"]) == 0
+    with open(tmp_path / "out" / "report" / "decisions.csv", newline="") as handle:
+        rows = {(r["case_id"], int(r["label"])): r for r in csv.DictReader(handle)}
+    for case_id, (kind, organs) in injected.items():
+        for organ in organs:
+            row = rows[(case_id, organ)]
+            expected = {"wrong_side"} if kind == "swap" else {"fragments", "fragmented"}
+            assert row["decision"] != "kept" and set(row["reasons"].split(";")) & expected, (case_id, row)
+    clean = [r for (case_id, _), r in rows.items() if case_id not in injected]
+    assert sum(r["decision"] == "rejected" for r in clean) / len(clean) <= 0.02
+    with open(tmp_path / "out" / "report" / "features.csv", newline="") as handle:
+        liver = [float(r["mean_CT"]) for r in csv.DictReader(handle) if r["name"] == "liver"]
+    assert len(liver) == 24 and 0 < np.median(liver) < 200  # soft-tissue HU

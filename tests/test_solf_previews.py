@@ -25,9 +25,11 @@ def _run(root: Path, *extra: str) -> int:
                                   "1", "--log_level", "WARNING", *extra])
 
 
-def _red_pixels(path: Path) -> int:
+def _pixels(path: Path, channel: int) -> int:
+    """Pixels strongly of one colour (0 red: the organ, 2 blue: its left/right partner)."""
     rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
-    return int(np.count_nonzero((rgb[..., 0] > 180) & (rgb[..., 1] < 110) & (rgb[..., 2] < 110)))
+    others = [c for c in range(3) if c != channel]
+    return int(np.count_nonzero((rgb[..., channel] > 150) & (rgb[..., others[0]] < 110) & (rgb[..., others[1]] < 110)))
 
 
 def test_previews_show_each_rejected_organ_and_follow_the_cap(tmp_path):
@@ -43,7 +45,9 @@ def test_previews_show_each_rejected_organ_and_follow_the_cap(tmp_path):
                           if r["decision"] == "rejected")
     assert names == rejected and {"ukbob_0000__002_kidney_right.png", "ukbob_0000__003_kidney_left.png"} <= set(names)
     for name in names:
-        assert _red_pixels(folder / name) > 20  # the organ is drawn, in red, in both planes
+        assert _pixels(folder / name, 0) > 20  # the organ is drawn, in red
+    for kidney in ("ukbob_0000__002_kidney_right.png", "ukbob_0000__003_kidney_left.png"):
+        assert _pixels(folder / kidney, 2) > 20  # and its partner in blue: the swap shows
     # A cap of one keeps the first preview and removes the other; zero removes none but draws none.
     assert _run(tmp_path, "--max_previews", "1") == 0
     assert sorted(p.name for p in folder.iterdir()) == names[:1]

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from swinbob.files import NiftiError, read_nifti
+from swinbob.files import NiftiError, TransientReadError, read_nifti
 from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
 
 FEATURE_FORMAT = 1
@@ -66,12 +67,44 @@ def is_text(name: str) -> bool:
     return True
 
 
-def discover_cases(input_dir: Path) -> dict[str, Path]:
-    """Label files of ``input_dir`` by case id, sorted; refuses a missing or empty folder."""
+NOT_READ = {".hdr": "Analyze/NIfTI-pair header (.hdr/.img) is not read; convert the pair to .nii.gz",
+            ".img": "Analyze/NIfTI-pair data (.hdr/.img) is not read; convert the pair to .nii.gz",
+            ".hdr.gz": "Analyze/NIfTI-pair header (.hdr/.img) is not read; convert the pair to .nii.gz",
+            ".img.gz": "Analyze/NIfTI-pair data (.hdr/.img) is not read; convert the pair to .nii.gz"}
+
+
+def _not_a_case(path: Path) -> str | None:
+    """Why a file that looks like an input cannot be one (None: not an input, or a usable file).
+
+    Dangling links, FIFOs and other special files named like label maps, and Analyze pairs, are
+    reported instead of skipped silently (a FIFO would also block any reader forever)."""
+    if path.name.startswith("."):
+        return None
+    if case_id_of(path) is None:
+        return next((reason for suffix, reason in NOT_READ.items() if path.name.endswith(suffix)), None)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path}: a symbolic link to a missing file ({os.readlink(path)})" if path.is_symlink() else None
+    except OSError as exc:
+        return f"{path}: cannot be inspected ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        return f"{path}: {kind}, not a label file"
+    return None
+
+
+def discover_inputs(input_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Label files of ``input_dir`` by case id, sorted, and the files that look like inputs but
+    cannot be read (``name -> reason``, see :func:`_not_a_case`); refuses a missing or empty folder."""
     if not input_dir.is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist")
     cases: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
     for path in sorted(input_dir.iterdir()):
+        if (reason := _not_a_case(path)) is not None:
+            skipped[path.name] = reason
+            continue
         case_id = case_id_of(path)
         if case_id is None or not path.is_file():
             continue
@@ -81,8 +114,14 @@ def discover_cases(input_dir: Path) -> dict[str, Path]:
             raise ConfigError(f"case {case_id!r} appears twice in {input_dir} ({cases[case_id].name}, {path.name})")
         cases[case_id] = path
     if not cases:
-        raise ConfigError(f"no label files (*.nii.gz, *.nii) in {input_dir}")
-    return dict(sorted(cases.items()))
+        extra = f" ({len(skipped)} file(s) not read, e.g. {next(iter(skipped.values()))})" if skipped else ""
+        raise ConfigError(f"no label files (*.nii.gz, *.nii) in {input_dir}{extra}")
+    return dict(sorted(cases.items())), skipped
+
+
+def discover_cases(input_dir: Path) -> dict[str, Path]:
+    """Label files of ``input_dir`` by case id (see :func:`discover_inputs`)."""
+    return discover_inputs(input_dir)[0]
 
 
 def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
@@ -175,9 +214,11 @@ def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> 
     return images
 
 
-def failed_record(task: CaseTask, reason: str) -> dict:
-    """The record of a scan that could not be measured."""
-    return {"case_id": task.case_id, "status": "failed", "reason": reason, "fingerprint": task.fingerprint}
+def failed_record(task: CaseTask, reason: str, retry: bool = False) -> dict:
+    """The record of a scan that could not be measured; ``retry`` marks causes outside the file
+    (permissions, memory), which the next run measures again."""
+    record = {"case_id": task.case_id, "status": "failed", "reason": reason, "fingerprint": task.fingerprint}
+    return {**record, "retry": True} if retry else record
 
 
 def measure_case(task: CaseTask) -> dict:
@@ -200,8 +241,13 @@ def measure_case(task: CaseTask) -> dict:
         body = {"body_volume_mm3": body_volume(task.body_path, label.shape, affine)} if task.body_path else {}
     except LabelError as exc:
         return failed_record(task, f"{task.label_path}: {exc}")
-    except (NiftiError, OSError, MemoryError) as exc:
-        return failed_record(task, str(exc))
+    except TransientReadError as exc:
+        return failed_record(task, f"{exc} (measured again on the next run)", retry=True)
+    except MemoryError:
+        return failed_record(task, f"{task.label_path}: out of memory while measuring it (measured again on the next run)",
+                             retry=True)
+    except (NiftiError, OSError) as exc:
+        return failed_record(task, str(exc), retry=isinstance(exc, PermissionError))
     return {
         "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
         "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),

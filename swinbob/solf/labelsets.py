@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swinbob.dataset_task import DatasetJsonError, parse_labels
 from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
 
 PRESETS: dict[str, dict[int, str]] = {"totalvibe": TOTALVIBE_LABELS, "totalsegmentator": TOTALSEGMENTATOR_LABELS}
@@ -63,20 +64,20 @@ def _as_int(value: object, where: str) -> int:
 
 
 def labels_from_mapping(mapping: dict, where: str) -> dict[int, str]:
-    """``{id: name}`` from a ``labels`` block in either direction (nnU-Net v2 or Decathlon)."""
+    """``{id: name}`` from a ``labels`` block in either direction (nnU-Net v2 or Decathlon), read by
+    the same parser as ``--task auto`` (:func:`swinbob.dataset_task.parse_labels`); background is
+    added when the block leaves it out."""
     if not isinstance(mapping, dict) or not mapping:
         raise LabelSetError(f"{where}: expected a non-empty 'labels' mapping")
-    table: dict[int, str] = {}
-    for key, value in mapping.items():
-        if isinstance(value, list):  # an nnU-Net region ("tumour": [1, 2]): not a label of its own
-            continue
-        if isinstance(value, str):  # Decathlon: "1": "liver"
-            label, name = _as_int(key, where), value
-        else:  # nnU-Net v2: "liver": 1
-            label, name = _as_int(value, where), str(key)
-        if label in table:
-            raise LabelSetError(f"{where}: label ID {label} appears twice")
-        table[label] = name
+    decathlon = all(re.fullmatch(r"\d+", str(k)) for k in mapping)
+    if decathlon and "0" not in mapping:
+        mapping = {"0": "background", **mapping}
+    elif not decathlon and 0 not in mapping.values() and "background" not in mapping:
+        mapping = {"background": 0, **mapping}
+    try:
+        table = parse_labels({"labels": mapping}, where)["label_map"]
+    except DatasetJsonError as exc:
+        raise LabelSetError(str(exc)) from exc
     return _checked(table, where)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from swinbob.files import NiftiError, atomic_write_text, load_nifti_header, read_nifti, write_nifti
+from swinbob.files import NiftiError, atomic_write_text, disk_full, load_nifti_header, read_nifti, write_nifti
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, Decisions
 from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, MAX_ORGAN_ID, LabelError, validate_labels
@@ -97,6 +97,8 @@ def clean_case(task: CleanTask) -> tuple[str, str | None]:
         header.set_slope_inter(1.0, 0.0)
         write_nifti(task.output_path, cleaned.astype(dtype), affine, header=header)
     except (NiftiError, LabelError, OSError) as exc:
+        if disk_full(exc):
+            raise  # not this scan's problem: the run stops with a message (every later write would fail)
         return task.case_id, str(exc)
     return task.case_id, None
 

@@ -15,7 +15,9 @@ many more scans and runs pass 2 only once every scan is measured. Layout of ``--
 and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
 ``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``,
 ``previews/`` (one PNG per rejected organ, :mod:`swinbob.solf.previews`).
-Exit status: 0 on success, 1 when every scan failed, 2 for configuration errors.
+Exit status: 0 on success; 1 when every scan failed, no cleaned label could be written, or a write
+failed (a full disk: rerun once there is space, finished scans are kept); 2 for configuration
+errors (flags, folders, an output folder that is not writable or in use by another run).
 
 Interruptions: a killed job loses at most the scans in progress (see ``store``); a rerun goes on
 from the logs and first deletes the temporary files of writes the kill cut short (final names
@@ -26,9 +28,12 @@ alone, and a scan that kills its worker again is recorded as failed (tests/test_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -39,8 +44,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from swinbob.files import remove_stale_temp_files
-from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_cases, failed_record, make_task, measure_case
+from swinbob.files import OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
+from swinbob.limits import add_limit_args, apply_limit_args
+from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_inputs, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
 from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
@@ -130,15 +136,27 @@ def check_config(config: SolfConfig) -> None:
         raise ConfigError("the output labels folder is the input folder; inputs are never modified")
     if len(set(config.channel_names)) != len(config.channel_names) or not config.channel_names:
         raise ConfigError(f"channel names must be distinct and non-empty, got {config.channel_names}")
+    folders = [(config.features_dir, "--output_dir features folder")]
+    if config.stage != "features":
+        folders += [(config.labels_dir, "--output_dir labelsTr folder"), (config.report, "--report folder")]
+    for folder, what in folders:  # a read-only labelsTr would otherwise end in "0 cleaned", exit 0
+        try:
+            check_writable_folder(folder, what)
+        except OutputError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
-def case_tasks(config: SolfConfig) -> dict[str, CaseTask]:
-    """The :class:`CaseTask` of every input scan (images matched by case id), by case id."""
-    labels = discover_cases(config.input_dir)
+def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]:
+    """The :class:`CaseTask` of every input scan (images matched by case id), by case id, and the
+    input files that cannot be read (``name -> reason``; each is logged and listed in failures)."""
+    labels, skipped = discover_inputs(config.input_dir)
+    for reason in skipped.values():
+        log.warning("input not read: %s", reason)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
     max_label = max(config.label_set())
-    return {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
-            for case, path in labels.items()}
+    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
+             for case, path in labels.items()}
+    return tasks, skipped
 
 
 WORKER_DIED = ("a worker process died twice while processing it (killed by a signal, e.g. by the out-of-memory "
@@ -157,7 +175,7 @@ def _pool_results(function: Callable[[Any], Any], items: list, workers: int) -> 
     while queue:
         suspects: list = []
         waiting = len(queue)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             running: dict = {}
             try:
                 while queue or running:
@@ -186,6 +204,22 @@ def _pool_results(function: Callable[[Any], Any], items: list, workers: int) -> 
             raise RuntimeError("the worker process pool broke before it could start any work")
         for item in suspects:
             yield item, None, True
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the main process ends, however it ends.
+
+    A ``SIGTERM`` to the main process alone (a job runner's ``terminate()``) kills it without
+    shutting the pool down; its workers would be re-parented and wait forever on their queue,
+    holding the caller's pipes open, so the caller hung. Linux delivers ``SIGTERM`` to a worker
+    whose parent dies (``PR_SET_PDEATHSIG``); elsewhere the pool's own shutdown has to do.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _alone(function: Callable[[Any], Any], item: Any, lost: Callable[[Any], Any] | None) -> Any:
@@ -226,13 +260,20 @@ def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc
 
 
 def _lost_scan(task: CaseTask) -> dict:
-    """Failure record of a scan whose worker died twice while measuring it."""
+    """Failure record of a scan whose worker died twice while measuring it (not retried: it would
+    kill workers on every run; touching the file has it measured again)."""
     return failed_record(task, f"{task.label_path}: {WORKER_DIED}")
 
 
 def _lost_cleaning(task: CleanTask) -> tuple[str, str]:
     """``clean_case`` result of a cleaning whose worker died twice."""
     return task.case_id, f"{task.output_path}: {WORKER_DIED}"
+
+
+def needs_measuring(record: dict | None) -> bool:
+    """No record for the current inputs, or a failure whose cause lay outside the file (permission
+    denied, a ``MemoryError``): such a cause may be fixed now, so it is tried again."""
+    return record is None or (record["status"] == "failed" and bool(record.get("retry")))
 
 
 def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
@@ -242,9 +283,12 @@ def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
         path.unlink(missing_ok=True)
     logged = read_records(config.features_dir) if config.features_dir.is_dir() and not config.overwrite else {}
     mine = shard_cases(list(tasks), config.num_shards, config.shard_id)
-    todo = [tasks[c] for c in mine if tasks[c].fingerprint not in logged.get(c, {})]
-    log.info("pass 1, shard %d/%d: %d scans, %d already measured, %d to measure", config.shard_id, config.num_shards,
-             len(mine), len(mine) - len(todo), len(todo))
+    todo = [tasks[c] for c in mine if needs_measuring(logged.get(c, {}).get(tasks[c].fingerprint))]
+    retried = sum(tasks[c].fingerprint in logged.get(c, {}) for c in (t.case_id for t in todo))
+    del logged  # ~1 GB at 50,000 scans: not held (nor inherited by the workers) during pass 1
+    log.info("pass 1, shard %d/%d: %d scans, %d already measured, %d to measure (%d failed before for a reason "
+             "that may have passed)", config.shard_id, config.num_shards, len(mine), len(mine) - len(todo), len(todo),
+             retried)
     if config.max_scans is not None:
         todo = todo[: config.max_scans]
     with ShardLog(path) as shard_log:
@@ -261,6 +305,18 @@ def current_records(config: SolfConfig, tasks: dict[str, CaseTask]) -> tuple[lis
     return select_current(logged, {c: t.fingerprint for c, t in tasks.items()})
 
 
+def warn_failures(records: list[dict], listing: Path) -> None:
+    """One WARNING for every failed scan of the run, also those recorded by earlier runs (a rerun
+    that reads them from the logs would otherwise leave them out of dataset.json in silence)."""
+    failed = [r for r in records if r["status"] == "failed"]
+    if not failed:
+        return
+    retry = sum(bool(r.get("retry")) for r in failed)
+    shown = "; ".join(f"{r['case_id']}: {r['reason']}" for r in failed[:3])
+    log.warning("%d scan(s) failed and are left out of dataset.json (%d will be measured again on the next run, "
+                "the others once their files change); e.g. %s; all in %s", len(failed), retry, shown, listing)
+
+
 def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTable:
     """Collect the current record of every scan from all shard logs; write the pass-1 tables."""
     records, missing = current_records(config, tasks)
@@ -268,6 +324,8 @@ def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTab
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ConfigError(f"{len(missing)} scans have no features yet ({shown}); run --stage features for every shard first")
     table = build_table(records)
+    warn_failures(records, config.report / "failures.csv")
+    del records  # ~1 GB at 50,000 scans: not held while the tables are written and pass 2 runs
     write_features_csv(table, config.report / "features.csv", config.label_set())
     write_scans_csv(table, config.report / "scans.csv")
     log.info("merged features of %d scans (%d failed) into %s", len(table.scans),
@@ -299,7 +357,8 @@ def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dic
     return failures
 
 
-def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTask]) -> dict:
+def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTask],
+               skipped: dict[str, str] | None = None) -> dict:
     """Pass 2: decisions, cleaned labels, dataset.json and the report; returns the summary."""
     for folder in (config.output_dir, config.labels_dir, config.features_dir, config.report):
         if removed := remove_stale_temp_files(folder):  # left by a run killed mid-write
@@ -322,9 +381,11 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     log.info("train on it with: --json_list=%s --data_dir=%s", json_path, os.path.normpath(json_path.parent / datalist["data_root"]))
     failures = [{"case_id": s["case_id"], "stage": "features", "reason": s["reason"]} for s in table.scans if s["status"] != "ok"]
     failures += [{"case_id": c, "stage": "clean", "reason": r} for c, r in clean_failures.items()]
+    failures += [{"case_id": name, "stage": "inputs", "reason": r} for name, r in (skipped or {}).items()]
     write_decisions_csv(config.report / "decisions.csv", table, decisions)
     write_failures(config.report, failures)
     content = summary(table, decisions, rules, (train, validation), failures)
+    content["scans"]["clean_failed"] = len(clean_failures)
     write_json(config.report / "summary.json", content)
     if config.figure:
         from swinbob.solf.figure import plot_report
@@ -341,15 +402,40 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
 
 
 def run_solf(config: SolfConfig) -> int:
-    """Run the configured stage(s); return the exit status (see the module docstring)."""
+    """Run the configured stage(s); return the exit status (see the module docstring).
+
+    The output folder is locked for the run (a second run into it is refused with the PID of the
+    first); shards of ``--stage features`` each lock their own shard log only, so they run in parallel.
+    """
     check_config(config)
     rules = config.rules()  # a bad rules file is a configuration error before any work
     log.debug("rules: %s", rules.settings)
-    tasks = case_tasks(config)
-    if config.stage in ("features", "all"):
-        run_features(config, tasks)
+    tasks, skipped = case_tasks(config)
+    try:
         if config.stage == "features":
+            _features_locked(config, tasks)
             return 0
+        with folder_lock(config.output_dir, "--output_dir"), _report_lock(config):
+            return _run_locked(config, tasks, skipped)
+    except OutputError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _features_locked(config: SolfConfig, tasks: dict[str, CaseTask]) -> None:
+    """Pass 1 while holding this shard's lock (two runs appending to one shard log would interleave)."""
+    with folder_lock(config.features_dir, "SOLF features folder (this shard)", name=f".shard-{config.shard_id}.lock"):
+        run_features(config, tasks)
+
+
+def _report_lock(config: SolfConfig) -> contextlib.AbstractContextManager:
+    """The report folder's lock when it lies outside the (already locked) output folder."""
+    inside = config.output_dir.resolve() in (config.report.resolve(), *config.report.resolve().parents)
+    return contextlib.nullcontext() if inside else folder_lock(config.report, "--report folder")
+
+
+def _run_locked(config: SolfConfig, tasks: dict[str, CaseTask], skipped: dict[str, str]) -> int:
+    if config.stage == "all":
+        _features_locked(config, tasks)
         remaining = len(current_records(config, tasks)[1])
         if remaining:
             log.info("%d scans still to measure (--max_scans); run again to continue", remaining)
@@ -357,9 +443,12 @@ def run_solf(config: SolfConfig) -> int:
     table = merge_features(config, tasks)
     if config.stage == "merge":
         return 0
-    run_decide(config, table, tasks)
+    content = run_decide(config, table, tasks, skipped)
     if not table.case_ids:
         log.error("every scan failed; see %s", config.report / "failures.csv")
+        return 1
+    if content["scans"]["clean_failed"] and content["scans"]["training"] + content["scans"]["validation"] == 0:
+        log.error("no cleaned label could be written to %s; see %s", config.labels_dir, config.report / "failures.csv")
         return 1
     return 0
 
@@ -407,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_previews", type=int, default=100,
                    help="report/previews/: one PNG per rejected organ, at most this many, 0 = none (default: %(default)s)")
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_limit_args(p)
     return p
 
 
@@ -429,10 +519,16 @@ def organ_filtering_entry(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     try:
+        apply_limit_args(args)
         if args.dump_rules:
             print(json.dumps(config.rules().to_json(), indent=2))
             return 0
         return run_solf(config)
-    except (ConfigError, RulesError, LabelSetError) as exc:
+    except (ConfigError, RulesError, LabelSetError, ValueError) as exc:
         log.error("configuration error: %s", exc)
         return 2
+    except OSError as exc:  # a full disk, a vanished share: the run stops; a rerun resumes from the logs
+        where = exc.filename or config.output_dir
+        hint = "free some space and run again: finished scans are kept" if disk_full(exc) else "run again once fixed"
+        log.error("run failed writing %s: %s (%s)", where, exc.strerror or exc, hint)
+        return 1

@@ -4,7 +4,8 @@
 (axial and coronal, in radiological view: the subject's right on the left of the picture, anterior
 and superior at the top, pixels scaled to the voxel spacing). The background is the scan's first
 image channel when ``--image_dir`` is given, otherwise the label map itself in shades of grey; the
-rejected organ is drawn in red over it. The title names the case, the organ and the reasons (ours
+rejected organ is drawn in red over it and its left/right partner, if it has one, in blue (so a
+swapped pair shows at a glance). The title names the case, the organ and the reasons (ours
 and the paper's, kept apart). At most ``--max_previews`` are drawn (0: none), the first ones in
 case order; previews of organs no longer rejected are removed, so the folder always matches the
 decisions. matplotlib is optional, as for the report figure.
@@ -21,7 +22,7 @@ import numpy as np
 
 from swinbob.files import NiftiError, atomic_write, read_nifti
 from swinbob.solf.decide import REJECTED, Decisions
-from swinbob.solf.labelsets import name_of
+from swinbob.solf.labelsets import name_of, side_pairs
 from swinbob.solf.store import FeatureTable
 from swinbob.viz import ras_spacing, to_ras
 
@@ -52,8 +53,8 @@ def _planes(volume: np.ndarray, index: np.ndarray) -> list[np.ndarray]:
 
 
 def draw_preview(path: Path, label: np.ndarray, image: np.ndarray | None, affine: np.ndarray, organ: int,
-                 title: str) -> None:
-    """Write the PNG of one organ of one scan (volumes on the grid of ``affine``)."""
+                 title: str, partner: int | None = None) -> None:
+    """Write the PNG of one organ (red; ``partner`` blue) of one scan (volumes on the grid of ``affine``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,15 +64,17 @@ def draw_preview(path: Path, label: np.ndarray, image: np.ndarray | None, affine
     spacing = ras_spacing(affine)
     mask = label_ras == organ
     index = centre_index(mask)
-    red = matplotlib.colors.ListedColormap(["red"])
+    other = label_ras == partner if partner is not None else np.zeros_like(mask)
+    colours = matplotlib.colors.ListedColormap(["blue", "red"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 5))
     low, high = np.percentile(background, (0.5, 99.5))
     aspects = (spacing[1] / spacing[0], spacing[2] / spacing[0])
-    for ax, back, organ_plane, aspect, view in zip(axes, _planes(background, index), _planes(mask, index), aspects,
-                                                   ("axial", "coronal")):
+    overlay = np.where(mask, 2, np.where(other, 1, 0))  # 2 = the organ, 1 = its partner
+    for ax, back, plane, aspect, view in zip(axes, _planes(background, index), _planes(overlay, index), aspects,
+                                             ("axial", "coronal")):
         ax.imshow(back, cmap="gray", vmin=low, vmax=high if high > low else low + 1, aspect=aspect, interpolation="nearest")
-        ax.imshow(np.ma.masked_where(~organ_plane, organ_plane), cmap=red, alpha=0.55, aspect=aspect,
-                  interpolation="nearest", vmin=0, vmax=1)
+        ax.imshow(np.ma.masked_where(plane == 0, plane), cmap=colours, alpha=0.55, aspect=aspect,
+                  interpolation="nearest", vmin=1, vmax=2)
         ax.set_title(f"{view}, voxel {tuple(int(i) for i in index)} (RAS)", fontsize=8)
         ax.set_xlabel("R  <->  L", fontsize=7)
         ax.set_xticks([])
@@ -91,6 +94,7 @@ def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, labe
         log.warning("matplotlib is not installed; skipping the previews of rejected organs (pip install matplotlib)")
         return 0
     cols, labels = table.columns, decisions.rules.labels
+    partners = {a: b for pair in side_pairs(labels) for a, b in (pair, pair[::-1])}
     wanted: dict[str, list[int]] = {}
     for row in rows:
         wanted.setdefault(table.case_ids[int(cols["case_index"][row])], []).append(row)
@@ -108,8 +112,11 @@ def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, labe
             name = name_of(labels, organ)
             ours, paper = decisions.reasons[row], decisions.paper_reasons[row]
             reasons = " | ".join(filter(None, (f"ours: {ours}" if ours else "", f"paper: {paper}" if paper else "")))
+            partner = partners.get(organ)
+            shown = f" (red; {name_of(labels, partner)} blue)" if partner is not None else " (red)"
             file_name = preview_name(case_id, organ, name)
-            draw_preview(folder / file_name, label, image, affine, organ, f"{case_id}: {name} ({organ}) rejected\n{reasons}")
+            draw_preview(folder / file_name, label, image, affine, organ,
+                         f"{case_id}: {name} ({organ}) rejected{shown}\n{reasons}", partner)
             written.add(file_name)
     if folder.is_dir():
         for stale in folder.glob("*.png"):
