@@ -40,12 +40,13 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swinbob import evaluate, train  # noqa: E402
+from swinbob import train  # noqa: E402
 from swinbob.data import intensity_transform  # noqa: E402
 from swinbob.distributed import launch  # noqa: E402
-from swinbob.etta import EttaConfig  # noqa: E402
+from swinbob.etta import EttaConfig, etta_predict, integrate  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
-from swinbob.inference import WindowSettings, load_inference_model  # noqa: E402
+from swinbob.inference import WindowSettings, load_inference_model, predict_logits, to_labels  # noqa: E402
+from swinbob.tta import flip_tta_logits  # noqa: E402
 from swinbob.metrics import score_case  # noqa: E402
 from swinbob.model import ModelConfig  # noqa: E402
 from swinbob.shifts import HELD_OUT_SHIFTS, TUNING_SHIFTS, apply_shift  # noqa: E402
@@ -168,27 +169,68 @@ def case_images(entry: dict[str, str], data: Path) -> tuple[np.ndarray, np.ndarr
 
 
 Case = tuple[str, np.ndarray, np.ndarray]
-METHOD_NAMES = {("none", "no_etta"): "none", ("flip", "no_etta"): "flip", ("none", "etta"): "etta", ("flip", "etta"): "flip+etta"}
+WINDOW = WindowSettings((64, 64, 64), 1, 0.5)
+FLIP_AXES = (0,)
+"""Flip TTA mirrors left-right only here (2 passes instead of nnU-Net's 8, which ``--tta flip`` does):
+the brain is near-symmetric left-right and a 2-core CPU cannot afford 8 passes per case and method."""
 
 
-def evaluate_cases(model: torch.nn.Module, task: Task, cases: list[Case], methods: tuple[str, ...], tta: str,
-                   etta: EttaConfig, flip_axes: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Per case, method and class: Dice, HD95 (mm), seconds and the ETTA record, via ``evaluate.predict_case``
-    on the volume normalised as the model was trained (the grid already is the task's RAS 3 mm grid)."""
-    settings = evaluate.EvalSettings(
-        task=task, data=None, window=WindowSettings((64, 64, 64), 4, 0.5), output_dir=Path("."),  # type: ignore[arg-type]
-        methods=methods, etta=etta, tta=tta, tta_axes=flip_axes)
+def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | None,
+                    flip_axes: tuple[int, ...] | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Labels of none / ETTA and, with ``flip_axes``, flip / flip+ETTA for one normalised volume (1, 1, X, Y, Z).
+
+    The library calls of test_etta.py (``predict_logits``, ``flip_tta_logits``, ``etta_predict``,
+    ``integrate``), arranged so that one adaptation serves both ETTA rows: ``etta_predict`` adapts once
+    and predicts the box with the adapted model both plainly and with flip TTA; flip+ETTA integrates
+    the flip-TTA source with the flipped adapted prediction (as ``--tta flip`` does), ETTA the plain
+    source with the plain adapted prediction (as without ``--tta``). Window centres come from the
+    flip-TTA source's foreground; on this one-window grid every window is the whole volume anyway.
+    """
+    with torch.no_grad():
+        sources = {"none": predict_logits(model, x, WINDOW)}
+        if flip_axes:
+            sources["flip"] = flip_tta_logits(model, x, WINDOW, "softmax", flip_axes)
+    if etta is None:
+        return {tta: to_labels(logits[0], "softmax") for tta, logits in sources.items()}, {}
+    adapted: dict[str, torch.Tensor] = {}
+
+    def predict_adapted(m: torch.nn.Module, image: torch.Tensor, window: WindowSettings) -> torch.Tensor:
+        adapted["none"] = predict_logits(m, image, window)
+        if flip_axes:
+            adapted["flip"] = flip_tta_logits(m, image, window, "softmax", flip_axes)
+        return adapted["flip" if flip_axes else "none"]
+
+    outcome = etta_predict(model, x, sources["flip" if flip_axes else "none"], "softmax", etta, WINDOW, predict_adapted)
+    labels, records = {}, {}
+    for tta, logits in sources.items():
+        source = to_labels(logits[0], "softmax")
+        labels[tta] = source
+        name = "etta" if tta == "none" else "flip+etta"
+        labels[name], records[name] = source.clone(), {"applied": False, "fallback": outcome.fallback, **outcome.info}
+        if tta in adapted and outcome.box is not None:
+            box = outcome.box
+            probs, info = integrate(logits[(0, slice(None), *box)], adapted[tta][0], "softmax", etta.collapse,
+                                    sharpness=etta.sharpness)
+            records[name] = {"applied": probs is not None, "fallback": info.get("fallback"), **info}
+            if probs is not None:
+                labels[name][box] = to_labels(probs, "softmax", are_logits=False)
+    return labels, records
+
+
+def evaluate_cases(model: torch.nn.Module, task: Task, cases: list[Case], etta: EttaConfig | None,
+                   flip_axes: tuple[int, ...] | None) -> list[dict[str, Any]]:
+    """Per case, method and class: Dice, HD95 (mm), seconds and the ETTA record, on the volume
+    normalised as the model was trained (the grid already is the task's RAS 3 mm grid)."""
     normalise = intensity_transform(task.intensity)
     rows = []
     for name, image, label in cases:
-        x = torch.as_tensor(normalise({"image": torch.from_numpy(image)[None]})["image"])
+        x = torch.as_tensor(normalise({"image": torch.from_numpy(image)[None]})["image"])[None]
         tic = time.perf_counter()
-        labels, record = evaluate.predict_case(model, x, settings)
+        labels, records = predict_methods(model, x, etta, flip_axes)
         seconds = time.perf_counter() - tic
         for method, pred in labels.items():
             for row in score_case(pred.cpu().numpy(), label, CLASSES, (SPACING,) * 3):
-                rows.append({"case": name, "method": METHOD_NAMES[(tta, method)], "seconds": seconds, **row,
-                             "etta": record if method == evaluate.ETTA else None})
+                rows.append({"case": name, "method": method, "seconds": seconds, **row, "etta": records.get(method)})
     return rows
 
 
@@ -215,16 +257,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_grid(model: torch.nn.Module, task: Task, groups: dict[str, list[Case]], ttas: tuple[str, ...],
-             etta: EttaConfig, flip_axes: tuple[int, ...], with_etta: bool = True) -> dict[str, dict[str, Any]]:
+def run_grid(model: torch.nn.Module, task: Task, groups: dict[str, list[Case]], etta: EttaConfig | None,
+             flip_axes: tuple[int, ...] | None) -> dict[str, dict[str, Any]]:
     """Summaries keyed ``"<shift>|<method>"`` for every shift group and method."""
-    methods = (evaluate.NO_ETTA, evaluate.ETTA) if with_etta else (evaluate.NO_ETTA,)
     results = {}
     for shift, cases in groups.items():
-        rows = []
-        for tta in ttas:
-            rows += evaluate_cases(model, task, cases, methods, tta, etta, flip_axes)
-            print(f"  {shift} tta={tta} done", flush=True)
+        tic = time.perf_counter()
+        rows = evaluate_cases(model, task, cases, etta, flip_axes)
+        print(f"  {shift}: {len(cases)} cases in {time.perf_counter() - tic:.0f} s", flush=True)
         for method in dict.fromkeys(r["method"] for r in rows):
             results[f"{shift}|{method}"] = summarise([r for r in rows if r["method"] == method])
     return results
@@ -246,11 +286,11 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
 
 def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     """ETTA settings ``--etta`` on the validation subjects under the tuning shifts (never the test ones)."""
-    entries = json.loads(datalist.read_text())["validation"]
-    groups = shifted_cases(entries, datalist.parent, ("clean", *TUNING_SHIFTS), args.severity)
+    entries = json.loads(datalist.read_text())["validation"][: args.subjects]
+    groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *TUNING_SHIFTS)), args.severity)
     model, task = load_model(work, args.recipe)
     etta = EttaConfig(**json.loads(args.etta))
-    results = run_grid(model, task, groups, ("none",), etta, (0,))
+    results = run_grid(model, task, groups, etta, None)
     print_table(f"tune {args.recipe} {etta}", results)
     out = work / "tune" / f"{args.recipe}_{args.tag or 'default'}.json"
     out.parent.mkdir(exist_ok=True)
@@ -258,16 +298,16 @@ def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
 
 
 def report(args: argparse.Namespace, work: Path, datalist: Path) -> None:
-    """Test subjects, clean and every held-out shift: none / flip / ETTA / both (new recipe; ``--recipe old``
-    gives the old recipe's none / ETTA)."""
-    entries = json.loads(datalist.read_text())["test"]
-    groups = shifted_cases(entries, datalist.parent, ("clean", *HELD_OUT_SHIFTS), args.severity)
+    """Test subjects, clean and every held-out shift: none / flip / ETTA / flip+ETTA of one recipe."""
+    entries = json.loads(datalist.read_text())["test"][: args.subjects]
+    groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *HELD_OUT_SHIFTS)), args.severity)
     model, task = load_model(work, args.recipe)
-    ttas = ("none", "flip") if args.recipe == "new" else ("none",)
     tic = time.perf_counter()
-    results = run_grid(model, task, groups, ttas, EttaConfig(**json.loads(args.etta)), (0,))
-    print_table(f"report {args.recipe} ({time.perf_counter() - tic:.0f} s)", results)
-    atomic_write_text(work / f"report_{args.recipe}.json", json.dumps(results, indent=1))
+    etta = None if args.no_etta else EttaConfig(**json.loads(args.etta))
+    results = run_grid(model, task, groups, etta, FLIP_AXES)
+    print_table(f"report {args.recipe} {etta} ({time.perf_counter() - tic:.0f} s)", results)
+    name = f"report_{args.recipe}{'_no_etta' if args.no_etta else ''}{'_' + args.tag if args.tag else ''}.json"
+    atomic_write_text(work / name, json.dumps({"etta": etta and dataclasses.asdict(etta), "results": results}, indent=1))
 
 
 def shifted_cases(entries: list[dict[str, str]], data: Path, shifts: tuple[str, ...], severity: int
@@ -296,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--severity", type=int, default=2)
     p.add_argument("--etta", default="{}", help="JSON of EttaConfig overrides for 'tune', e.g. '{\"lr\": 0.01}'")
-    p.add_argument("--tag", default="", help="name of this 'tune' result")
+    p.add_argument("--tag", default="", help="name of this 'tune' or 'report' result")
+    p.add_argument("--no_etta", action="store_true", help="'report': none and flip only (no adaptation)")
+    p.add_argument("--shifts", nargs="+", default=None, help="'tune'/'report': only these shift groups")
+    p.add_argument("--subjects", type=int, default=None, help="'tune'/'report': only the first N subjects")
     args = p.parse_args(argv)
     work = Path(args.work_dir)
     datalist = work / "data" / "dataset.json"
