@@ -361,12 +361,12 @@ def etta_predict(
     mode: str,
     config: EttaConfig,
     window: WindowSettings,
-    predict: Callable[[nn.Module, torch.Tensor, WindowSettings], torch.Tensor] = predict_logits,
+    predict: Callable[[nn.Module, torch.Tensor, WindowSettings], torch.Tensor] | None = None,
 ) -> EttaOutcome:
     """Run ETTA for one case; ``image`` (1, C, X, Y, Z) on the model's device, ``source_logits`` (1, K, X, Y, Z).
 
-    ``predict`` makes the adapted prediction of the box (a plain sliding window, or e.g. flip TTA so
-    that it matches how ``source_logits`` were made).
+    ``predict`` makes the adapted prediction of the box (default: the plain sliding window,
+    :func:`~swinbob.inference.predict_logits`; e.g. flip TTA to match how ``source_logits`` were made).
 
     Returns the integrated probabilities (K, *box) for the adaptation box, or a fallback reason
     (no foreground, no normalisation parameters, entropy up, foreground collapse) in which case
@@ -391,7 +391,7 @@ def etta_predict(
             history = adapt(model, image, fg.to(image.device), params, mode, config, window)
             with torch.no_grad():
                 box_window = dataclasses.replace(window, overlap=config.overlap)
-                adapted = predict(model, image[(slice(None), slice(None), *box)], box_window)
+                adapted = (predict or predict_logits)(model, image[(slice(None), slice(None), *box)], box_window)
     source_foreground = foreground_fraction(fg[box])
     probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse, source_foreground,
                             config.sharpness)
