@@ -189,7 +189,7 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
     with torch.no_grad():
         sources = {"none": predict_logits(model, x, WINDOW)}
         if flip_axes:
-            sources["flip"] = flip_tta_logits(model, x, WINDOW, "softmax", flip_axes)
+            sources["flip"] = flip_tta_logits(model, x, WINDOW, "softmax", flip_axes, plain=sources["none"])
     if etta is None:
         return {tta: to_labels(logits[0], "softmax") for tta, logits in sources.items()}, {}
     adapted: dict[str, torch.Tensor] = {}
@@ -197,7 +197,7 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
     def predict_adapted(m: torch.nn.Module, image: torch.Tensor, window: WindowSettings) -> torch.Tensor:
         adapted["none"] = predict_logits(m, image, window)
         if flip_axes:
-            adapted["flip"] = flip_tta_logits(m, image, window, "softmax", flip_axes)
+            adapted["flip"] = flip_tta_logits(m, image, window, "softmax", flip_axes, plain=adapted["none"])
         return adapted["flip" if flip_axes else "none"]
 
     outcome = etta_predict(model, x, sources["flip" if flip_axes else "none"], "softmax", etta, WINDOW, predict_adapted)

@@ -31,19 +31,24 @@ def flip_tta_logits(
     window: WindowSettings,
     mode: str,
     axes: Sequence[int] = (0, 1, 2),
+    plain: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Logits (B, C, X, Y, Z) of the mean probability over all mirror images of ``image`` (B, C_in, X, Y, Z).
 
-    ``axes`` are spatial axes (0 = X). The model must be in eval mode; no gradients are kept.
+    ``axes`` are spatial axes (0 = X). ``plain``: the unflipped image's logits if the caller already
+    has them (one sliding window fewer). The model must be in eval mode; no gradients are kept.
     """
     total = None
     subsets = flip_subsets(axes)
     with torch.no_grad():
         for subset in subsets:
             dims = [a + 2 for a in subset]
-            logits = predict_logits(model, image.flip(dims) if dims else image, window)
+            if not dims and plain is not None:
+                logits = plain
+            else:
+                logits = predict_logits(model, image.flip(dims) if dims else image, window)
             logits = logits.flip(dims) if dims else logits
             probs = torch.softmax(logits, dim=1) if mode == "softmax" else torch.sigmoid(logits)
-            total = probs if total is None else total.add_(probs)
+            total = probs.clone() if total is None else total.add_(probs)
     mean = total.div_(len(subsets)).clamp_(EPS, 1.0 - EPS)  # type: ignore[union-attr]
     return mean.log_() if mode == "softmax" else torch.logit(mean)

@@ -155,6 +155,8 @@ def test_flip_tta_averages_every_mirror_image_and_returns_logits(trained):
     ) / 4
     assert torch.allclose(out.exp(), expected, atol=1e-5)
     assert torch.allclose(out.exp().sum(1), torch.ones(1), atol=1e-4)
+    plain = source(trained, x)
+    assert torch.allclose(flip_tta_logits(trained, x, WINDOW, "softmax", axes=(0, 2), plain=plain), out)
     regions = flip_tta_logits(trained, x, WINDOW, "regions", axes=(1,))
     manual = (torch.sigmoid(source(trained, x)) + torch.sigmoid(source(trained, x.flip(3))).flip(3)) / 2
     assert torch.allclose(torch.sigmoid(regions), manual, atol=1e-5)
