@@ -1,6 +1,7 @@
 # The two commands of the README. Both create .venv and install everything on first use.
 #   make test   install, then run the test suite (CPU; what CI runs)
 #   make demo   install, then run the whole pipeline on the built-in synthetic cohort
+#   make mutation  mutation testing of the core modules (not part of make test; hours on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,14 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
-.PHONY: install test demo clean
+# Mutants of the core computations (see [tool.mutmut] in pyproject.toml for the tests run).
+MUTATION_SCOPE ?= "swinbob.metrics*" "swinbob.losses*" "swinbob.etta*" "swinbob.solf.decide*" \
+	"swinbob.solf.features*" "swinbob.evaluate.x_predict_case*" "swinbob.evaluate.x_evaluate_case*" \
+	"swinbob.train.x_train_step*" "swinbob.train.x_build_loaders*" "swinbob.loaders.x_shard*" \
+	"swinbob.loaders.x_train_loader*" "swinbob.loaders.xǁEpochSampler*" "swinbob.loaders.xǁEpochBatchSampler*"
+MUTATION_CHILDREN ?= 2
+
+.PHONY: install test demo mutation clean
 
 install: $(VENV)/.installed
 
@@ -23,8 +31,13 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+mutation: install
+	$(PY) -m pip install -q -e ".[mutation]"
+	env -u PYTHONPATH OMP_NUM_THREADS=1 nice -n 5 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTATION_SCOPE)
+	env -u PYTHONPATH $(PY) benchmarks/mutation_score.py $(MUTATION_SCOPE)
+
 demo: install
 	$(PY) -m swinbob.demo --out_dir $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache mutants

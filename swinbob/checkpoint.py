@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,14 @@ import numpy as np
 import torch
 
 from swinbob.files import atomic_write, keep_previous
+from swinbob.limits import limit
 
 FORMAT_VERSION = 1
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
 _SSL_ENCODER_KEYS = re.compile(r"^(patch_embed|layers[1-4])\.")
+MAX_EXPANSION = 4
+"""``torch.save`` stores tensors uncompressed; even a checkpoint re-zipped with deflate shrinks
+little (float weights compress ~1.1-fold). One that would expand more than this is refused."""
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,26 @@ def _numpy_safe_globals() -> list:
     return [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
+def check_unpacked_size(path: Path) -> None:
+    """Refuse, from the zip directory alone, a checkpoint that would unpack to more than
+    ``--max_checkpoint_mb`` or expand more than :data:`MAX_EXPANSION`-fold (a compression bomb)."""
+    size = path.stat().st_size
+    most = limit("max_checkpoint_mb") * 2**20
+    unpacked = size
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                unpacked = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({exc})") from exc
+        if unpacked > MAX_EXPANSION * size + 2**24:
+            raise CheckpointError(f"refusing to load {path}: its {size} bytes would unpack to {unpacked} bytes "
+                                  "(a compression bomb, or a corrupt zip directory)")
+    if unpacked > most:
+        raise CheckpointError(f"refusing to load {path}: it unpacks to {unpacked / 2**20:.0f} MiB, more than the limit "
+                              f"of {most // 2**20} MiB (--max_checkpoint_mb)")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint file safely (``weights_only=True``) onto the CPU.
 
@@ -51,6 +76,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted write?")
+    check_unpacked_size(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)

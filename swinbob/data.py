@@ -81,6 +81,15 @@ def _resolve_entry(entry: Mapping[str, Any], data_dir: Path, allow_absolute: boo
     return out
 
 
+def _entry_fold(entry: Mapping[str, Any], path: Path) -> int:
+    """The entry's ``"fold"`` as an integer; anything else (null, "one", 1.5, true) is refused."""
+    fold = entry["fold"]
+    if isinstance(fold, bool) or not isinstance(fold, int):
+        raise ValueError(f"datalist {path}: entry {entry.get('image')!r} has \"fold\": {json.dumps(fold)}, "
+                         "which is not an integer fold number")
+    return fold
+
+
 def load_datalist(
     json_list: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -99,14 +108,19 @@ def load_datalist(
         content = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise ValueError(f"datalist {path} must be a JSON object with 'training' (and 'validation') lists, "
+                         f"got a JSON {type(content).__name__}")
+    for name in ("training", "validation", split):
+        if not isinstance(content.get(name, []), list):
+            raise ValueError(f"datalist {path}: '{name}' must be a list of entries, got {json.dumps(content[name])[:60]}")
     pooled = content.get("training", []) + content.get("validation", [])
-    if fold is not None and any("fold" in e for e in pooled):
+    if fold is not None and any(isinstance(e, dict) and "fold" in e for e in pooled):
         # Fold files (BraTS): every entry carrying a "fold", from either list, joins the pool.
-        entries = [e for e in pooled if "fold" in e and (int(e["fold"]) == fold) == (split == "validation")]
+        entries = [e for e in pooled if isinstance(e, dict) and "fold" in e
+                   and (_entry_fold(e, path) == fold) == (split == "validation")]
     else:
         entries = content.get(split, [])
-    if not isinstance(entries, list):
-        raise ValueError(f"datalist {path}: '{split}' must be a list of entries")
     data_path = Path(data_dir)
     resolved = []
     for index, entry in enumerate(entries):
@@ -181,6 +195,9 @@ class LoadCheckedImaged(T.LoadImaged):
                 load_nifti_header(path)
         d = super().__call__(data, reader)
         for key, source in sources.items():
+            if d[key].ndim < 3:  # would fail deep in the network ("Inputs must have 5 dimensions")
+                raise NiftiError(f"{', '.join(map(str, _file_paths(source)))}: a {d[key].ndim}D image (shape "
+                                 f"{tuple(d[key].shape)}); Swin-BOB needs 3D volumes")
             while d[key].ndim > 4 and d[key].shape[-1] == 1:  # X×Y×Z×1×1 files, or a list of X×Y×Z×1
                 d[key] = d[key].squeeze(-1)  # (read_nifti squeezes the same way)
             check_finite(d[key], source, str(key))
@@ -195,13 +212,17 @@ class RequireForegroundd(T.MapTransform):
     one whose intensities all fall outside the task's window, is named here instead.
     """
 
+    def __init__(self, keys: KeysCollection, floor: float = 0.0) -> None:
+        super().__init__(keys)
+        self.floor = floor
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            if not bool((torch.as_tensor(image) > 0).any()):
+            if not bool((torch.as_tensor(image) > self.floor).any()):
                 source = getattr(image, "meta", {}).get("filename_or_obj", "(in-memory image)")
-                raise NiftiError(f"{source}: {key} has no voxel above 0 after intensity normalisation (blank, or "
+                raise NiftiError(f"{source}: {key} has no voxel above {self.floor:g} after intensity normalisation (blank, or "
                                  "entirely outside the task's intensity window): nothing to crop to")
         return d
 
@@ -285,6 +306,24 @@ class NormalizeForegroundd(T.MapTransform):
         return d
 
 
+@dataclass(frozen=True)
+class Above:
+    """``x > level`` as a picklable function (foreground selection for MONAI's crops)."""
+
+    level: float = 0.0
+
+    def __call__(self, x: Any) -> Any:
+        return x > self.level
+
+
+def background_level(intensity: Intensity) -> float:
+    """The normalised value of background (air, outside the window): the lower end of a CT
+    window, 0 for z-scored MRI (whose zero voxels stay zero); foreground crops keep what lies above."""
+    if intensity.kind == "zscore_foreground":  # the background is clipped, not zero: keep the whole volume
+        return float("-inf")
+    return float(intensity.b_min) if intensity.kind == "window" else 0.0
+
+
 def intensity_transform(intensity: Intensity) -> T.MapTransform:
     """The intensity normalisation of a task as a dictionary transform on ``image``."""
     if intensity.kind == "window":
@@ -308,9 +347,12 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
         T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),
         intensity_transform(config.intensity),
     ]
+    if with_label and task.ignore_value is not None and task.ignore_value != IGNORE_LABEL:
+        chain.insert(1, T.MapLabelValued(keys="label", orig_labels=[task.ignore_value], target_labels=[IGNORE_LABEL]))
     if task.crop_foreground:
-        chain.append(RequireForegroundd(keys="image"))
-        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+        floor = background_level(config.intensity)
+        chain.append(RequireForegroundd(keys="image", floor=floor))
+        chain.append(T.CropForegroundd(keys=keys, source_key="image", allow_smaller=True, select_fn=Above(floor)))
     if with_label and task.mode == "regions":
         chain.append(LabelsToRegionsd(keys="label", regions=task.regions))
     return chain
@@ -343,17 +385,18 @@ def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool 
     keep them: each sample then starts from its crop. The crops are the same either way.
     """
     keys = ["image", "label"]
+    floor = background_level(config.intensity)
     sampling: list[T.Transform] = [T.SpatialPadd(keys=keys, spatial_size=config.roi)]
     if task.mode == "regions":
         sampling.append(T.RandSpatialCropd(keys=keys, roi_size=config.roi, random_size=False))
     else:
         indices: dict[str, str] = {}
         if cache_crop_indices:
-            sampling.append(CropIndicesd(keys="label", image_key="image", image_threshold=0))
+            sampling.append(CropIndicesd(keys="label", image_key="image", image_threshold=floor))
             indices = {"fg_indices_key": "label_fg_indices", "bg_indices_key": "label_bg_indices"}
         sampling.append(T.RandCropByPosNegLabeld(
             keys=keys, label_key="label", spatial_size=config.roi, pos=1, neg=1,
-            num_samples=config.num_samples, image_key="image", image_threshold=0, **indices,
+            num_samples=config.num_samples, image_key="image", image_threshold=floor, **indices,
         ))
     chain: list[T.Transform] = sampling + [
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),

@@ -33,26 +33,34 @@ import torch
 from monai.transforms import Compose
 
 from swinbob import cli, fast
-from swinbob.checkpoint import CheckpointError
-from swinbob.data import DataConfig, eval_transforms, load_datalist
+from swinbob.checkpoint import CheckpointError, load_checkpoint
+from swinbob.data import DataConfig, eval_transforms, find_datalist, load_datalist
+from swinbob.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
 from swinbob.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
-    atomic_write_text, read_nifti, remove_stale_temp_files, resolve_inside, voxel_spacing,
+    NiftiError, OutputError, atomic_write_text, check_writable_folder, folder_lock, read_nifti, remove_stale_temp_files,
+    resolve_inside, voxel_spacing,
 )
 from swinbob.inference import (
     Case, WindowSettings, datalist_cases, folder_cases, invert_labels, iterate_cases, load_inference_model, map_labels,
-    predict_logits, root_cause, to_labels, trained_preprocessing, write_prediction,
+    stored_config,
+    predict_logits, probabilities, root_cause, stored_task, to_labels, trained_preprocessing, write_prediction,
 )
-from swinbob.metrics import json_ready, metrics_csv, score_case, summarize
+from swinbob.interrupt import stop_on_signals
+from swinbob.limits import add_limit_args, apply_limit_args
+from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
+from swinbob.statistics import structure_statistics, write_probabilities
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
-from swinbob.tasks import Task, get_task
+from swinbob.tasks import AUTO, Task, get_task
 from swinbob.tta import TTA_CHOICES, flip_tta_logits
 from swinbob.viz import GifSettings, write_gif
 
 log = logging.getLogger(__name__)
 
 NO_ETTA, ETTA = "no_etta", "etta"
+EXIT_INTERRUPTED = 4
+"""Exit status of a run stopped by SIGTERM/SIGINT between cases (as in training)."""
 
 
 class CaseError(RuntimeError):
@@ -74,7 +82,9 @@ class EvalSettings:
     tta_axes: tuple[int, ...] = (0, 1, 2)
     """Spatial axes mirrored by flip TTA (every subset of them is predicted)."""
     label_map: dict[int, int] | None = None
-    save_predictions: bool = False
+    save_predictions: bool = True
+    save_probabilities: bool = False
+    statistics: bool = False
     gif: GifSettings | None = None
     overwrite: bool = False
     workers: int = 0
@@ -93,7 +103,7 @@ class EvalSettings:
         return output_file(self.output_dir / "gifs", case.name, ".gif")
 
     def output_folders(self) -> list[Path]:
-        return [self.output_dir, self.output_dir / "gifs"] + [self.output_dir / f for f in ("predictions", "predictions_no_etta")]
+        return [self.output_dir / f for f in ("", "gifs", "predictions", "predictions_no_etta", "probabilities")]
 
 
 def output_file(folder: Path, name: str, suffix: str) -> Path:
@@ -122,13 +132,24 @@ def scored_classes(task: Task, label_map: dict[int, int] | None = None) -> dict[
 
 def predict_case(model: torch.nn.Module, image: torch.Tensor, settings: EvalSettings) -> tuple[dict[str, torch.Tensor], dict]:
     """Labels on the preprocessed grid for each method (model label IDs), and the ETTA record."""
+    labels, record, _ = predict_case_outputs(model, image, settings)
+    return labels, record
+
+
+def predict_case_outputs(
+    model: torch.nn.Module, image: torch.Tensor, settings: EvalSettings
+) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor | None]:
+    """:func:`predict_case` plus the primary method's probabilities (C, X, Y, Z) on the preprocessed
+    grid when ``settings.save_probabilities`` (ETTA's inside its adapted box), else None."""
     x = image.as_tensor()[None].to(settings.device) if hasattr(image, "as_tensor") else image[None].to(settings.device)
     mode, et_label = settings.task.mode, max(settings.task.regions.get("ET", (3,)))
+    order = settings.task.region_labels
     predict = functools.partial(flip_tta_logits, mode=mode, axes=settings.tta_axes) if settings.tta == "flip" else predict_logits
     with torch.no_grad():
         logits = predict(model, x, settings.window)
-    source = to_labels(logits[0], mode, et_label)
+    source = to_labels(logits[0], mode, et_label, region_labels=order)
     labels = {NO_ETTA: source} if NO_ETTA in settings.methods else {}
+    probs = probabilities(logits, mode)[0] if settings.save_probabilities else None
     record: dict[str, Any] = {}
     if ETTA in settings.methods:
         try:
@@ -140,10 +161,12 @@ def predict_case(model: torch.nn.Module, image: torch.Tensor, settings: EvalSett
             outcome = EttaOutcome(fallback="out of memory during adaptation")
         adapted = source.clone()
         if outcome.applied:
-            adapted[outcome.box] = to_labels(outcome.probs, mode, et_label, are_logits=False).to(adapted.device)
+            adapted[outcome.box] = to_labels(outcome.probs, mode, et_label, are_logits=False, region_labels=order).to(adapted.device)
+            if probs is not None:
+                probs[(slice(None), *outcome.box)] = outcome.probs.to(probs.device)
         labels[ETTA] = adapted
         record = {"applied": outcome.applied, "fallback": outcome.fallback, **outcome.info}
-    return labels, record
+    return labels, record, probs
 
 
 def _check_channels(image: torch.Tensor, expected: int, case: Case) -> None:
@@ -178,7 +201,7 @@ def evaluate_case(
     _check_channels(image, settings.task.in_channels, case)
     for method in settings.methods:  # refuse a hostile case name before any work
         settings.prediction_path(method, case)
-    labels, record = predict_case(model, image, settings)
+    labels, record, probs = predict_case_outputs(model, image, settings)
     predictions = {}
     for method, grid_labels in labels.items():
         if settings.label_map:
@@ -196,6 +219,14 @@ def evaluate_case(
         for method, pred in predictions.items():
             path = settings.prediction_path(method, case)
             _write_once(path, settings.overwrite, lambda p, pred=pred: write_prediction(p, pred, case.image[0]))
+    if probs is not None:
+        path = output_file(settings.output_dir / "probabilities", case.name, ".nii.gz")
+        _write_once(path, settings.overwrite, lambda p: write_probabilities(p, probs, image, preprocess, case.image[0],
+                                                                     settings.task.mode == "softmax"))
+    if settings.statistics:
+        shown, affine = _first_channel(case)
+        record["statistics"] = structure_statistics(predictions[settings.primary], shown, affine,
+                                                    scored_classes(settings.task, settings.label_map))
     if settings.gif is not None:
         shown, affine = _first_channel(case)
         names = dict(settings.task.label_map)
@@ -219,10 +250,8 @@ def is_done(case: Case, settings: EvalSettings) -> bool:
         return False
 
 
-def write_reports(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
-    """``metrics.csv`` (when there are scores) and ``summary.json``, both atomically."""
-    if rows:
-        atomic_write_text(settings.output_dir / "metrics.csv", metrics_csv(rows))
+def write_summary(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
+    """``summary.json`` (atomically), with mean ± std per method over ``rows``."""
     summary["metrics"] = {m: summarize([r for r in rows if r["method"] == m]) for m in settings.methods if rows}
     atomic_write_text(settings.output_dir / "summary.json", json.dumps(json_ready(summary), indent=2) + "\n")
 
@@ -235,7 +264,9 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate ``cases`` with ``model`` (eval mode is set here); returns the summary written to disk.
 
-    ``settings.task`` must have the model's input channels (``Task.with_channels``).
+    ``settings.task`` must have the model's input channels (``Task.with_channels``). Metric rows are
+    appended to ``metrics.csv`` case by case; ``summary.json`` is written once, at the end, or when
+    the run stops early (SIGTERM/SIGINT between cases, or an exception), then with ``interrupted``.
     """
     model.eval()
     preprocess = eval_transforms(settings.task, settings.data, with_label=False)
@@ -253,29 +284,56 @@ def run_evaluation(
         "failures": [], "skipped": skipped, "etta": {},
     }
     rows: list[dict] = []
+    metrics_log = MetricsLog(settings.output_dir / "metrics.csv")
+    statistics: dict[str, Any] = {}
     started = time.perf_counter()
-    for index, item in enumerate(iterate_cases(todo, preprocess, settings.workers), start=1):
-        case, tic = item["case"], time.perf_counter()
-        try:
-            if "error" in item:
-                raise CaseError(item["error"])
-            case_rows, record = evaluate_case(model, case, item["image"], preprocess, settings)
-        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
-            reason = str(exc) if isinstance(exc, CaseError) else root_cause(exc)
-            log.error("[%d/%d] %s FAILED: %s", index, len(todo), case.name, reason)
-            summary["failures"].append({"case": case.name, "reason": reason})
-            summary["cases"]["failed"] += 1
-        else:
-            rows += case_rows
-            if record:
-                summary["etta"][case.name] = record
-            summary["cases"]["evaluated"] += 1
-            log.info("[%d/%d] %s done in %.1fs%s", index, len(todo), case.name, time.perf_counter() - tic, _brief(case_rows))
+    stopped: str | BaseException | None = None
+    try:
+        with stop_on_signals() as stop:
+            for index, item in enumerate(iterate_cases(todo, preprocess, settings.workers), start=1):
+                _run_one(model, item, index, len(todo), preprocess, settings, summary, rows, metrics_log, statistics)
+                if stop.requested:
+                    stopped = stop.name
+                    log.warning("%s: stopped after %d of %d case(s); summary.json lists what was done", stop.name,
+                                index, len(todo))
+                    break
+    except BaseException as exc:
+        stopped = exc
+        raise
+    finally:
+        metrics_log.close()
+        if statistics:  # once, like the summary: rewriting it per case would be quadratic
+            atomic_write_text(settings.output_dir / "statistics.json", json.dumps(json_ready(statistics), indent=2) + "\n")
         summary["elapsed_s"] = round(time.perf_counter() - started, 2)
-        write_reports(settings, rows, summary)
-    if not todo:
-        write_reports(settings, rows, summary)
+        if stopped is not None:
+            summary["interrupted"] = stopped if isinstance(stopped, str) else (type(stopped).__name__ + f": {stopped}")
+        write_summary(settings, rows, summary)
     return summary
+
+
+def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preprocess: Compose, settings: EvalSettings,
+             summary: dict, rows: list[dict], metrics_log: MetricsLog, statistics: dict[str, Any]) -> None:
+    """Evaluate one loaded case (or record its loading error) into ``summary``, ``rows``, the metrics
+    log and ``statistics`` (per-structure statistics of the cases that have them)."""
+    case, tic = item["case"], time.perf_counter()
+    try:
+        if "error" in item:
+            raise CaseError(item["error"])
+        case_rows, record = evaluate_case(model, case, item["image"], preprocess, settings)
+    except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
+        reason = str(exc) if isinstance(exc, CaseError) else root_cause(exc)
+        log.error("[%d/%d] %s FAILED: %s", index, total, case.name, reason)
+        summary["failures"].append({"case": case.name, "reason": reason})
+        summary["cases"]["failed"] += 1
+        return
+    rows += case_rows
+    metrics_log.append(case_rows)
+    if "statistics" in record:
+        statistics[case.name] = record.pop("statistics")
+    if record:
+        summary["etta"][case.name] = record
+    summary["cases"]["evaluated"] += 1
+    log.info("[%d/%d] %s done in %.1fs%s", index, total, case.name, time.perf_counter() - tic, _brief(case_rows))
 
 
 def _brief(rows: Sequence[dict]) -> str:
@@ -291,14 +349,21 @@ def _brief(rows: Sequence[dict]) -> str:
 # Command line
 # ----------------------------------------------------------------------------------------------
 
-class ConfigError(ValueError):
-    """A wrong setting: nothing is evaluated and the exit status is 2."""
+ConfigError = cli.ConfigError
+EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed; "
+              "2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
 
 
 def build_parser(default_task: str) -> argparse.ArgumentParser:
-    """Upstream ``test_etta.py`` flags plus ETTA, folder prediction, label mapping and runtime flags."""
-    parser = argparse.ArgumentParser(description="Swin-BOB evaluation with entropy test-time adaptation (ETTA)")
-    cli.add_task_args(parser, default_task)
+    """Upstream ``test_etta.py`` flags plus ETTA, folder prediction, label mapping and runtime flags.
+
+    ``--task`` defaults to the checkpoint's own task; ``default_task`` (the script's folder) is
+    used for checkpoints that do not record one (upstream format, bare state dicts).
+    """
+    parser = argparse.ArgumentParser(description="Swin-BOB evaluation with entropy test-time adaptation (ETTA)",
+                                     formatter_class=cli.HelpFormatter, epilog=cli.presets_epilog(EXIT_CODES))
+    cli.add_task_args(parser, None)
+    parser.set_defaults(script_task=default_task)
     cli.add_model_args(parser)
     cli.add_data_args(parser)
     io_ = parser.add_argument_group("inputs and outputs")
@@ -309,7 +374,15 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     io_.add_argument("--split", default="validation", help="datalist split to evaluate")
     io_.add_argument("--fold", type=int, default=None, help="BraTS fold used as the evaluated split")
     io_.add_argument("--input_dir", default=None, help="predict every image in this folder (no labels, no datalist)")
-    io_.add_argument("--save_predictions", action="store_true", help="write NIfTI predictions of labelled cases")
+    io_.add_argument("--save_predictions", dest="save_predictions", action="store_true", default=True,
+                     help="write NIfTI predictions (the default; kept for upstream commands)")
+    io_.add_argument("--no_save_predictions", dest="save_predictions", action="store_false",
+                     help="do not write predictions of labelled cases (unlabelled cases always get theirs)")
+    io_.add_argument("--save_probabilities", action="store_true",
+                     help="also write class probabilities in each input's space: probabilities/<case>.nii.gz (X,Y,Z,C)")
+    io_.add_argument("--statistics", action="store_true",
+                     help="write statistics.json: per case and structure volume (ml), voxels, mean intensity, "
+                          "components, bounding box")
     io_.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     io_.add_argument("--label_map", default=None, help='JSON (or JSON file) model label -> dataset label, e.g. {"5": 6}')
     gif = parser.add_argument_group("GIFs")
@@ -346,7 +419,30 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
     run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
                      help="where window logits are summed (auto: GPU if the volume fits)")
+    add_limit_args(parser)
     return parser
+
+
+def _label_id(value: Any, what: str) -> int:
+    """A label ID from JSON: an integer (or a key text of digits); 6.9, true, 1e999 are refused."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    shown = repr(value) if isinstance(value, float) else json.dumps(value)
+    raise ConfigError(f"--label_map: {what} {shown} is not an integer label ID")
+
+
+def read_label_map_text(text: str) -> str:
+    """The JSON of ``--label_map``: the text itself when it looks like JSON (starts with ``{``),
+    else the content of the file it names, so that a long inline map is never taken for a file name."""
+    if text.lstrip().startswith("{"):
+        return text
+    try:
+        return Path(text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--label_map {text!r} is neither a JSON object nor a readable JSON file "
+                          f"({getattr(exc, 'strerror', None) or exc})") from exc
 
 
 def parse_label_map(text: str | None, task: Task, out_channels: int) -> dict[int, int] | None:
@@ -354,10 +450,12 @@ def parse_label_map(text: str | None, task: Task, out_channels: int) -> dict[int
     if not text:
         return None
     try:
-        raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-        mapping = {int(k): int(v) for k, v in raw.items()}
-    except (ValueError, AttributeError, TypeError) as exc:
+        raw = json.loads(read_label_map_text(text), parse_constant=lambda c: float(c))
+    except ValueError as exc:
         raise ConfigError(f"--label_map must be a JSON object of label IDs, e.g. '{{\"5\": 6}}' ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--label_map must be a JSON object of label IDs, e.g. '{{\"5\": 6}}', got a JSON {type(raw).__name__}")
+    mapping = {_label_id(k, "model ID"): _label_id(v, "dataset ID") for k, v in raw.items()}
     if task.mode != "softmax":
         raise ConfigError("--label_map applies to softmax tasks only (BraTS predicts regions)")
     bad_model = sorted(k for k in mapping if not 0 < k < out_channels)
@@ -375,19 +473,22 @@ def _roi(args: argparse.Namespace, default: Sequence[int]) -> tuple[int, int, in
     return validate_roi(default if values[0] is None else values)
 
 
-def load_model(args: argparse.Namespace, task: Task) -> tuple[torch.nn.Module, ModelConfig, Path, dict | None]:
-    """The network of ``--pretrained_dir/--pretrained_model_name``; the architecture flags are used
-    only for checkpoints that do not store their own (upstream format, bare state dicts)."""
+def load_model(
+    args: argparse.Namespace, task: Task, checkpoint: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, ModelConfig, Path, dict | None]:
+    """The network of ``--pretrained_dir/--pretrained_model_name`` (``checkpoint``: its content, if
+    read already); the architecture flags are used only for checkpoints that do not store their
+    own (upstream format, bare state dicts)."""
     path = Path(args.pretrained_dir) / args.pretrained_model_name
     from_flags = ModelConfig(
         in_channels=args.in_channels or task.in_channels, out_channels=args.out_channels or task.out_channels,
-        feature_size=args.feature_size, roi=_roi(args, task.roi), use_checkpoint=args.use_checkpoint,
+        feature_size=args.feature_size or cli.DEFAULT_FEATURE_SIZE, roi=_roi(args, task.roi), use_checkpoint=args.use_checkpoint,
         use_v2=args.use_v2, norm_name=args.norm_name,
     )
-    model, config, stored = load_inference_model(path, from_flags, args.use_checkpoint)
+    model, config, stored = load_inference_model(path, from_flags, args.use_checkpoint, checkpoint)
     # Same maths, less time and memory: fused attention and cached shift masks (benchmarks/RESULTS.md).
     fast.accelerate(model, sdpa=True, cached_masks=True)
-    if stored is not None and config.feature_size != args.feature_size:
+    if stored is not None and args.feature_size is not None and config.feature_size != args.feature_size:
         log.warning("using feature_size %d from the checkpoint (flag says %d)", config.feature_size, args.feature_size)
     return model, config, path, stored
 
@@ -404,29 +505,87 @@ def check_unique_names(cases: Sequence[Case]) -> None:
                           "outputs are named after the case, so rename the files")
 
 
+def check_previous_results(output_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse to replace the tables of an earlier run unless ``--overwrite`` (checked at start-up
+    and again once the folder is locked: another run may have finished in between)."""
+    if not args.input_dir and not args.overwrite:
+        existing = [p for p in (output_dir / "metrics.csv", output_dir / "summary.json") if p.exists()]
+        if existing:
+            raise ConfigError(f"{existing[0]} exists: choose another --exp_name/--output_dir or pass --overwrite")
+
+
 def _methods(args: argparse.Namespace) -> tuple[str, ...]:
     if args.compare_etta:
         return (NO_ETTA, ETTA)
     return (ETTA,) if args.etta else (NO_ETTA,)
 
 
+def _same_labels(a: dict[int, str], b: dict[int, str]) -> bool:
+    return {k: v.lower() for k, v in a.items()} == {k: v.lower() for k, v in b.items()}
+
+
+def check_dataset(task: Task, path: Path, args: argparse.Namespace, strict: bool = False) -> None:
+    """Refuse a datalist whose dataset.json declares other labels or channels than the model's task.
+
+    ``strict`` (``--task auto``): the dataset.json must declare both.
+    """
+    if args.input_dir:
+        return
+    try:
+        json_path = find_datalist(args.json_list, args.data_dir)
+        content = read_dataset_json(json_path)
+        labels = parse_labels(content, json_path)["label_map"] if strict or "labels" in content else None
+        channels = parse_channels(content, json_path) if strict or {"modality", "channel_names"} & set(content) else None
+    except (FileNotFoundError, DatasetJsonError):
+        if strict:
+            raise
+        return  # reported (or not needed) when the cases are read
+    if labels is not None and not _same_labels(labels, task.label_map):
+        raise ConfigError(f"checkpoint {path} was trained for task {task.name!r} with labels {task.label_map} but "
+                          f"{json_path} declares {labels}; use the matching checkpoint, or --label_map")
+    if channels is not None and len(channels) != task.in_channels:
+        raise ConfigError(f"checkpoint {path} takes {task.in_channels} channel(s) {list(task.channel_names)} but "
+                          f"{json_path} declares {len(channels)}: {list(channels)}")
+
+
+def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Path) -> Task:
+    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given."""
+    recorded = stored_task(stored)
+    if args.task is None and recorded is not None and not args.label_map:
+        check_dataset(recorded, path, args)
+        return recorded
+    if args.task == AUTO:
+        if recorded is not None:
+            check_dataset(recorded, path, args, strict=True)
+            return recorded
+        entries = load_datalist(args.json_list, args.data_dir, split="training", allow_absolute=args.allow_absolute_paths)
+        return cli.auto_task(args, entries)
+    task = get_task(args.task or args.script_task, et_label=args.et_label)
+    return trained_preprocessing(task, stored)
+
+
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
     """Resolve flags into a loaded model, the cases and the settings; raises :class:`ConfigError`."""
-    task = get_task(args.task, et_label=args.et_label)
-    model, config, path, stored = load_model(args, task)
-    task = trained_preprocessing(task, stored)
+    cli.check_settings(args)
+    output_dir = Path(args.output_dir) if args.output_dir else Path("./outputs") / args.exp_name
+    check_writable_folder(output_dir, "--output_dir")  # before minutes of model loading: read-only, below a file, ...
+    path = Path(args.pretrained_dir) / args.pretrained_model_name
+    checkpoint = load_checkpoint(path)
+    task = eval_task(args, stored_config(checkpoint), path)
+    model, config, path, stored = load_model(args, task, checkpoint)
     try:
         task = task.with_channels(config.in_channels)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(f"checkpoint {path}: {exc}") from exc
     label_map = parse_label_map(args.label_map, task, config.out_channels)
     if label_map is None and config.out_channels != task.out_channels:
-        raise ConfigError(f"the model has {config.out_channels} outputs but task {task.name!r} has {task.out_channels}; "
-                          'pass --label_map to score it zero-shot (e.g. UKBOB liver -> BTCV liver: {"5": 6})')
+        raise ConfigError(f"checkpoint {path} has {config.out_channels} outputs but task {task.name!r} has "
+                          f"{task.out_channels} ({', '.join(task.class_names[:6])}{', ...' if task.out_channels > 6 else ''}); "
+                          'use the checkpoint trained for this task, or --label_map to score it zero-shot '
+                          '(e.g. UKBOB liver -> BTCV liver: {"5": 6})')
     device = select_device(args.device)
     window = WindowSettings(_roi(args, config.roi), args.sw_batch_size, cli.infer_overlap(args, task),
                             autocast_dtype(device, args.amp), args.accumulate)
-    output_dir = Path(args.output_dir) if args.output_dir else Path("./outputs") / args.exp_name
     if args.input_dir:
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
@@ -437,22 +596,21 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         source = args.input_dir or f"split {args.split!r} of {args.json_list}"
         raise ConfigError(f"no cases found in {source}")
     check_unique_names(cases)
-    if not args.input_dir and not args.overwrite:
-        existing = [p for p in (output_dir / "metrics.csv", output_dir / "summary.json") if p.exists()]
-        if existing:
-            raise ConfigError(f"{existing[0]} exists: choose another --exp_name/--output_dir or pass --overwrite")
+    check_previous_results(output_dir, args)
     settings = EvalSettings(
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
         etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
                         args.etta_overlap, args.etta_diversity, args.etta_decoder_norms,
                         args.etta_min_entropy, args.etta_sharpness),
         tta=args.tta,
-        label_map=label_map, save_predictions=args.save_predictions, overwrite=args.overwrite, workers=args.workers,
+        label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
+        statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
         gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
         device=device,
     )
     context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
-               "overlap": window.overlap, "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta), "label_map": label_map}
+               "overlap": window.overlap, "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
+               "label_map": label_map, "class_names": task.class_names}
     return model.to(device), cases, settings, context
 
 
@@ -472,18 +630,29 @@ def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
     try:
         try:
             seed_everything(args.etta_seed)
+            apply_limit_args(args)
             model, cases, settings, context = setup(args)
-        except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        except (ConfigError, CheckpointError, ValueError, OSError, NiftiError) as exc:
             log.error("configuration error: %s", exc)
             return 2
         except SystemExit as exc:  # cli helpers and select_device exit with a message
             log.error("configuration error: %s", exc.code)
             return 2
-        settings.output_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(_attach_log(logging.FileHandler(settings.output_dir / "evaluate.log")))
-        log.info("%d case(s), methods %s, device %s -> %s", len(cases), ", ".join(settings.methods), settings.device,
-                 settings.output_dir)
-        summary = run_evaluation(model, cases, settings, context)
+        try:
+            with folder_lock(settings.output_dir, "--output_dir"):
+                check_previous_results(settings.output_dir, args)
+                handlers.append(_attach_log(logging.FileHandler(settings.output_dir / "evaluate.log")))
+                log.info("%d case(s), methods %s, device %s -> %s", len(cases), ", ".join(settings.methods),
+                         settings.device, settings.output_dir)
+                summary = run_evaluation(model, cases, settings, context)
+        except (OutputError, ConfigError) as exc:
+            log.error("configuration error: %s", exc)
+            return 2
+        except OSError as exc:
+            log.error("run failed: %s: %s", getattr(exc, "filename", None) or settings.output_dir, exc.strerror or exc)
+            return 1
+        if "interrupted" in summary:
+            return EXIT_INTERRUPTED
         attempted = summary["cases"]["evaluated"] + summary["cases"]["failed"]
         return 1 if attempted and not summary["cases"]["evaluated"] else 0
     finally:

@@ -8,6 +8,9 @@ leaves a half-written file under the final name, and every input volume through
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import math
 import os
 import re
 import secrets
@@ -19,8 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-MAX_VOXELS = 2_000_000_000
-"""Volumes larger than this are refused from the header, before any allocation."""
+from swinbob.limits import limit
+
 MAX_DEFLATE_RATIO = 1032
 """Deflate (gzip) cannot expand data more than ~1032-fold, so a ``.nii.gz`` whose header promises
 more bytes than that is a truncated file or a lying header, refused before allocating them."""
@@ -41,6 +44,106 @@ class NiftiError(ValueError):
     """A NIfTI file that cannot be used; the message names the file and the problem."""
 
 
+class TransientReadError(NiftiError):
+    """A file that could not be read for a reason outside its content (permission denied, out of
+    memory): the same file may read fine later, so records of this failure are retried."""
+
+
+def _read_failure(path: Path, exc: BaseException, what: str) -> NiftiError:
+    """The :class:`NiftiError` for ``exc`` raised while reading ``path``: transient for permissions and
+    memory (not a verdict on the file), else ``what`` (truncated, corrupt, not NIfTI)."""
+    if isinstance(exc, PermissionError):
+        return TransientReadError(f"{path}: permission denied ({exc.strerror or exc})")
+    if isinstance(exc, MemoryError):
+        return TransientReadError(f"{path}: out of memory while reading it")
+    return NiftiError(f"{path}: {what} ({exc})")
+
+
+class OutputError(OSError):
+    """An output folder that cannot be used (not creatable, not writable, in use by another run)."""
+
+
+LOCK_NAME = ".swinbob.lock"
+"""Lock file that :func:`folder_lock` keeps in every output folder it guards."""
+MAX_NAME_BYTES = 255
+"""Longest file name most file systems accept (ext4, XFS, btrfs, tmpfs)."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True for 'no space left' and 'quota exceeded' errors: not a problem of one input."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, before any work and without creating anything, an output folder that cannot be
+    created or written: one below a file, or whose nearest existing folder is read-only or not
+    writable by this user. Raises :class:`OutputError` naming the folder and the reason, instead of
+    a traceback from the first write, hours later. Returns ``folder`` as a path."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(errno.ENOTDIR, f"{what} {folder} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(errno.EACCES, f"{what} {folder} cannot be written: {existing} is read-only or not writable "
+                          "by this user")
+    return folder
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold an advisory lock (``fcntl.flock``) on ``folder`` while the block runs.
+
+    Two runs writing into one folder would mix their outputs (predictions of one model, tables
+    of the other) and delete each other's temporary files; the second run is refused at start-up
+    with the PID of the first. The lock dies with its process (even after ``SIGKILL``), so a
+    crashed run never leaves a folder locked; the lock file itself stays. ``name`` picks another
+    lock file, for writers that may share a folder but not a part of it (one lock per SOLF shard).
+    """
+    folder = check_writable_folder(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"{what} {folder} cannot be written ({exc.strerror or exc})") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OutputError(errno.EBUSY, f"{what} {folder} is in use by PID {holder} (another run is writing there); "
+                          "wait for it to finish or choose another folder") from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def file_identity(path: str | os.PathLike) -> list[int] | None:
+    """``[size, mtime_ns, inode]`` of ``path`` (None if it cannot be stat'ed): changes whenever the
+    file is rewritten or replaced, which path strings alone never show."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _temp_stem(name: str, suffix: str) -> str:
+    """``name``, shortened if needed so that the temporary name (dot, name, dot, 8 random characters,
+    ``.tmp`` and ``suffix``) stays within :data:`MAX_NAME_BYTES`: a legal 250-byte output name
+    must not fail because of its temporary name."""
+    room = MAX_NAME_BYTES - len(f"..12345678.tmp{suffix}".encode())
+    encoded = name.encode()
+    if len(encoded) <= room:
+        return name
+    return encoded[:room].decode(errors="ignore")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
@@ -51,7 +154,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{_temp_stem(path.name, suffix)}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     os.close(fd)
     tmp = Path(tmp_name)
@@ -143,52 +246,66 @@ def _raw_header(path: Path, img: nib.Nifti1Image) -> nib.Nifti1Header:
         return type(img.header).from_fileobj(handle, check=False)
 
 
-def check_header(img: nib.Nifti1Image, path: Path) -> None:
-    """Refuse single-file NIfTI headers that promise the impossible, from the header alone.
+def _data_file(img: nib.spatialimages.SpatialImage, path: Path) -> Path:
+    """The file holding the voxels: ``path`` itself, or the ``.img`` of an Analyze/NIfTI pair."""
+    holder = getattr(img, "file_map", {}).get("image")
+    return Path(holder.filename) if holder is not None and holder.filename else path
+
+
+def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
+    """Refuse headers that promise the impossible, from the header alone, for every format nibabel
+    reads (``.nii``, ``.nii.gz``, Analyze and NIfTI pairs ``.hdr``/``.img``, gzipped or not).
 
     * zero (or NaN) voxel spacing in ``pixdim``: nibabel would silently assume 1 mm. Negative
       pixdim is read as its absolute value, as the NIfTI standard and nibabel do (flips are
       stored in the qform's qfac or in the sform, which are honoured);
-    * more data bytes than the file can hold: an uncompressed file shorter than the header
+    * more data bytes than the data file can hold: an uncompressed file shorter than the header
       promises, or a gzip file that would have to expand more than deflate can. Both mean a
       truncated file or a corrupt header; refusing here avoids allocating the promised size.
     """
-    name = path.name
-    if not isinstance(img, nib.Nifti1Image) or not name.endswith((".nii", ".nii.gz")):
-        return  # other formats (e.g. .hdr/.img pairs) keep nibabel's own checks
+    if not isinstance(img.header, nib.analyze.AnalyzeHeader):
+        return  # other formats (MGH, ...) keep nibabel's own checks
     spatial = min(3, len(img.shape))
     pixdim = np.asarray(_raw_header(path, img)["pixdim"][1:1 + spatial], dtype=np.float64)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
         raise NiftiError(f"{path}: zero or NaN voxel spacing in the header (pixdim {pixdim.tolist()})")
-    promised = int(img.header.get_data_offset()) + int(np.prod(img.shape, dtype=np.int64)) * img.get_data_dtype().itemsize
-    size = path.stat().st_size
-    if name.endswith(".nii") and size < promised:
-        raise NiftiError(f"{path}: truncated: the header promises {promised} bytes, the file has {size}")
-    if name.endswith(".nii.gz") and promised > MAX_DEFLATE_RATIO * size + 65536:
-        raise NiftiError(f"{path}: truncated or corrupt header: it promises {promised} bytes of data, more than a "
-                         f"gzip file of {size} bytes can hold")
+    data_file = _data_file(img, path)
+    offset = int(img.header.get_data_offset()) if data_file == path else max(0, int(img.header.get_data_offset()))
+    promised = offset + math.prod(int(n) for n in img.shape) * img.get_data_dtype().itemsize
+    try:
+        size = data_file.stat().st_size
+    except OSError as exc:
+        raise NiftiError(f"{path}: its data file {data_file.name} cannot be read ({exc.strerror or exc})") from exc
+    if data_file.name.endswith(".gz"):
+        if promised > MAX_DEFLATE_RATIO * size + 65536:
+            raise NiftiError(f"{path}: truncated or corrupt header: it promises {promised} bytes of data, more than a "
+                             f"gzip file of {size} bytes can hold")
+    elif size < promised:
+        raise NiftiError(f"{path}: truncated: the header promises {promised} bytes, {data_file.name} has {size}")
 
 
 def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
     """Open a NIfTI lazily and validate its header: exists, readable, sane size, spacing and affine."""
     path = Path(path)
-    if not path.is_file():
-        raise NiftiError(f"{path}: file not found")
+    if not path.is_file():  # a FIFO would block its reader for ever: never opened
+        if path.is_symlink() and not path.exists():
+            raise NiftiError(f"{path}: a symbolic link to a missing file")
+        raise NiftiError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers
-        raise NiftiError(f"{path}: not a readable NIfTI file ({exc})") from exc
+        raise _read_failure(path, exc, "not a readable NIfTI file") from exc
     shape = img.shape
     if len(shape) == 0 or any(int(s) <= 0 for s in shape):
         raise NiftiError(f"{path}: empty volume (shape {tuple(shape)})")
-    if int(np.prod([int(s) for s in shape], dtype=np.int64)) > MAX_VOXELS:
-        raise NiftiError(f"{path}: volume of shape {tuple(shape)} is larger than {MAX_VOXELS} voxels")
+    if math.prod(int(s) for s in shape) > (most := limit("max_voxels")):  # exact: int64 products of 7 dims wrap
+        raise NiftiError(f"{path}: volume of shape {tuple(shape)} is larger than {most} voxels (--max_voxels)")
     try:
         check_header(img, path)
     except NiftiError:
         raise
-    except (OSError, ValueError, EOFError) as exc:  # the raw header could not be read again
-        raise NiftiError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    except (OSError, ValueError, EOFError, MemoryError) as exc:  # the raw header could not be read again
+        raise _read_failure(path, exc, "not a readable NIfTI file") from exc
     check_affine(img.affine, path)
     return img
 
@@ -204,7 +321,7 @@ def read_nifti(path: str | os.PathLike, ndim: int | None = 3, dtype: type | None
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated gzip streams raise EOFError, OSError, zlib.error ...
-        raise NiftiError(f"{path}: data could not be read; the file is truncated or corrupt ({exc})") from exc
+        raise _read_failure(path, exc, "data could not be read; the file is truncated or corrupt") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if ndim is not None and data.ndim != ndim:

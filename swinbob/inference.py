@@ -30,7 +30,7 @@ from swinbob.checkpoint import CheckpointError, extract_state_dict, load_checkpo
 from swinbob.data import case_name
 from swinbob.files import load_nifti_header, write_nifti
 from swinbob.model import ModelConfig, build_model
-from swinbob.tasks import Intensity, Task
+from swinbob.tasks import TASK_NAMES, Intensity, Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +62,52 @@ def trained_preprocessing(task: Task, stored: dict[str, Any] | None) -> Task:
     return dataclasses.replace(task, **changes)
 
 
+def stored_task(stored: dict[str, Any] | None) -> Task | None:
+    """The task a checkpoint was trained for, with its preprocessing and input channels, or None.
+
+    Checkpoints store the full task (``task_spec``); older ones only a preset's name, which is
+    rebuilt from the preset plus the stored spacing, intensity and channel count. A checkpoint is
+    untrusted data: any malformed field is a :class:`CheckpointError`, never a traceback.
+    """
+    if not stored:
+        return None
+    try:
+        return _stored_task(stored)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"the checkpoint's stored task is unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+def _stored_task(stored: dict[str, Any]) -> Task | None:
+    if isinstance(stored.get("task_spec"), dict):
+        return Task.from_dict(stored["task_spec"])
+    if stored.get("task") not in TASK_NAMES:
+        return None
+    label_map = {int(k) for k in (stored.get("label_map") or {})}
+    task = trained_preprocessing(get_task(stored["task"], et_label=4 if 4 in label_map else 3), stored)
+    try:
+        return task.with_channels(int(stored["in_channels"]))
+    except ValueError as exc:
+        raise CheckpointError(f"the checkpoint's config does not fit task {task.name!r} ({exc})") from exc
+
+
 def load_inference_model(
-    path: str | os.PathLike, fallback: ModelConfig, use_checkpoint: bool = False
+    path: str | os.PathLike, fallback: ModelConfig, use_checkpoint: bool = False, checkpoint: dict[str, Any] | None = None,
 ) -> tuple[torch.nn.Module, ModelConfig, dict[str, Any] | None]:
     """Rebuild the network stored in ``path`` (its own config, else ``fallback``) with every weight.
 
-    Returns the model, its config and the checkpoint's stored run config (None if it has none).
+    ``checkpoint`` is the content of ``path`` when the caller has read it already. Returns the
+    model, its config and the checkpoint's stored run config (None if it has none).
     Raises :class:`CheckpointError` when a tensor is missing or has another shape.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     stored = stored_config(checkpoint)
     config = fallback
-    if stored is not None:
-        config = dataclasses.replace(ModelConfig.from_dict(stored), use_checkpoint=use_checkpoint)
-    model = build_model(config)
+    try:
+        if stored is not None:
+            config = dataclasses.replace(ModelConfig.from_dict(stored), use_checkpoint=use_checkpoint)
+        model = build_model(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     report = transfer_weights(model, extract_state_dict(checkpoint), source=str(path))
     if report.missing or report.shape_mismatch:
         examples = ", ".join((report.shape_mismatch + report.missing)[:3])
@@ -206,8 +238,11 @@ def folder_cases(input_dir: str | Path, channel_names: Sequence[str]) -> list[Ca
     different folders are never mixed into one input (their clashing names are refused later);
     two files for one channel of one case raise ``ValueError``.
     """
-    files = sorted(p for p in Path(input_dir).rglob("*")
-                   if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("._"))  # macOS metadata
+    listed = sorted(p for p in Path(input_dir).rglob("*") if not p.name.startswith("._"))  # macOS metadata
+    files = [p for p in listed if p.name.endswith((".nii", ".nii.gz"))]  # links and FIFOs too: their cases fail, named
+    for path in listed:
+        if path.name.endswith((".hdr", ".img", ".hdr.gz", ".img.gz")):
+            log.warning("%s: not read (Analyze/NIfTI pairs are not predicted; convert the pair to .nii.gz)", path)
     if len(channel_names) == 1:
         return [Case(_case_id(str(p), channel_names), (str(p),)) for p in files if p.parent == Path(input_dir)]
     pattern = re.compile(rf"^(.+)[-_]({'|'.join(map(re.escape, channel_names))})\.nii(\.gz)?$", re.IGNORECASE)
@@ -295,11 +330,26 @@ def regions_to_labels(regions: torch.Tensor, et_label: int = 3) -> torch.Tensor:
     return labels
 
 
-def to_labels(scores: torch.Tensor, mode: str, et_label: int = 3, are_logits: bool = True) -> torch.Tensor:
-    """Integer labels (X, Y, Z) from logits or probabilities (C, X, Y, Z) of one case."""
+def ordered_regions_to_labels(regions: torch.Tensor, region_labels: Sequence[int]) -> torch.Tensor:
+    """nnU-Net's rule for region tasks: region i writes ``region_labels[i]``, later regions over earlier ones."""
+    labels = torch.zeros(regions.shape[1:], dtype=torch.int16, device=regions.device)
+    for mask, value in zip(regions.bool(), region_labels):
+        labels[mask] = int(value)
+    return labels
+
+
+def to_labels(scores: torch.Tensor, mode: str, et_label: int = 3, are_logits: bool = True,
+              region_labels: Sequence[int] = ()) -> torch.Tensor:
+    """Integer labels (X, Y, Z) from logits or probabilities (C, X, Y, Z) of one case.
+
+    Region tasks with ``region_labels`` (from a dataset.json) follow :func:`ordered_regions_to_labels`;
+    without them the BraTS TC/WT/ET rule applies.
+    """
     if mode == "softmax":
         return scores.argmax(dim=0).to(torch.int16)
     threshold = 0.0 if are_logits else 0.5
+    if region_labels:
+        return ordered_regions_to_labels(scores > threshold, region_labels)
     return regions_to_labels(scores > threshold, et_label)
 
 

@@ -29,6 +29,37 @@ _TOTALVIBE_NAMES = (
 TOTALVIBE_LABELS: dict[int, str] = dict(enumerate(_TOTALVIBE_NAMES))
 """TotalVibeSegmentator IDs 0..72 (UKBOB). ID 20 is unused but kept so that IDs equal channels."""
 
+_TOTALSEGMENTATOR_HEAD = (
+    "background spleen kidney_right kidney_left gallbladder liver stomach pancreas adrenal_gland_right "
+    "adrenal_gland_left lung_upper_lobe_left lung_lower_lobe_left lung_upper_lobe_right lung_middle_lobe_right "
+    "lung_lower_lobe_right esophagus trachea thyroid_gland small_bowel duodenum colon urinary_bladder prostate "
+    "kidney_cyst_left kidney_cyst_right sacrum vertebrae_S1"
+).split()
+_TOTALSEGMENTATOR_TAIL = (
+    "heart aorta pulmonary_vein brachiocephalic_trunk subclavian_artery_right subclavian_artery_left "
+    "common_carotid_artery_right common_carotid_artery_left brachiocephalic_vein_left brachiocephalic_vein_right "
+    "atrial_appendage_left superior_vena_cava inferior_vena_cava portal_vein_and_splenic_vein iliac_artery_left "
+    "iliac_artery_right iliac_vena_left iliac_vena_right humerus_left humerus_right scapula_left scapula_right "
+    "clavicula_left clavicula_right femur_left femur_right hip_left hip_right spinal_cord gluteus_maximus_left "
+    "gluteus_maximus_right gluteus_medius_left gluteus_medius_right gluteus_minimus_left gluteus_minimus_right "
+    "autochthon_left autochthon_right iliopsoas_left iliopsoas_right brain skull"
+).split()
+_TOTALSEGMENTATOR_NAMES = (
+    _TOTALSEGMENTATOR_HEAD
+    + [f"vertebrae_L{i}" for i in range(5, 0, -1)]
+    + [f"vertebrae_T{i}" for i in range(12, 0, -1)]
+    + [f"vertebrae_C{i}" for i in range(7, 0, -1)]
+    + _TOTALSEGMENTATOR_TAIL
+    + [f"rib_{side}_{i}" for side in ("left", "right") for i in range(1, 13)]
+    + ["sternum", "costal_cartilages"]
+)
+
+TOTALSEGMENTATOR_LABELS: dict[int, str] = dict(enumerate(_TOTALSEGMENTATOR_NAMES))
+"""TotalSegmentator v2 ``total`` task (CT), IDs 0..117. Written from our knowledge of
+TotalSegmentator's class map, then checked name by name against ``class_map["total"]`` in
+``totalsegmentator/map_to_binary.py`` (wasserth/TotalSegmentator, commit 0275d30); other versions
+may differ: pass that version's ``dataset.json`` to SOLF with ``--labels`` if in doubt."""
+
 BTCV_LABELS: dict[int, str] = dict(
     enumerate(
         (

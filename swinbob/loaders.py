@@ -9,6 +9,8 @@ label values the task cannot represent), so a multi-day UKBOB run never dies hou
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,8 +27,10 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from swinbob.data import case_name, check_finite, load_datalist
-from swinbob.files import NiftiError, load_nifti_header, read_nifti
+from swinbob.files import NiftiError, atomic_write_text, file_identity, load_nifti_header, read_nifti
 from swinbob.tasks import LabelValueError, Task
+
+log = logging.getLogger(__name__)
 
 AFFINE_ATOL_MM = 1e-3
 """Image and label affines may differ by float32 rounding of the header, not by a real shift."""
@@ -38,6 +42,9 @@ class DatalistError(ValueError):
 
     def __init__(self, problems: Sequence[str], source: str = "datalist") -> None:
         self.problems = list(problems)
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"{source}: {self.problems[0]} (nothing was trained)")
+            return
         listed = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} problem(s) found, nothing was trained:\n{listed}")
 
@@ -88,10 +95,14 @@ def _image_grid(path: str, read_data: bool) -> tuple[tuple[int, ...], np.ndarray
     """
     if not read_data:
         header = load_nifti_header(path)
-        return tuple(int(s) for s in header.shape), np.asarray(header.affine)
-    data, affine = read_nifti(path, ndim=None)
-    check_finite(data, path)
-    return tuple(int(s) for s in data.shape), affine
+        shape, affine = tuple(int(s) for s in header.shape), np.asarray(header.affine)
+    else:
+        data, affine = read_nifti(path, ndim=None)
+        check_finite(data, path)
+        shape = tuple(int(s) for s in data.shape)
+    if len(shape) < 3:
+        raise NiftiError(f"{path}: a {len(shape)}D image (shape {shape}); Swin-BOB needs 3D volumes")
+    return shape, affine
 
 
 def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True, read_images: bool = True) -> list[str]:
@@ -159,16 +170,59 @@ def make_dataset(
     """In-memory ``CacheDataset`` (default), on-disk ``PersistentDataset`` or plain ``Dataset``.
 
     Caches hold the output of the deterministic preprocessing only; random augmentation runs
-    on every access. The persistent cache key includes the transform chain, so changing e.g.
-    the spacing never silently reuses stale volumes.
+    on every access. The persistent cache key includes the transform chain and each file's identity
+    (:func:`identity_hash`), so neither changing e.g. the spacing nor replacing a file in place
+    ever silently reuses stale volumes.
     """
     data = list(entries)
     if use_normal_dataset:
         return Dataset(data, transform)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_transform=json_hashing)
+        note_changed_files(data, Path(cache_dir))
+        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=identity_hash, hash_transform=json_hashing)
     return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, workers), progress=False)
+
+
+def _entry_files(entry: Mapping[str, Any]) -> list[str]:
+    return [str(p) for key in ("image", "label") if key in entry for p in _as_list(entry[key])]
+
+
+def identity_hash(entry: Mapping[str, Any]) -> bytes:
+    """Persistent-cache key of an entry: its paths *and* each file's identity (size, mtime_ns, inode).
+
+    A key of path strings alone served the old preprocessed volume after a file was replaced in
+    place (a SOLF rerun with other thresholds rewrites every label under the same name), while the
+    datalist check read the new file: training silently used stale labels.
+    """
+    return json_hashing({"entry": dict(entry), "files": {p: file_identity(p) for p in _entry_files(entry)}})
+
+
+CACHE_MANIFEST = "file_identities.json"
+"""What :func:`note_changed_files` remembers in a cache folder: the identity of each cached file."""
+
+
+def note_changed_files(entries: Sequence[Mapping[str, Any]], cache_dir: Path) -> list[str]:
+    """Log the files that changed since they were last cached (their entries are preprocessed again,
+    under a new key) and remember the current identities; returns the changed paths."""
+    manifest_path = cache_dir / CACHE_MANIFEST
+    try:
+        known = json.loads(manifest_path.read_text(encoding="utf-8"))
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    current = {p: file_identity(p) for entry in entries for p in _entry_files(entry)}
+    changed = sorted(p for p, identity in current.items() if p in known and known[p] != identity)
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        log.warning("--cache_dir %s: %d file(s) changed since they were cached (%s); their cached volumes are "
+                    "not used, the files are preprocessed again", cache_dir, len(changed), shown)
+    if any(known.get(p) != identity for p, identity in current.items()):
+        try:
+            atomic_write_text(manifest_path, json.dumps({**known, **current}, sort_keys=True))
+        except OSError as exc:  # the cache key alone keeps the data right; only the warning is lost
+            log.warning("--cache_dir %s: could not record file identities (%s)", cache_dir, exc)
+    return changed
 
 
 def shard(entries: Sequence[Any], rank: int, world_size: int) -> list[Any]:

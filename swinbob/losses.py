@@ -6,8 +6,9 @@ this small module: a masked soft Dice (``squared_pred``, ``smooth_nr``, ``smooth
 MONAI's ``DiceLoss``) plus cross-entropy with ``ignore_index`` for the softmax tasks (UKBOB,
 BTCV), and a masked sigmoid Dice (optionally + BCE) over region channels for BraTS.
 
-Without ignored voxels, :class:`MaskedDiceCELoss` equals MONAI's
-``DiceCELoss(to_onehot_y=True, softmax=True)`` of the upstream recipes (a test checks this).
+Without ignored voxels and with every class present in each patch, :class:`MaskedDiceCELoss` equals
+MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` of the upstream recipes (a test checks this);
+classes absent from a patch are left out of the Dice mean (see :func:`masked_soft_dice_loss`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,19 @@ def masked_soft_dice_loss(
     smooth_nr: float = 0.0,
     smooth_dr: float = 1e-6,
 ) -> torch.Tensor:
-    """Mean over samples and channels of ``1 - (2|P∩G| + nr) / (|P| + |G| + dr)`` on valid voxels.
+    """Mean of ``1 - (2|P∩G| + nr) / (|P| + |G| + dr)`` over (sample, channel) pairs, on valid voxels.
 
     ``probs`` and ``target`` are (B, C, ...) with values in [0, 1]; ``valid`` (broadcastable to them)
     is applied to both so that ignored voxels enter neither the overlap nor the volumes.
+
+    With ``smooth_nr == 0`` (the upstream recipes), a pair whose target is empty scores exactly 1
+    whatever the prediction, with zero gradient: it only adds a constant (a 73-class patch holding
+    3 classes floors near 0.96) and dilutes the mean. Such pairs are left out, as MONAI's
+    ``DiceMetric(ignore_empty=True)`` leaves out empty ground truth; the loss then reads as
+    1 - Dice of the classes present (0 when none is), and false positives of absent classes are
+    the cross-entropy's job. With ``smooth_nr > 0`` an empty target gives a real false-positive
+    penalty (MONAI's ``DiceLoss`` semantics) and every pair is kept. Where every class is present
+    the value equals MONAI's ``DiceLoss``.
     """
     valid = valid.to(probs.dtype)
     probs = probs * valid
@@ -42,7 +52,11 @@ def masked_soft_dice_loss(
         volumes = probs.square().sum(dims) + target.square().sum(dims)
     else:
         volumes = probs.sum(dims) + target.sum(dims)
-    return (1.0 - (2.0 * intersection + smooth_nr) / (volumes + smooth_dr)).mean()
+    loss = 1.0 - (2.0 * intersection + smooth_nr) / (volumes + smooth_dr)
+    if smooth_nr > 0:
+        return loss.mean()
+    present = target.sum(dims) > 0
+    return (loss * present).sum() / present.sum().clamp_min(1)
 
 
 class MaskedDiceCELoss(nn.Module):

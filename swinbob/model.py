@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from monai.networks.nets import SwinUNETR
 
+from swinbob.limits import limit
 from swinbob.tasks import Task
 
 ROI_MULTIPLE = 32
@@ -41,10 +42,47 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
+        """The config stored in a checkpoint, checked field by field before anything is built:
+        a stranger's checkpoint may declare any size or type (raises ``ValueError``)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("in_channels", "out_channels", "feature_size", "spatial_dims"):
+            if name in known and (isinstance(known[name], bool) or not isinstance(known[name], int)):
+                raise ValueError(f"stored model config: {name} must be an integer, got {known[name]!r}")
+        for name in ("use_checkpoint", "use_v2"):
+            if name in known and not isinstance(known[name], bool):
+                raise ValueError(f"stored model config: {name} must be true or false, got {known[name]!r}")
+        if "norm_name" in known and not isinstance(known["norm_name"], str):
+            raise ValueError(f"stored model config: norm_name must be a text, got {known['norm_name']!r}")
+        if "dropout_path_rate" in known and (isinstance(known["dropout_path_rate"], bool)
+                                            or not isinstance(known["dropout_path_rate"], (int, float))):
+            raise ValueError(f"stored model config: dropout_path_rate must be a number, got {known['dropout_path_rate']!r}")
         if "roi" in known:
-            known["roi"] = tuple(int(r) for r in known["roi"])
-        return cls(**known)
+            roi = known["roi"]
+            if not isinstance(roi, (list, tuple)) or not all(isinstance(r, int) and not isinstance(r, bool) for r in roi):
+                raise ValueError(f"stored model config: roi must be a list of 3 integers, got {roi!r}")
+            known["roi"] = tuple(roi)
+        config = cls(**known)
+        validate_model_config(config)
+        return config
+
+
+def validate_model_config(config: ModelConfig) -> None:
+    """Refuse configs that cannot be built or that would allocate beyond the limits
+    (:mod:`swinbob.limits`): checked before the network exists, so a hostile checkpoint asking for
+    feature_size 1200 costs a message, not the machine's memory."""
+    if config.spatial_dims != 3:
+        raise ValueError(f"Swin-BOB is a 3D model: spatial_dims must be 3, got {config.spatial_dims}")
+    validate_roi(config.roi)
+    if config.feature_size <= 0 or config.feature_size % 12:
+        raise ValueError(f"feature_size must be a positive multiple of 12 (Swin-UNETR heads), got {config.feature_size}")
+    if config.feature_size > (most := limit("max_feature_size")):
+        raise ValueError(f"feature_size {config.feature_size} is larger than the limit {most} (--max_feature_size)")
+    for name in ("in_channels", "out_channels"):
+        value = getattr(config, name)
+        if not 1 <= value <= (most := limit("max_channels")):
+            raise ValueError(f"{name} must be in 1..{most} (--max_channels), got {value}")
+    if not 0.0 <= config.dropout_path_rate < 1.0:
+        raise ValueError(f"dropout_path_rate must be in [0, 1), got {config.dropout_path_rate}")
 
 
 def validate_roi(roi: Sequence[int]) -> tuple[int, int, int]:
@@ -62,12 +100,8 @@ def validate_roi(roi: Sequence[int]) -> tuple[int, int, int]:
 
 
 def build_model(config: ModelConfig) -> torch.nn.Module:
-    """Instantiate Swin-UNETR for ``config`` after checking ROI and feature size."""
-    validate_roi(config.roi)
-    if config.feature_size <= 0 or config.feature_size % 12:
-        raise ValueError(f"feature_size must be a positive multiple of 12 (Swin-UNETR heads), got {config.feature_size}")
-    if config.spatial_dims != 3:
-        raise ValueError(f"Swin-BOB is a 3D model: spatial_dims must be 3, got {config.spatial_dims}")
+    """Instantiate Swin-UNETR for ``config`` after checking it (:func:`validate_model_config`)."""
+    validate_model_config(config)
     return SwinUNETR(
         in_channels=config.in_channels,
         out_channels=config.out_channels,

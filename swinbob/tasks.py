@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -67,6 +67,11 @@ class Task:
     warmup_epochs: int = 50
     infer_overlap: float = 0.5
     num_samples: int = 4
+    region_labels: tuple[int, ...] = ()
+    """Region tasks: the label written for each region, regions applied in order (nnU-Net's
+    ``regions_class_order``); empty for BraTS, whose TC/WT/ET nesting has its own rule."""
+    ignore_value: int | None = None
+    """A dataset's own ignore label (nnU-Net v2 ``"ignore"``), mapped to :data:`IGNORE_LABEL` on loading."""
 
     @property
     def in_channels(self) -> int:
@@ -96,7 +101,28 @@ class Task:
     @property
     def valid_label_values(self) -> frozenset[int]:
         """Label values a ground-truth file may hold: the map's IDs plus the ignore value."""
-        return frozenset(self.label_map) | {IGNORE_LABEL}
+        extra = {IGNORE_LABEL} if self.ignore_value is None else {IGNORE_LABEL, self.ignore_value}
+        return frozenset(self.label_map) | extra
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types for checkpoints and config.json (label IDs as keys stay ints)."""
+        data = dataclasses.asdict(self)
+        data["regions"] = {name: list(ids) for name, ids in self.regions.items()}
+        for key in ("channel_names", "spacing", "roi", "region_labels"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        """Inverse of :meth:`to_dict` (also accepts the JSON form, whose label IDs are strings)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["label_map"] = {int(k): str(v) for k, v in known["label_map"].items()}
+        known["regions"] = {str(n): tuple(int(i) for i in ids) for n, ids in (known.get("regions") or {}).items()}
+        known["intensity"] = Intensity(**known["intensity"])
+        for key in ("channel_names", "spacing", "roi", "region_labels"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
 
     def with_channels(self, in_channels: int) -> Task:
         """The same task with ``in_channels`` inputs (UKBOB runs on 1 or 4 Dixon channels)."""
@@ -169,6 +195,26 @@ def _brats(et_label: int = 3) -> Task:
 
 
 TASK_NAMES = ("ukbob", "btcv", "brats")
+AUTO = "auto"
+"""``--task auto``: the task is read from the datalist's dataset.json (:mod:`swinbob.dataset_task`)."""
+
+
+def describe_presets() -> str:
+    """One line per preset with its actual defaults, for ``--help``."""
+    lines = []
+    for name in TASK_NAMES:
+        t = get_task(name)
+        window = (f"CT window {t.intensity.a_min:g}..{t.intensity.a_max:g} -> {t.intensity.b_min:g}..{t.intensity.b_max:g}"
+                  if t.intensity.kind == "window" else "z-score (non-zero voxels)")
+        lines.append(
+            f"{name}: {t.in_channels} channel(s) {'/'.join(t.channel_names)}, {t.out_channels} outputs ({t.mode}), "
+            f"spacing {'/'.join(f'{s:g}' for s in t.spacing)} mm, ROI {'x'.join(map(str, t.roi))}, {window}, "
+            f"lr {t.optim_lr:g}, {t.max_epochs} epochs (validate every {t.val_every}, warm-up {t.warmup_epochs}), "
+            f"{t.num_samples} crops per volume, overlap {t.infer_overlap:g}"
+        )
+    lines.append(f"{AUTO}: everything from the --json_list dataset.json (labels, channels; spacing = median of the "
+                 "training images; CT: clip to the training foreground's 0.5/99.5 percentiles and z-score, MRI: z-score)")
+    return "\n".join(lines)
 
 
 def get_task(name: str, et_label: int = 3) -> Task:

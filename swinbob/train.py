@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from swinbob import fast
 from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from swinbob.data import eval_transforms, train_transforms
 from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
-from swinbob.files import atomic_write_text, remove_stale_temp_files
+from swinbob.files import OutputError, atomic_write_text, check_writable_folder, folder_lock, remove_stale_temp_files
 from swinbob.inference import sliding_window_logits
 from swinbob.interrupt import StopRequest, stop_on_signals
 from swinbob.labels import IGNORE_LABEL
@@ -39,14 +41,18 @@ from swinbob.metrics import dice_from_masks, dice_per_class
 from swinbob.model import build_model
 from swinbob.runtime import autocast_dtype, seed_everything
 from swinbob.tasks import Task
+from swinbob.cli import ConfigError
+from swinbob.dataset_task import DatasetJsonError
+from swinbob.files import NiftiError
 from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
-from swinbob.train_state import ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
+from swinbob.limits import apply_limit_args
+from swinbob.train_state import ResumeMismatch, ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
 
 log = logging.getLogger(__name__)
 
 
 EXIT_BAD_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4
-"""Exit codes: the datalist has problems; training diverged or a checkpoint is unusable; a
+"""Exit codes: a wrong setting or a datalist with problems; training diverged or a checkpoint is unusable; a
 stop signal (SIGTERM, SIGINT) was answered by saving ``last.pt``: run again with ``--resume``."""
 
 
@@ -214,11 +220,11 @@ def check_files(plan: TrainPlan, ctx: DistContext) -> None:
     """Check every datalist file before training; each rank checks a shard, all see all problems."""
     entries = shard(plan.train_entries + plan.val_entries, ctx.rank, ctx.world_size)
     # Reading files waits on the disk and on zlib (which releases the GIL): use a few threads at least.
-    workers, read_images = max(4, plan.args.workers), plan.args.data_check == "full"
+    workers, read_images = max(4, plan.options.workers), plan.options.data_check == "full"
     problems = all_gather_objects(check_datalist(entries, plan.task, workers=workers, read_images=read_images))
     found = [p for rank_problems in problems for p in rank_problems]
     if found:
-        raise DatalistError(found, source=str(plan.args.json_list))
+        raise DatalistError(found, source=str(plan.options.json_list))
 
 
 def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLoader | None]:
@@ -226,7 +232,7 @@ def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLo
 
     The training loader yields ``len(loader)`` batches per epoch, ``--max_steps_per_epoch`` at most.
     """
-    args, pin = plan.args, ctx.device.type == "cuda"
+    args, pin = plan.options, ctx.device.type == "cuda"
     cache = {"cache_dir": args.cache_dir, "use_normal_dataset": args.use_normal_dataset, "workers": args.workers}
     train_ds = make_dataset(plan.train_entries, train_transforms(plan.task, plan.data), cache_rate=args.cache_rate, **cache)
     loader = train_loader(train_ds, args.batch_size, args.workers, ctx.rank, ctx.world_size, args.seed, pin,
@@ -266,7 +272,7 @@ def prepare_logdir(plan: TrainPlan) -> None:
 
 def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
     """Seed, build model, optimiser, loss and loaders, restore state, and open the log."""
-    args = plan.args
+    args = plan.options
     seed_everything(args.seed + ctx.rank)  # model randomness per rank (data: see train_loader); DDP syncs the initial weights
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -301,7 +307,7 @@ def skip_nonfinite(run: TrainingRun, step: int) -> None:
     """Count a skipped step; too many in a row mean divergence (e.g. lr too high, broken data)."""
     run.nan_streak += 1
     run.state.skipped_steps += 1
-    patience = run.plan.args.nan_patience
+    patience = run.plan.options.nan_patience
     if run.ctx.is_main:
         log.warning("epoch %d step %d: non-finite loss, update skipped (%d in a row, %d in total)",
                     run.state.epoch + 1, step + 1, run.nan_streak, run.state.skipped_steps)
@@ -342,7 +348,7 @@ def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict, batches: Iterator
     are skipped, which costs their data loading only; the epoch's mean loss then covers the steps
     run since the resume.
     """
-    plan, args, ctx = run.plan, run.plan.args, run.ctx
+    plan, args, ctx = run.plan, run.plan.options, run.ctx
     steps = len(run.train_loader)  # batches per epoch, --max_steps_per_epoch at most
     done, run.state.epoch_step = run.state.epoch_step, 0
     bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{plan.max_epochs}", disable=not ctx.is_main,
@@ -439,7 +445,7 @@ def save_last(run: TrainingRun, epoch_rng: dict | None = None) -> None:
 def save_epoch(run: TrainingRun, improved: bool) -> None:
     """Write ``last.pt`` after a whole epoch and, on a new best with ``--save_checkpoint``, ``model.pt``."""
     save_last(run)
-    if run.ctx.is_main and improved and run.plan.args.save_checkpoint:
+    if run.ctx.is_main and improved and run.plan.options.save_checkpoint:
         save_checkpoint(run.plan.logdir / "model.pt", weights_checkpoint(run))
         log.info("saved %s (mean Dice %.4f)", run.plan.logdir / "model.pt", run.state.best_metric)
 
@@ -452,7 +458,7 @@ def fit(run: TrainingRun) -> TrainState:
     started at the first epoch run, so the loader's workers prefetch the next epoch while this
     one ends and while validation runs.
     """
-    plan, args, state = run.plan, run.plan.args, run.state
+    plan, args, state = run.plan, run.plan.options, run.state
     if run.ctx.is_main and not args.save_checkpoint:
         log.warning("--save_checkpoint not given: only %s (for --resume) is written", plan.logdir / "last.pt")
     if run.ctx.is_main and not plan.val_entries:
@@ -508,7 +514,7 @@ def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
         finally:
             if run.writer:
                 run.writer.close()
-    except DatalistError as exc:
+    except (DatalistError, ResumeMismatch) as exc:
         if ctx.is_main:
             log.error("%s", exc)
         return EXIT_BAD_DATA
@@ -528,12 +534,28 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     args = build_parser(default_task).parse_args(argv)
     configure_logging(verbose=True)
     try:
+        apply_limit_args(args)
         plan = resolve_plan(args)
-    except DatalistError as exc:
+        for folder, flag in ((plan.logdir, "--logdir"), (args.cache_dir, "--cache_dir")):
+            if folder is not None:
+                check_writable_folder(folder, flag)
+    except (DatalistError, OutputError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_DATA
-    return launch(train_worker, plan, distributed=args.distributed, world_size=args.world_size,
-                  node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend, device_name=args.device)
+    except (ConfigError, DatasetJsonError, NiftiError) as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_BAD_DATA
+    run = functools.partial(launch, train_worker, plan, distributed=args.distributed, world_size=args.world_size,
+                            node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend,
+                            device_name=args.device)
+    if os.environ.get("RANK", "0") != "0" or args.rank != 0:
+        return run()  # only the process that writes the run folder (global rank 0) locks it
+    try:
+        with folder_lock(plan.logdir, "--logdir"):
+            return run()
+    except OutputError as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_DATA
 
 
 if __name__ == "__main__":  # python -m swinbob.train --task btcv ...

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from swinbob.checkpoint import previous_checkpoint
-from swinbob.cli import add_data_args, add_model_args, add_task_args, data_config, infer_overlap, model_config, resolve_task
+from swinbob.cli import (
+    ConfigError, HelpFormatter, add_data_args, add_model_args, add_task_args, check_settings, data_config, infer_overlap,
+    model_config, presets_epilog, resolve_task,
+)
 from swinbob.data import DataConfig
 from swinbob.loaders import load_splits
 from swinbob.model import ROI_MULTIPLE, ModelConfig
-from swinbob.tasks import Task
+from swinbob.tasks import AUTO, Task
 
+EXIT_CODES = ("exit codes: 0 finished; 1 run failure; 2 configuration error or datalist problems (all listed, nothing "
+              "trained); 3 training diverged or a checkpoint is unusable; 4 stopped by SIGTERM/SIGINT after saving "
+              "last.pt (run again with --resume)")
 SSL_WEIGHTS_NAME = "model_swinvit.pt"
 """File name of MONAI's self-supervised Swin-ViT weights, as the upstream scripts expect it."""
 
@@ -82,27 +88,51 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--dist-backend", dest="dist_backend", default=None, help="nccl or gloo (default: nccl on GPUs, gloo on CPUs)")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except None/False ones and those the help text already explains."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser(default_task: str) -> argparse.ArgumentParser:
     """The full training parser; ``default_task`` is set by the script's folder."""
     parser = argparse.ArgumentParser(
-        description=f"Train Swin-BOB (Swin-UNETR) on {default_task.upper()}", formatter_class=_HelpFormatter,
-        epilog="exit codes: 0 finished; 2 datalist problems (all listed, nothing trained); 3 training diverged or "
-               "a checkpoint is unusable; 4 stopped by SIGTERM/SIGINT after saving last.pt (run again with --resume)",
+        description=f"Train Swin-BOB (Swin-UNETR) on {default_task.upper()}", formatter_class=HelpFormatter,
+        epilog=presets_epilog(EXIT_CODES),
     )
     add_task_args(parser, default_task)
     add_model_args(parser)
     add_data_args(parser)
     add_train_args(parser)
     return parser
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The run's settings besides task, model and data: checked plain values, read below the entry
+    point instead of the argparse namespace (which never leaves :func:`resolve_plan`)."""
+
+    json_list: str
+    workers: int
+    data_check: str
+    cache_dir: str | None
+    use_normal_dataset: bool
+    cache_rate: float
+    batch_size: int
+    seed: int
+    max_steps_per_epoch: int | None
+    deterministic: bool
+    optim_name: str
+    momentum: float
+    squared_dice: bool
+    smooth_nr: float
+    smooth_dr: float
+    bce_weight: float
+    lrschedule: str
+    compile: bool
+    nan_patience: int
+    log_every: int
+    save_checkpoint: bool
+    sw_batch_size: int
+    checkpoint: str | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -124,12 +154,13 @@ class TrainPlan:
     amp: str
     pretrained: Path | None
     resume: Path | None
-    args: argparse.Namespace
+    options: TrainOptions
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type view written to ``<logdir>/config.json`` (flags and resolved values)."""
         return {
-            "task": self.task.name, "class_names": self.task.class_names, "model": self.model.to_dict(),
+            "task": self.task.name, "class_names": self.task.class_names, "task_spec": self.task.to_dict(),
+            "model": self.model.to_dict(),
             "data": {**dataclasses.asdict(self.data), "intensity": dataclasses.asdict(self.data.intensity)},
             "num_train_cases": len(self.train_entries), "num_val_cases": len(self.val_entries),
             "logdir": str(self.logdir), "max_epochs": self.max_epochs, "val_every": self.val_every,
@@ -137,7 +168,7 @@ class TrainPlan:
             "overlap": self.overlap, "amp": self.amp,
             "pretrained": str(self.pretrained) if self.pretrained else None,
             "resume": str(self.resume) if self.resume else None,
-            "flags": vars(self.args),
+            "options": dataclasses.asdict(self.options),
         }
 
 
@@ -154,11 +185,11 @@ def pretrained_path(args: argparse.Namespace) -> Path | None:
         name = SSL_WEIGHTS_NAME
     if name is None:
         if args.resume_ckpt:
-            raise SystemExit("error: --resume_ckpt needs --pretrained_model_name (and --pretrained_dir)")
+            raise ConfigError("--resume_ckpt needs --pretrained_model_name (and --pretrained_dir)")
         return None
     path = Path(args.pretrained_dir) / name
     if not path.is_file():
-        raise SystemExit(f"error: pretrained checkpoint {path} not found (--pretrained_dir/--pretrained_model_name)")
+        raise ConfigError(f"pretrained checkpoint {path} not found (--pretrained_dir/--pretrained_model_name)")
     return path
 
 
@@ -166,41 +197,55 @@ def check_trainable_roi(config: ModelConfig) -> None:
     """Refuse ROIs whose bottleneck is a single voxel: instance norm cannot train on it."""
     bottleneck = [r // ROI_MULTIPLE for r in config.roi]
     if config.norm_name == "instance" and all(b == 1 for b in bottleneck):
-        raise SystemExit(
-            f"error: ROI {config.roi} leaves a 1x1x1 bottleneck, which instance normalisation cannot "
+        raise ConfigError(
+            f"--roi_x/--roi_y/--roi_z: ROI {config.roi} leaves a 1x1x1 bottleneck, which instance normalisation cannot "
             "normalise in training; make at least one side 64 (e.g. --roi_z=64) or use --norm_name=batch"
         )
 
 
 def _positive(name: str, value: float) -> None:
     if value <= 0:
-        raise SystemExit(f"error: --{name} must be positive, got {value}")
+        raise ConfigError(f"--{name} must be positive, got {value}")
+
+
+def check_task_flags(args: argparse.Namespace, task: Task) -> None:
+    """Flags that conflict with the task (:class:`ConfigError`)."""
+    if args.bce_weight and task.mode != "regions":
+        raise ConfigError(f"--bce_weight applies to region tasks (BraTS), not to {task.name!r}")
+    check_trainable_roi(model_config(args, task))
+    data_config(args, task)  # e.g. a CT window given to an MRI task
 
 
 def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     """Fill task defaults into ``args``, check them, read the datalist, and return the plan.
 
-    Raises ``SystemExit`` (bad flags) or :class:`~swinbob.loaders.DatalistError` (bad datalist).
+    Raises :class:`~swinbob.cli.ConfigError` (bad flags, before any file is read) or :class:`~swinbob.loaders.DatalistError` (bad datalist).
     """
-    task = resolve_task(args)
+    check_settings(args)
+    for name in ("batch_size", "optim_lr", "val_every", "nan_patience", "log_every", "max_steps_per_epoch", "num_samples",
+                 "max_epochs"):
+        if getattr(args, name) is not None:
+            _positive(name, getattr(args, name))
+    for name in ("RandFlipd_prob", "RandRotate90d_prob", "RandScaleIntensityd_prob", "RandShiftIntensityd_prob", "cache_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ConfigError(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    preset = None if args.task == AUTO else resolve_task(args)
+    if preset is not None:
+        check_task_flags(args, preset)
+    fold = args.fold if args.fold is not None or args.task != "brats" else 0
+    train, val = load_splits(args.json_list, args.data_dir, fold, args.allow_absolute_paths)
+    task = preset or resolve_task(args, train)
+    check_task_flags(args, task)
     model = model_config(args, task)
-    check_trainable_roi(model)
     data = data_config(
         args, task, num_samples=args.num_samples, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
         shift_augment=args.shift_augment,
     )
-    for name in ("batch_size", "optim_lr", "val_every", "nan_patience", "log_every", "max_steps_per_epoch"):
-        if getattr(args, name) is not None:
-            _positive(name, getattr(args, name))
-    if args.bce_weight and task.mode != "regions":
-        raise SystemExit(f"error: --bce_weight applies to region tasks (BraTS), not to {task.name!r}")
-    fold = args.fold if args.fold is not None or task.name != "brats" else 0
-    train, val = load_splits(args.json_list, args.data_dir, fold, args.allow_absolute_paths)
     logdir = logdir_path(args.logdir, task)
     resume = None if args.resume is None else Path(args.resume or logdir / "last.pt")
     if resume is not None and not resume.is_file() and not previous_checkpoint(resume).is_file():
-        raise SystemExit(f"error: --resume: checkpoint {resume} not found")
+        raise ConfigError(f"--resume: checkpoint {resume} not found")
     return TrainPlan(
         task=task, model=model, data=data, train_entries=train, val_entries=val, logdir=logdir,
         max_epochs=task.max_epochs if args.max_epochs is None else args.max_epochs,
@@ -212,5 +257,5 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
         amp="none" if args.noamp else args.amp,
         pretrained=None if resume else pretrained_path(args),
         resume=resume,
-        args=args,
+        options=TrainOptions.from_args(args),
     )

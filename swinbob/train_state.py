@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from swinbob.checkpoint import (
-    CheckpointError, extract_state_dict, load_checkpoint, load_weights, make_checkpoint, previous_checkpoint, transfer_weights,
+    CheckpointError, extract_state_dict, load_checkpoint, make_checkpoint, previous_checkpoint, transfer_weights,
 )
 from swinbob.data import DataConfig
 from swinbob.distributed import DistContext
+from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.model import ModelConfig
 from swinbob.tasks import Task
 from swinbob.train_cli import TrainPlan
@@ -75,6 +76,7 @@ def run_config(task: Task, model: ModelConfig, data: DataConfig) -> dict[str, An
         "regions": {name: list(ids) for name, ids in task.regions.items()},
         "spacing": [float(s) for s in data.spacing],
         "intensity": dataclasses.asdict(data.intensity),
+        "task_spec": dataclasses.replace(task, spacing=tuple(data.spacing), intensity=data.intensity, roi=model.roi).to_dict(),
     }
 
 
@@ -159,6 +161,29 @@ def load_model_exactly(model: torch.nn.Module, checkpoint: dict[str, Any], sourc
         raise CheckpointError(f"{source} does not fit this model (other task or flags?):\n{report.summary()}")
 
 
+class ResumeMismatch(CheckpointError):
+    """``--resume`` with settings the checkpoint cannot continue (another optimizer): exit status 2."""
+
+
+OPTIMIZER_FLAGS = ("momentum", "dampening", "nesterov", "betas", "amsgrad", "decoupled_weight_decay")
+"""Hyper-parameter keys whose presence or value tells SGD, Adam and AdamW apart."""
+
+
+def check_same_optimizer(saved: Any, optimizer: torch.optim.Optimizer, source: str, name: str) -> None:
+    """Refuse an optimizer state saved by another optimizer (an AdamW state under ``--optim_name sgd``
+    would fail at the first step with ``KeyError: 'momentum'``, after loading everything else)."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not groups or not isinstance(groups[0], dict):
+        raise CheckpointError(f"{source}: its optimizer state is not a torch optimizer state_dict")
+    own = optimizer.param_groups[0]
+    mine = {k: own[k] for k in OPTIMIZER_FLAGS if k in own}
+    theirs = {k: groups[0][k] for k in OPTIMIZER_FLAGS if k in groups[0]}
+    if mine.keys() != theirs.keys() or mine.get("decoupled_weight_decay") != theirs.get("decoupled_weight_decay"):
+        raise ResumeMismatch(f"{source} was saved by another optimizer than --optim_name {name} (its settings: "
+                             f"{sorted(theirs)}); resume with the --optim_name of that run, or start from its "
+                             "weights with --checkpoint")
+
+
 def restore_training(
     checkpoint: dict[str, Any],
     source: str,
@@ -174,6 +199,7 @@ def restore_training(
     """
     if "optimizer" not in checkpoint or "epoch" not in checkpoint:
         raise CheckpointError(f"{source} is not a full training state (no optimizer/epoch); use --checkpoint to start from its weights")
+    check_same_optimizer(checkpoint["optimizer"], optimizer, source, type(optimizer).__name__.lower())
     load_model_exactly(model, checkpoint, source)
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scaler"):
@@ -196,7 +222,7 @@ def upstream_start(checkpoint: dict[str, Any]) -> TrainState:
 def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, schedule: dict, ctx: DistContext) -> tuple[TrainState, ResumePoint]:
     """Counters and weights from ``--resume``, ``--checkpoint`` or fine-tuning weights, else fresh."""
-    args = plan.args
+    args = plan.options
     if plan.resume is not None:
         ckpt, source = load_resume_checkpoint(plan.resume)
         state = restore_training(ckpt, str(source), model, optimizer, scaler, schedule)
@@ -216,5 +242,58 @@ def initial_state(plan: TrainPlan, model: torch.nn.Module, optimizer: torch.opti
         log.info("%s: %s", args.checkpoint, report.summary())
         return upstream_start(ckpt), ResumePoint()
     if plan.pretrained is not None:
-        load_weights(model, plan.pretrained)
+        ckpt = load_checkpoint(plan.pretrained)
+        report = transfer_weights(model, extract_state_dict(ckpt), source=str(plan.pretrained))
+        log.info("%s: %s", plan.pretrained, report.summary())
+        rows = init_head_rows(model, extract_state_dict(ckpt), source_class_names(ckpt), plan.task.class_names)
+        if rows:
+            log.info("head rows initialised from %s for %d/%d classes: %s", plan.pretrained, len(rows),
+                     plan.task.out_channels, ", ".join(f"{name} ({src} -> {dst})" for name, src, dst in rows))
     return TrainState(), ResumePoint()
+
+
+HEAD_KEYS = ("out.conv.conv.weight", "out.conv.conv.bias")
+"""MONAI Swin-UNETR's output head: one row per output channel."""
+
+
+def source_class_names(checkpoint: dict[str, Any]) -> list[str] | None:
+    """The output channel names of a checkpoint: stored in ours; TotalVibeSegmentator's for an
+    upstream Swin-BOB checkpoint with 73 outputs; else None."""
+    config = checkpoint.get("config") if isinstance(checkpoint.get("config"), dict) else {}
+    if config.get("class_names"):
+        return [str(n) for n in config["class_names"]]
+    bias = extract_state_dict(checkpoint).get(HEAD_KEYS[1])
+    if bias is not None and bias.shape[0] == len(TOTALVIBE_LABELS):
+        return [TOTALVIBE_LABELS[i] for i in range(len(TOTALVIBE_LABELS))]
+    return None
+
+
+def _name_key(name: str) -> frozenset[str]:
+    """Names match regardless of word order and case: BTCV's right_kidney is TotalVibe's kidney_right."""
+    return frozenset(name.lower().replace("-", "_").split("_"))
+
+
+def init_head_rows(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source_names: list[str] | None, target_names: list[str]
+) -> list[tuple[str, int, int]]:
+    """Start each output row of a new head from the source head's row of the same structure.
+
+    Fine-tuning Swin-BOB into a new label set re-initialises the head (its shape differs); rows of
+    classes Swin-BOB already segments (liver, spleen, ...) are copied instead, so that those
+    classes start from what it learned. Returns ``(name, source row, target row)`` per copied row;
+    nothing when the heads have the same shape (already loaded) or no name matches.
+    """
+    own = model.state_dict()
+    if not source_names or any(k not in state or k not in own for k in HEAD_KEYS):
+        return []
+    weight, bias = state[HEAD_KEYS[0]], state[HEAD_KEYS[1]]
+    if weight.shape == own[HEAD_KEYS[0]].shape or weight.shape[1:] != own[HEAD_KEYS[0]].shape[1:]:
+        return []
+    by_key = {_name_key(n): i for i, n in enumerate(source_names) if n != "unused" and i < weight.shape[0]}
+    rows = [(name, by_key[_name_key(name)], row) for row, name in enumerate(target_names) if _name_key(name) in by_key]
+    if rows:
+        new_weight, new_bias = own[HEAD_KEYS[0]].clone(), own[HEAD_KEYS[1]].clone()
+        for _, src, dst in rows:
+            new_weight[dst], new_bias[dst] = weight[src], bias[src]
+        model.load_state_dict({HEAD_KEYS[0]: new_weight, HEAD_KEYS[1]: new_bias}, strict=False)
+    return rows

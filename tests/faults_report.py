@@ -39,6 +39,8 @@ class FaultOutcome:
 
 INPUTS: list[InputOutcome] = []
 FAULTS: list[FaultOutcome] = []
+CLASSES: dict[str, list[bool]] = {}
+"""Attack classes of tests/test_reliability.py (issue 13): per class, whether each attack was held."""
 
 
 def record_input(category: str, description: str, outcome: str) -> None:
@@ -49,6 +51,11 @@ def record_input(category: str, description: str, outcome: str) -> None:
 def record_fault(name: str, survived: bool, data_lost: int = 0) -> None:
     """Remember one injected fault; ``data_lost`` counts records/outputs lost (must be 0)."""
     FAULTS.append(FaultOutcome(name, bool(survived), int(data_lost)))
+
+
+def record_class(name: str, held: bool) -> None:
+    """Remember one attack of class ``name`` (e.g. ``"1 stale cached data"``) and whether it was held."""
+    CLASSES.setdefault(name, []).append(bool(held))
 
 
 def refused(exc: BaseException | str, strip: str | os.PathLike | None = None) -> str:
@@ -96,4 +103,9 @@ def summary_lines() -> list[str]:
         rows = [(_cut(f.name, 90), "yes" if f.survived else "NO", str(f.data_lost)) for f in FAULTS]
         lines += _table(("fault injected", "survived", "data lost"), rows)
         lines.append(f"faults injected: {len(FAULTS)}, survived: {survived}, data lost: {lost}")
+    if CLASSES:
+        if lines:
+            lines.append("")
+        rows = [(name, str(len(held)), str(sum(held))) for name, held in sorted(CLASSES.items())]
+        lines += _table(("attack class", "attacks", "held"), rows)
     return lines

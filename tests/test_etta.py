@@ -203,8 +203,11 @@ def test_region_mode_uses_binary_entropy():
     model, image = make_model(), make_image(7)
     logits = source(model, image)
     outcome = etta_predict(model, image, logits, "regions", CONFIG, WINDOW)
-    assert outcome.applied or outcome.fallback
-    assert 0.0 <= outcome.info["entropy_source"] <= 1.0
+    box = tuple(slice(lo, hi) for lo, hi in outcome.info["box"])
+    p = torch.sigmoid(logits[(0, slice(None), *box)])
+    binary = -(p * p.log() + (1 - p) * (1 - p).log()) / np.log(2.0)  # per region channel, in bits
+    assert outcome.info["entropy_source"] == pytest.approx(float(binary.mean()), rel=1e-4)
+    assert outcome.applied == (outcome.fallback is None)
 
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"windows": 0}, {"lr": 0.0}, {"collapse": 0.0}])
@@ -262,3 +265,135 @@ def test_invalid_overlap_is_refused_with_its_value(overlap):
 def test_default_overlap_matches_the_source_default():
     # entropies of the two predictions are compared, so by default they are tiled alike (see EttaConfig)
     assert EttaConfig().overlap == WindowSettings(ROI).overlap
+
+
+# ----------------------------------------------------------------------------------------------
+# Fallback thresholds and window placement (narrow tests of etta internals, named after what
+# they pin down, so that a rework of etta.py can update them in one place)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("collapse, adapted_fg, falls_back", [
+    (0.9, 0.1, False),  # 0.5 -> 0.1 is a shrink by 80 %: allowed up to 90 %
+    (0.7, 0.1, True),   # ... but not up to 70 %
+    (0.5, 0.3, False),  # shrink by 40 % < 50 %
+    (0.5, 0.2, True),   # shrink by 60 % > 50 %
+    (0.2, 0.3, True),   # shrink by 40 % > 20 %
+    (0.2, 0.5, False),  # no shrink
+    (1.0, 0.0, False),  # collapse 1.0: any shrink is tolerated, even to nothing
+])
+def test_collapse_fallback_at_several_thresholds(collapse, adapted_fg, falls_back):
+    """Fall back when the foreground shrinks by more than ``collapse`` (source foreground 0.5)."""
+    mixed, info = integrate(_logits(1.0, 0.5), _logits(3.0, adapted_fg), "softmax", collapse=collapse)
+    assert info["foreground_source"] == pytest.approx(0.5) and info["foreground_adapted"] == pytest.approx(adapted_fg)
+    assert info["entropy_adapted"] < info["entropy_source"]  # only the foreground test can fail here
+    assert (mixed is None) == falls_back
+    assert ("collapsed" in info.get("fallback", "")) == falls_back
+
+
+@pytest.mark.parametrize("adapted_confidence, falls_back", [(0.5, True), (1.0, True), (1.05, False), (3.0, False)])
+def test_entropy_fallback_when_adaptation_does_not_lower_the_entropy(adapted_confidence, falls_back):
+    """Equal entropy counts as "did not decrease"; any decrease is applied (same foreground)."""
+    mixed, info = integrate(_logits(1.0, 0.5), _logits(adapted_confidence, 0.5), "softmax", collapse=0.5)
+    assert (mixed is None) == falls_back
+    assert (info.get("fallback") == "entropy did not decrease") == falls_back
+    if not falls_back:
+        assert 0.5 < info["weight_adapted"] < 1.0
+
+
+def test_adaptation_windows_are_centred_on_the_source_foreground():
+    """Every window that ``adapt`` tunes on has a foreground voxel at its centre (a small organ far
+    from the borders, so no window is clipped; random windows would rarely see it)."""
+    model, image = make_model(), make_image(8, shape=(64, 60, 48))
+    fg = torch.zeros(image.shape[2:], dtype=torch.bool)
+    fg[40:43, 30:32, 20:22] = True
+    params = [p for _, p in norm_parameters(model)]
+    with episode(model, params):
+        history = adapt(model, image, fg, params, "softmax", EttaConfig(steps=4, windows=3, seed=1), WINDOW)
+    starts = [s for step in history for s in step["starts"]]
+    assert len(starts) == 12
+    for start in starts:
+        centre = tuple(lo + r // 2 for lo, r in zip(start, ROI))
+        assert fg[centre], f"window at {start} is not centred on the foreground"
+
+
+def test_adaptation_box_at_the_volume_end_keeps_one_roi_inside_and_has_integer_bounds():
+    fg = torch.zeros(60, 40, 100, dtype=torch.bool)
+    fg[57:59, 10:30, 0:20] = True
+    box = adaptation_box(fg, ROI)
+    # x: 57..59 grown by 4 = 53..60, widened to 16 and shifted inside: 44..60; y: 10..30 grown by 4
+    # = 6..34 (longer than the ROI: kept); z: 0..20 grown by 4, clipped at 0: 0..24.
+    assert box == (slice(44, 60), slice(6, 34), slice(0, 24))
+    assert all(type(b) is int for s in box for b in (s.start, s.stop))
+
+
+def test_etta_loss_is_the_mean_softmax_entropy_on_the_first_windows():
+    """Narrow (etta internals): the first recorded loss is the source model's mean normalised
+    softmax entropy on the first step's foreground-centred windows."""
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    fg = foreground(logits[0], "softmax")
+    starts = sample_window_starts(torch.nonzero(fg), fg.shape, ROI, CONFIG.windows, np.random.default_rng(CONFIG.seed))
+    expected = window_entropy(model, image, starts, ROI, "softmax")
+    assert 0 < expected < 1
+    outcome = etta_predict(model, image, logits, "softmax", CONFIG, WINDOW)
+    assert len(outcome.info["losses"]) == CONFIG.steps
+    assert outcome.info["losses"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_fallback_of_the_integration_is_reported_by_etta_predict(monkeypatch):
+    import swinbob.etta as etta_module
+
+    monkeypatch.setattr(etta_module, "integrate", lambda *a, **k: (None, {"fallback": "entropy did not decrease"}))
+    model, image = make_model(), make_image(2)
+    outcome = etta_predict(model, image, source(model, image), "softmax", CONFIG, WINDOW)
+    assert not outcome.applied and outcome.fallback == "entropy did not decrease"
+    plain = nn.Conv3d(1, 3, 1)
+    assert etta_predict(plain, image, source(plain, image), "softmax", CONFIG, WINDOW).fallback == \
+        "model has no affine normalisation parameters"
+    assert foreground_fraction(torch.ones(1, 1, 1, dtype=torch.bool)) == 1.0
+
+
+def test_crop_windows_cuts_each_axis_at_its_start_and_zero_pads_past_the_border():
+    from swinbob.etta import crop_windows
+
+    image = torch.arange(2 * 10 * 12 * 14, dtype=torch.float32).reshape(1, 2, 10, 12, 14) + 1
+    roi = (6, 8, 20)  # larger than the image along z
+    starts = [(3, 4, 0), (7, 9, 0)]  # the second one runs past the x and y borders too
+    windows = crop_windows(image, starts, roi)
+    assert windows.shape == (2, 2, *roi)
+    for window, (x, y, z) in zip(windows, starts):
+        expected = torch.zeros(2, *roi)
+        part = image[0, :, x:x + roi[0], y:y + roi[1], z:z + roi[2]]
+        expected[:, :part.shape[1], :part.shape[2], :part.shape[3]] = part
+        assert torch.equal(window, expected)
+
+
+def test_window_centres_without_foreground_are_spread_over_the_volume_and_every_voxel_can_be_a_centre():
+    shape = (30, 24, 20)
+    starts = sample_window_starts(torch.zeros(0, 3, dtype=torch.long), shape, ROI, 200, np.random.default_rng(0))
+    array = np.asarray(starts)
+    assert array.shape == (200, 3)
+    assert np.all(array >= 0) and np.all(array <= np.asarray(shape) - np.asarray(ROI))
+    assert all(len(np.unique(array[:, axis])) > 3 for axis in range(3))  # not a fixed corner
+    two = torch.tensor([[20, 10, 9], [21, 10, 9]])  # foreground of two voxels: both get picked
+    picked = {s[0] + ROI[0] // 2 for s in sample_window_starts(two, shape, ROI, 40, np.random.default_rng(1))}
+    assert picked == {20, 21}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": 0}, "at least one step and one window"), ({"windows": 0}, "at least one step and one window"),
+    ({"lr": 0.0}, "learning rate must be positive, got 0.0"), ({"collapse": 1.5}, r"collapse threshold must be in \(0, 1\], got 1.5"),
+])
+def test_invalid_settings_name_the_setting_and_value(bad, message):
+    with pytest.raises(ValueError, match=message):
+        EttaConfig(**bad)
+    assert EttaConfig(collapse=1.0).collapse == 1.0  # the closed end of (0, 1]
+
+
+def test_voxel_entropy_is_per_voxel_in_both_modes_and_a_bare_norm_layer_is_tunable():
+    logits = torch.randn(2, 3, 4, 5, 6, generator=torch.Generator().manual_seed(3))
+    p = torch.sigmoid(logits)
+    binary = -(p * p.log() + (1 - p) * (1 - p).log()).mean(dim=1) / np.log(2.0)
+    assert torch.allclose(voxel_entropy(logits, "regions"), binary, atol=1e-6)
+    assert voxel_entropy(logits, "softmax").shape == (2, 4, 5, 6)
+    assert [n for n, _ in norm_parameters(nn.LayerNorm(4))] == ["weight", "bias"]

@@ -180,6 +180,8 @@ def _partial_niftis(out: Path) -> list[str]:
     """Cleaned labels under their final name whose data cannot be read in full."""
     broken = []
     for path in sorted((out / "labelsTr").glob("*.nii.gz")):
+        if path.name.startswith("."):  # pathlib's * matches dot-files: a temporary, not a final name
+            continue
         try:
             np.asanyarray(nib.load(path).dataobj)
         except Exception:  # noqa: BLE001 - any failure means a partial file

@@ -131,3 +131,67 @@ def test_unused_label_and_scan_exclusion():
     excluded = {table.case_ids[i] for i in np.flatnonzero(decisions.scan_excluded)}
     assert excluded == {"case_09"}  # 2 of 6 organs rejected > 20 %; case 8: 1 of 7 < 20 %
     assert decisions.scan_rejected_fraction[9] == pytest.approx(2 / 6)
+
+
+def test_swapped_pair_below_the_population_size_blames_both_sides():
+    """With too few scans for lateral z-scores neither partner looks atypical: both are blamed."""
+    _, decisions, rows = _decide({3: _swap_kidneys}, n=12)
+    for organ in ("kidney_right", "kidney_left"):
+        assert _verdict(decisions, rows, 3, organ) == (REJECTED, "wrong_side")
+    assert _verdict(decisions, rows, 4, "kidney_right")[0] == KEPT
+
+
+def test_left_organ_moved_across_the_midline_blames_only_itself():
+    def move_left_kidney(label):
+        label[label == ID["kidney_left"]] = ID["muscle"]
+        label[3:7, 6:11, 12:17] = ID["kidney_left"]  # right of the right kidney
+    _, decisions, rows = _decide({5: move_left_kidney})
+    verdict, reasons = _verdict(decisions, rows, 5, "kidney_left")
+    assert verdict == REJECTED and {"wrong_side", "misplaced"} <= set(reasons.split(";"))
+    assert _verdict(decisions, rows, 5, "kidney_right")[0] == KEPT
+
+
+# Realistic label errors that the project's injector (solf/inject.py) does not make.
+
+def test_partial_leakage_into_a_neighbour_rejects_both_organs():
+    def liver_leaks_into_right_kidney(label):
+        region = label[5:16, 8:19, 6:15]  # the liver label spreads over the kidney and the muscle between
+        region[np.isin(region, [ID["muscle"], ID["kidney_right"]])] = ID["liver"]
+    _, decisions, rows = _decide({3: liver_leaks_into_right_kidney})
+    verdict, reasons = _verdict(decisions, rows, 3, "liver")
+    assert verdict == REJECTED and "outlier_log_volume" in reasons  # about 2.5x its usual volume
+    assert _verdict(decisions, rows, 3, "kidney_right") == (REJECTED, "outlier_sphericity")  # what is left of it
+    assert _verdict(decisions, rows, 3, "spleen")[0] == KEPT
+
+
+def test_missing_slices_split_an_organ_and_reject_it():
+    def drop_two_liver_slices(label):
+        slab = label[:, :, 15:17]
+        slab[slab == ID["liver"]] = ID["muscle"]
+    _, decisions, rows = _decide({3: drop_two_liver_slices})
+    verdict, reasons = _verdict(decisions, rows, 3, "liver")
+    assert verdict == REJECTED and {"fragments", "outlier_log_volume"} <= set(reasons.split(";"))
+
+
+def _swap(label, a: str, b: str) -> None:
+    mask_a, mask_b = label == ID[a], label == ID[b]
+    label[mask_a], label[mask_b] = ID[b], ID[a]
+
+
+def test_adjacent_organ_swap_rejects_the_organ_of_the_wrong_size():
+    _, decisions, rows = _decide({3: lambda label: _swap(label, "liver", "kidney_right")})
+    assert _verdict(decisions, rows, 3, "liver") == (REJECTED, "outlier_log_volume")
+
+
+@pytest.mark.xfail(strict=True, reason="known miss: the liver-sized 'kidney_right' is within 4.5 robust z of "
+                   "the kidney population in volume and position on this cohort; only the liver is rejected")
+def test_adjacent_organ_swap_rejects_both_organs():
+    _, decisions, rows = _decide({3: lambda label: _swap(label, "liver", "kidney_right")})
+    assert _verdict(decisions, rows, 3, "kidney_right")[0] == REJECTED
+
+
+@pytest.mark.xfail(strict=True, reason="known miss: spleen and left kidney have similar volumes here and their "
+                   "centroids are under 20 mm apart per axis (4.5 z at the 3 mm MAD floor), so a swap is kept")
+def test_swap_of_similar_adjacent_organs_is_detected():
+    _, decisions, rows = _decide({3: lambda label: _swap(label, "spleen", "kidney_left")})
+    assert REJECTED in {_verdict(decisions, rows, 3, o)[0] for o in ("spleen", "kidney_left")}

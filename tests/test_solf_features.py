@@ -134,3 +134,23 @@ def test_integral_float_labels_and_the_ignore_value_are_accepted():
     data = np.array([0.0, 5.0, 72.0, 255.0], np.float64).reshape(1, 2, 2)
     out = validate_labels(data)
     assert out.dtype == np.uint8 and out.ravel().tolist() == [0, 5, 72, 255]
+
+
+def test_all_features_equal_the_naive_per_organ_loop_of_the_benchmark(monkeypatch):
+    """The benchmark's reference (full-volume mask per label) on a small volume with short runs of
+    labels, many components and several intensity slabs (the run-by-run sums cross slab borders)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_solf import CHANNELS, assert_same, naive_features
+
+    import swinbob.solf.features as features
+
+    rng = np.random.default_rng(3)
+    label = np.repeat(rng.integers(0, 73, (10, 8, 6)), 2, axis=2).astype(np.uint8)  # runs of 2 along the last axis
+    label[rng.random(label.shape) < 0.1] = 0
+    images = rng.normal(300, 40, (4, *label.shape)).astype(np.float32)
+    affine = _affine(flips=(-1, 1, 1))
+    monkeypatch.setattr(features, "CHUNK_VOXELS", 50)  # one row of 8x12 voxels per slab
+    assert_same(measure_organs(label, affine, images, CHANNELS), naive_features(label, affine, images))

@@ -3,6 +3,7 @@ is optional."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
 
@@ -16,7 +17,7 @@ from swinbob.solf.decide import decide
 from swinbob.solf.features import measure_organs
 from swinbob.solf.outputs import CleanTask, clean_case, clean_label
 from swinbob.solf.rules import default_rules
-from swinbob.solf.store import build_table
+from swinbob.solf.store import build_table, write_csv_columns
 
 
 def _label() -> np.ndarray:
@@ -82,3 +83,22 @@ def test_figure_is_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypat
     with caplog.at_level(logging.WARNING):
         assert not figure.plot_report(tmp_path / "report.png", table, decisions, rules)
     assert "matplotlib is not installed" in caplog.text and not (tmp_path / "report.png").exists()
+
+
+@pytest.mark.parametrize("with_pyarrow", [True, False])
+def test_report_tables_read_back_exactly_with_and_without_pyarrow(tmp_path, monkeypatch, with_pyarrow):
+    if with_pyarrow and importlib.util.find_spec("pyarrow") is None:
+        pytest.skip("pyarrow is not installed")
+    if not with_pyarrow:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    values = np.array([1.0, 1e-5, 1 / 3, 2.5e20, 12345678.0])
+    columns = {"case_id": ["a", "b,c", 'd"e', "f", "g"], "label": np.arange(5), "x": values,
+               "z": np.ma.masked_invalid([0.5, np.nan, -1.25, np.nan, 3.0])}
+    path = tmp_path / "table.csv"
+    write_csv_columns(path, columns)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case_id"] for r in rows] == columns["case_id"] and [r["label"] for r in rows] == list("01234")
+    assert [float(r["x"]) for r in rows] == values.tolist() and rows[4]["x"] == "12345678"
+    assert [r["z"] for r in rows] == ["0.5", "", "-1.25", "", "3"]

@@ -136,7 +136,7 @@ def test_short_btcv_run_raises_validation_dice(btcv, tmp_path):
                      "--optim_lr=3e-3", "--lrschedule=none", "--RandFlipd_prob=0", "--RandRotate90d_prob=0",
                      "--save_checkpoint")
     plan = resolve_plan(build_parser("btcv").parse_args(argv))
-    seed_everything(plan.args.seed)  # the run's initial weights
+    seed_everything(plan.options.seed)  # the run's initial weights
     start = _validate(plan, build_model(plan.model))
     assert train.main(argv, default_task="btcv") == 0
     best = load_checkpoint(tmp_path / "learn" / "model.pt")

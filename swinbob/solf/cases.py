@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from swinbob.files import NiftiError, read_nifti
-from swinbob.solf.features import LabelError, measure_organs, validate_labels
+from swinbob.files import NiftiError, TransientReadError, read_nifti
+from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
 
 FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
@@ -45,6 +46,8 @@ class CaseTask:
     channel_names: tuple[str, ...]
     fingerprint: str
     image_error: str | None = None
+    max_label: int = MAX_LABEL
+    body_path: str | None = None
 
 
 def case_id_of(path: Path) -> str | None:
@@ -64,12 +67,44 @@ def is_text(name: str) -> bool:
     return True
 
 
-def discover_cases(input_dir: Path) -> dict[str, Path]:
-    """Label files of ``input_dir`` by case id, sorted; refuses a missing or empty folder."""
+NOT_READ = {".hdr": "Analyze/NIfTI-pair header (.hdr/.img) is not read; convert the pair to .nii.gz",
+            ".img": "Analyze/NIfTI-pair data (.hdr/.img) is not read; convert the pair to .nii.gz",
+            ".hdr.gz": "Analyze/NIfTI-pair header (.hdr/.img) is not read; convert the pair to .nii.gz",
+            ".img.gz": "Analyze/NIfTI-pair data (.hdr/.img) is not read; convert the pair to .nii.gz"}
+
+
+def _not_a_case(path: Path) -> str | None:
+    """Why a file that looks like an input cannot be one (None: not an input, or a usable file).
+
+    Dangling links, FIFOs and other special files named like label maps, and Analyze pairs, are
+    reported instead of skipped silently (a FIFO would also block any reader forever)."""
+    if path.name.startswith("."):
+        return None
+    if case_id_of(path) is None:
+        return next((reason for suffix, reason in NOT_READ.items() if path.name.endswith(suffix)), None)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path}: a symbolic link to a missing file ({os.readlink(path)})" if path.is_symlink() else None
+    except OSError as exc:
+        return f"{path}: cannot be inspected ({exc.strerror or exc})"
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        return f"{path}: {kind}, not a label file"
+    return None
+
+
+def discover_inputs(input_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Label files of ``input_dir`` by case id, sorted, and the files that look like inputs but
+    cannot be read (``name -> reason``, see :func:`_not_a_case`); refuses a missing or empty folder."""
     if not input_dir.is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist")
     cases: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
     for path in sorted(input_dir.iterdir()):
+        if (reason := _not_a_case(path)) is not None:
+            skipped[path.name] = reason
+            continue
         case_id = case_id_of(path)
         if case_id is None or not path.is_file():
             continue
@@ -79,8 +114,14 @@ def discover_cases(input_dir: Path) -> dict[str, Path]:
             raise ConfigError(f"case {case_id!r} appears twice in {input_dir} ({cases[case_id].name}, {path.name})")
         cases[case_id] = path
     if not cases:
-        raise ConfigError(f"no label files (*.nii.gz, *.nii) in {input_dir}")
-    return dict(sorted(cases.items()))
+        extra = f" ({len(skipped)} file(s) not read, e.g. {next(iter(skipped.values()))})" if skipped else ""
+        raise ConfigError(f"no label files (*.nii.gz, *.nii) in {input_dir}{extra}")
+    return dict(sorted(cases.items())), skipped
+
+
+def discover_cases(input_dir: Path) -> dict[str, Path]:
+    """Label files of ``input_dir`` by case id (see :func:`discover_inputs`)."""
+    return discover_inputs(input_dir)[0]
 
 
 def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
@@ -104,13 +145,16 @@ def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
                             f"or {case_id}_0000..{len(channel_names) - 1:04d}.nii.gz")
 
 
-def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
+def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL) -> str:
     """Identity of a scan's inputs (size and modification time of each file, feature format).
 
     A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
-    never served stale features.
+    never served stale features. Another label set (its highest ID) changes what is valid, so it
+    is part of the identity too (left out for the default set, so older logs stay current).
     """
     parts: list = [FEATURE_FORMAT, list(channel_names)]
+    if max_label != MAX_LABEL:
+        parts.append(["max_label", max_label])
     for path in paths:
         try:
             stat = os.stat(path)
@@ -121,8 +165,9 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...]) -> str:
 
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
-              channel_names: tuple[str, ...]) -> CaseTask:
-    """The :class:`CaseTask` of one case, with its image channels resolved if images are used."""
+              channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None) -> CaseTask:
+    """The :class:`CaseTask` of one case, with its image channels resolved if images are used, and
+    its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used."""
     image_paths: tuple[str, ...] = ()
     image_error = None
     if image_dir is not None:
@@ -131,8 +176,21 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
         except FileNotFoundError as exc:
             image_error = str(exc)
     names = channel_names if image_dir is not None else ()
-    return CaseTask(case_id, str(label_path), image_paths, names,
-                    fingerprint([str(label_path), *image_paths], names), image_error)
+    body = None
+    if body_dir is not None:
+        body = next((str(body_dir / f"{case_id}{s}") for s in NIFTI_SUFFIXES if (body_dir / f"{case_id}{s}").is_file()),
+                    str(body_dir / f"{case_id}.nii.gz"))  # a missing mask fails the scan with its path
+    inputs = [str(label_path), *image_paths, *([body] if body else [])]
+    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label), image_error,
+                    max_label, body)
+
+
+def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
+    """Volume (mm³) of the non-zero voxels of a body mask on the label grid."""
+    mask, mask_affine = read_nifti(path, ndim=3)
+    if mask.shape != shape or not np.allclose(mask_affine, affine, atol=GRID_TOLERANCE_MM):
+        raise NiftiError(f"{path}: body mask/label grid mismatch (shape {mask.shape}, label shape {shape})")
+    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(affine[:3, :3])))
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -141,23 +199,26 @@ def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> 
     NaN or Inf voxels are refused: they would make the organ intensity statistics NaN, and the
     scan would carry them into training through dataset.json (which refuses them as well).
     """
-    channels = []
-    for path in task.image_paths:
-        data, image_affine = read_nifti(path, ndim=3, dtype=np.float32)
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+    images = np.empty((len(task.image_paths), *shape), dtype=np.float32)  # filled in place: no stacked copy
+    for index, path in enumerate(task.image_paths):
+        data, image_affine = read_nifti(path, ndim=3)
         if data.shape != shape:
             raise NiftiError(f"{path}: image/label grid mismatch (image shape {data.shape}, label shape {shape})")
         if not np.allclose(image_affine, affine, atol=GRID_TOLERANCE_MM):
             raise NiftiError(f"{path}: image/label grid mismatch (affines differ)")
-        channels.append(data)
-    return np.stack(channels)
+        images[index] = data
+        if data.dtype.kind not in "iub":  # integers are always finite in float32
+            bad = int(data.size - np.count_nonzero(np.isfinite(images[index])))
+            if bad:
+                raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+    return images
 
 
-def failed_record(task: CaseTask, reason: str) -> dict:
-    """The record of a scan that could not be measured."""
-    return {"case_id": task.case_id, "status": "failed", "reason": reason, "fingerprint": task.fingerprint}
+def failed_record(task: CaseTask, reason: str, retry: bool = False) -> dict:
+    """The record of a scan that could not be measured; ``retry`` marks causes outside the file
+    (permissions, memory), which the next run measures again."""
+    record = {"case_id": task.case_id, "status": "failed", "reason": reason, "fingerprint": task.fingerprint}
+    return {**record, "retry": True} if retry else record
 
 
 def measure_case(task: CaseTask) -> dict:
@@ -170,19 +231,25 @@ def measure_case(task: CaseTask) -> dict:
     """
     try:
         data, affine = read_nifti(task.label_path, ndim=3)
-        label = validate_labels(data)
+        label = validate_labels(data, task.max_label)
         if task.image_error:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None
         organs = measure_organs(label, affine, images, task.channel_names)
         if not organs["label"]:  # a failed segmentation: training on it would teach "no organs"
             raise LabelError("no organ labelled (the label map is all background or ignore)")
+        body = {"body_volume_mm3": body_volume(task.body_path, label.shape, affine)} if task.body_path else {}
     except LabelError as exc:
         return failed_record(task, f"{task.label_path}: {exc}")
-    except (NiftiError, OSError, MemoryError) as exc:
-        return failed_record(task, str(exc))
+    except TransientReadError as exc:
+        return failed_record(task, f"{exc} (measured again on the next run)", retry=True)
+    except MemoryError:
+        return failed_record(task, f"{task.label_path}: out of memory while measuring it (measured again on the next run)",
+                             retry=True)
+    except (NiftiError, OSError) as exc:
+        return failed_record(task, str(exc), retry=isinstance(exc, PermissionError))
     return {
         "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
         "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
-        "orientation": "".join(nib.aff2axcodes(affine)), "organs": organs,
+        "orientation": "".join(nib.aff2axcodes(affine)), **body, "organs": organs,
     }

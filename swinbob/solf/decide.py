@@ -18,6 +18,10 @@ Three kinds of evidence, all vectorised over the whole (scan × organ) table:
 
 Any reject reason rejects the organ; otherwise a clean reason cleans it; otherwise it is kept. A
 scan whose share of rejected organs exceeds ``max_rejected_fraction`` is excluded.
+
+``settings.method`` picks the rule: ``ours`` (the above), ``paper`` (the UKBOB paper's vote,
+:mod:`swinbob.solf.paper`: flagged organs are rejected, nothing is cleaned) or ``both`` (rejected
+if either rejects; our reasons in ``reasons``, the paper's in ``paper_reasons``, kept apart).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
-from swinbob.solf.rules import OUTLIER_FEATURES, RuleSet
+from swinbob.solf.labelsets import LABEL_SLOTS, side_pairs
+from swinbob.solf.paper import paper_flags
+from swinbob.solf.rules import OUTLIER_FEATURES, RuleSet, learn_component_rules
 from swinbob.solf.store import FeatureTable
 
 KEPT, CLEANED, REJECTED = "kept", "cleaned", "rejected"
@@ -62,6 +67,9 @@ class Decisions:
     population: dict[str, Population]
     scan_rejected_fraction: np.ndarray
     scan_excluded: np.ndarray
+    paper_reasons: list[str]
+    rules: RuleSet
+    """The rules applied, with component counts learned from the cohort (label names in ``rules.labels``)."""
 
 
 def derived_features(table: FeatureTable, rules: RuleSet) -> dict[str, np.ndarray]:
@@ -98,9 +106,8 @@ def population_stats(values: np.ndarray, labels: np.ndarray, floor: float, min_c
     Rows are sorted by label once and split, rather than masked once per label, so that a
     50,000-scan table costs one sort instead of 72 passes.
     """
-    size = max(TOTALVIBE_LABELS) + 1
-    median = np.full(size, np.nan)
-    scale = np.full(size, np.nan)
+    median = np.full(LABEL_SLOTS, np.nan)
+    scale = np.full(LABEL_SLOTS, np.nan)
     order = np.argsort(labels, kind="stable")
     present, starts = np.unique(labels[order], return_index=True)
     for label, group in zip(present.tolist(), np.split(values[order], starts[1:])):
@@ -108,7 +115,7 @@ def population_stats(values: np.ndarray, labels: np.ndarray, floor: float, min_c
         if x.size >= min_count:
             median[label] = np.median(x)
             scale[label] = max(float(np.median(np.abs(x - median[label]))), floor)
-    return Population(median, scale, np.bincount(labels, minlength=size))
+    return Population(median, scale, np.bincount(labels, minlength=LABEL_SLOTS))
 
 
 def robust_z(values: np.ndarray, labels: np.ndarray, population: Population) -> np.ndarray:
@@ -116,22 +123,16 @@ def robust_z(values: np.ndarray, labels: np.ndarray, population: Population) -> 
     return MAD_TO_Z * (values - population.median[labels]) / population.scale[labels]
 
 
-def side_pairs() -> list[tuple[int, int]]:
-    """(left ID, right ID) of every organ pair named ``*_left`` / ``*_right``."""
-    names = ids_by_name(TOTALVIBE_LABELS)
-    return [(names[n], names[n[: -len("_left")] + "_right"]) for n in names
-            if n.endswith("_left") and n[: -len("_left")] + "_right" in names]
-
-
-def wrong_side_rows(table: FeatureTable, centroid_x: np.ndarray, lateral_z: np.ndarray) -> np.ndarray:
-    """Rows of organs on the wrong side of their left/right partner (see module docstring)."""
+def wrong_side_rows(table: FeatureTable, centroid_x: np.ndarray, lateral_z: np.ndarray,
+                    labels: dict[int, str]) -> np.ndarray:
+    """Rows of organs on the wrong side of their left/right partner (see module docstring);
+    partners are found from the names of ``labels`` (:func:`swinbob.solf.labelsets.side_pairs`)."""
     cols = table.columns
-    size = max(TOTALVIBE_LABELS) + 1
-    row_of = np.full((len(table.case_ids), size), -1, dtype=np.int64)
+    row_of = np.full((len(table.case_ids), LABEL_SLOTS), -1, dtype=np.int64)
     row_of[cols["case_index"], cols["label"]] = np.arange(cols["label"].size)
     flagged = np.zeros(cols["label"].size, dtype=bool)
     x, z = centroid_x, np.nan_to_num(np.abs(lateral_z), nan=0.0)
-    for left, right in side_pairs():
+    for left, right in side_pairs(labels):
         rows_l, rows_r = row_of[:, left], row_of[:, right]
         both = (rows_l >= 0) & (rows_r >= 0)
         rows_l, rows_r = rows_l[both], rows_r[both]
@@ -147,7 +148,7 @@ def _rule_arrays(rules: RuleSet, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Each organ-rule field as an array aligned with ``labels``."""
     fields = ("min_components", "max_components", "min_voxels", "min_largest_share", "check_shape",
               "check_position", "expected")
-    lookup = {f: np.array([getattr(rules.organs.get(i), f, 0) if i else 0 for i in range(max(TOTALVIBE_LABELS) + 1)])
+    lookup = {f: np.array([getattr(rules.organs.get(i), f, 0) if i else 0 for i in range(LABEL_SLOTS)])
               for f in fields}
     return {f: lookup[f][labels] for f in fields}
 
@@ -171,15 +172,16 @@ def _flags(table: FeatureTable, rules: RuleSet, derived: dict[str, np.ndarray],
     for feature in OUTLIER_FEATURES:
         flags[f"outlier_{feature}"] = shape_checked & (np.nan_to_num(np.abs(zscores[feature])) > s.mad_threshold)
     flags["misplaced"] = rule["check_position"].astype(bool) & (np.nan_to_num(zscores["position"]) > s.position_threshold)
-    flags["wrong_side"] = wrong_side_rows(table, derived["centroid_x"], zscores["rel_x"])
+    flags["wrong_side"] = wrong_side_rows(table, derived["centroid_x"], zscores["rel_x"], rules.labels)
     return flags
 
 
 def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
-    """Decisions for every (scan, organ) row of ``table`` under ``rules``."""
+    """Decisions for every (scan, organ) row of ``table`` under ``rules`` (and its ``method``)."""
     cols = table.columns
     labels = cols["label"]
     s = rules.settings
+    rules = learn_component_rules(rules, labels, cols["n_components"])
     derived = derived_features(table, rules)
     population, zscores = {}, {}
     for feature in (*OUTLIER_FEATURES, *(f"rel_{a}" for a in POSITION_AXES)):
@@ -193,13 +195,21 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     matrix = np.stack([flags[r] for r in order]).reshape(len(order), labels.size)
     reject = matrix[: len(REJECT_REASONS)].any(axis=0)
     clean = matrix[len(REJECT_REASONS):].any(axis=0)
-    decision = np.where(reject, REJECTED, np.where(clean, CLEANED, KEPT))
     reasons = [""] * labels.size
-    for row in np.flatnonzero(reject | clean):
+    paper_reasons = [""] * labels.size
+    if s.method != "ours":
+        paper, paper_reasons = paper_flags(table, s.epsilon, s.min_population)
+        if s.method == "paper":
+            reject, clean, matrix = paper, np.zeros_like(clean), np.zeros_like(matrix)
+        else:
+            reject = reject | paper
+    decision = np.where(reject, REJECTED, np.where(clean, CLEANED, KEPT))
+    for row in np.flatnonzero(matrix.any(axis=0)):
         reasons[row] = ";".join(r for r, on in zip(order, matrix[:, row]) if on)
     keep = _rule_arrays(rules, labels)["max_components"]
     n_cases = len(table.case_ids)
     present = np.bincount(cols["case_index"], minlength=n_cases)
     rejected = np.bincount(cols["case_index"], weights=reject.astype(float), minlength=n_cases)
     fraction = rejected / np.maximum(present, 1)
-    return Decisions(decision, reasons, zscores, keep, population, fraction, fraction > s.max_rejected_fraction)
+    return Decisions(decision, reasons, zscores, keep, population, fraction, fraction > s.max_rejected_fraction,
+                     paper_reasons, rules)

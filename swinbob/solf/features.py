@@ -31,6 +31,9 @@ from scipy import ndimage
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 
 MAX_LABEL = max(TOTALVIBE_LABELS)
+"""Highest ID of the default label set; other sets pass their own to :func:`validate_labels`."""
+MAX_ORGAN_ID = IGNORE_LABEL - 1
+"""Highest value measured as an organ (any label set fits below the ignore value)."""
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 CHUNK_VOXELS = 1 << 20
 
@@ -47,7 +50,7 @@ MAIN_GEOMETRY = ("surface_mm2", "sphericity", "eccentricity", "centroid_x", "cen
 
 
 class LabelError(ValueError):
-    """A label volume whose values are not TotalVibeSegmentator IDs (the message says which)."""
+    """A label volume whose values are not IDs of the label set (the message says which)."""
 
 
 def validate_labels(data: np.ndarray, max_label: int = MAX_LABEL) -> np.ndarray:
@@ -184,25 +187,34 @@ def _shape_row(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray, sha
 
 def _intensity_rows(label: np.ndarray, images: np.ndarray, present: np.ndarray,
                     channel_names: list[str]) -> dict[str, np.ndarray]:
-    """Mean and std of every channel in every present organ via weighted bincounts.
+    """Mean and std of every channel in every present organ, summed run by run.
 
-    Slabs of about a million voxels are converted to float64 one at a time: exact sums of
-    squares without allocating (and page-faulting) a float64 copy of the whole volume.
+    Label maps are piecewise constant along the contiguous axis, so each slab of about a million
+    voxels is cut once into runs of one label; per channel, ``np.add.reduceat`` sums each run (a
+    sequential pass) and a bincount over the few runs adds them up per label. That is ~5x fewer
+    scattered additions than a weighted bincount per voxel, with the same float64 sums (only the
+    order of the additions differs). Slabs keep the float64 copies small.
     """
     step = max(1, CHUNK_VOXELS // max(1, label[0].size))
-    count = np.bincount(label.ravel(), minlength=256)[present].astype(np.float64)
-    out: dict[str, np.ndarray] = {}
-    for channel, name in zip(images, channel_names):
-        sums = np.zeros(256)
-        squares = np.zeros(256)
-        for start in range(0, label.shape[0], step):
-            labels = label[start:start + step].ravel()
+    counts = np.zeros(256)
+    sums = np.zeros((len(channel_names), 256))
+    squares = np.zeros((len(channel_names), 256))
+    for start in range(0, label.shape[0], step):
+        labels = label[start:start + step].ravel()
+        starts = np.flatnonzero(np.concatenate(([True], labels[1:] != labels[:-1])))
+        run_labels = labels[starts]
+        counts += np.bincount(run_labels, weights=np.diff(starts, append=labels.size), minlength=256)
+        for index, channel in enumerate(images):
             values = channel[start:start + step].ravel().astype(np.float64)
-            sums += np.bincount(labels, weights=values, minlength=256)
-            squares += np.bincount(labels, weights=values * values, minlength=256)
-        mean = sums[present] / count
+            sums[index] += np.bincount(run_labels, weights=np.add.reduceat(values, starts), minlength=256)
+            np.multiply(values, values, out=values)
+            squares[index] += np.bincount(run_labels, weights=np.add.reduceat(values, starts), minlength=256)
+    out: dict[str, np.ndarray] = {}
+    count = counts[present]
+    for index, name in enumerate(channel_names):
+        mean = sums[index][present] / count
         out[f"mean_{name}"] = mean
-        out[f"std_{name}"] = np.sqrt(np.clip(squares[present] / count - mean * mean, 0.0, None))
+        out[f"std_{name}"] = np.sqrt(np.clip(squares[index][present] / count - mean * mean, 0.0, None))
     return out
 
 
@@ -216,7 +228,7 @@ def measure_organs(label: np.ndarray, affine: np.ndarray, images: np.ndarray | N
     """
     label = np.ascontiguousarray(label)
     affine = np.asarray(affine, dtype=np.float64)
-    boxes = ndimage.find_objects(label, max_label=MAX_LABEL)
+    boxes = ndimage.find_objects(label, max_label=MAX_ORGAN_ID)
     present = np.array([i + 1 for i, box in enumerate(boxes) if box is not None], dtype=np.int64)
     columns: dict[str, list] = {"label": present.tolist(), **{name: [] for name in SHAPE_COLUMNS}}
     for organ in present:

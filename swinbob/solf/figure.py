@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from swinbob.files import atomic_write
-from swinbob.labels import TOTALVIBE_LABELS
+from swinbob.solf.labelsets import name_of
 from swinbob.solf.decide import CLEANED, MAD_TO_Z, REJECTED, Decisions, derived_features
 from swinbob.solf.rules import OUTLIER_FEATURES, RuleSet
 from swinbob.solf.store import FeatureTable
@@ -74,7 +74,7 @@ def plot_report(path: Path, table: FeatureTable, decisions: Decisions, rules: Ru
     axes[0].legend(loc="upper right", fontsize=7, markerscale=2)
     axes[0].set_title(f"SOLF: {len(table.case_ids)} scans, thresholds |z| > {settings.mad_threshold:g} (shape), "
                       f"{settings.position_threshold:g} (position)")
-    axes[-1].set_xticks(np.arange(organs.size), [TOTALVIBE_LABELS[int(o)] for o in organs], rotation=90, fontsize=7)
+    axes[-1].set_xticks(np.arange(organs.size), [name_of(rules.labels, int(o)) for o in organs], rotation=90, fontsize=7)
     fig.tight_layout()
     with atomic_write(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, metadata={"Software": None})

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from swinbob.files import NiftiError, atomic_write_text, load_nifti_header, read_nifti, write_nifti
+from swinbob.files import NiftiError, atomic_write_text, disk_full, load_nifti_header, read_nifti, write_nifti
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, Decisions
-from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, LabelError, validate_labels
+from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, MAX_ORGAN_ID, LabelError, validate_labels
+from swinbob.solf.labelsets import LABEL_SLOTS, name_of
 from swinbob.solf.rules import RuleSet
-from swinbob.solf.store import FeatureTable, csv_text
+from swinbob.solf.store import FeatureTable, csv_text, write_csv_columns
 
-DECISION_COLUMNS = ("case_id", "label", "name", "decision", "reasons", "voxel_count", "n_components",
+DECISION_COLUMNS = ("case_id", "label", "name", "decision", "reasons", "paper_reasons", "voxel_count", "n_components",
                     "largest_share", "z_log_volume", "z_log_surface", "z_sphericity", "z_eccentricity",
                     "z_position", "scan_excluded")
 
@@ -45,6 +46,7 @@ class CleanTask:
     output_path: str
     rejected: tuple[int, ...]
     keep_components: dict[int, int] = field(default_factory=dict)
+    max_label: int = MAX_LABEL
 
     def key(self, fingerprint: str) -> str:
         """Manifest key: changes when the input or the decisions for this scan change."""
@@ -71,7 +73,7 @@ def clean_label(label: np.ndarray, rejected: tuple[int, ...] | list[int], keep_c
     out = lut[label]
     if not keep_components:
         return out
-    boxes = ndimage.find_objects(label, max_label=MAX_LABEL)
+    boxes = ndimage.find_objects(label, max_label=MAX_ORGAN_ID)
     for organ, n_keep in keep_components.items():
         box = boxes[organ - 1]
         if box is None:
@@ -90,11 +92,13 @@ def clean_case(task: CleanTask) -> tuple[str, str | None]:
     try:
         header = load_nifti_header(task.label_path).header.copy()
         data, affine = read_nifti(task.label_path, ndim=3)
-        cleaned = clean_label(validate_labels(data), task.rejected, task.keep_components)
+        cleaned = clean_label(validate_labels(data, task.max_label), task.rejected, task.keep_components)
         dtype = output_dtype(header.get_data_dtype())
         header.set_slope_inter(1.0, 0.0)
         write_nifti(task.output_path, cleaned.astype(dtype), affine, header=header)
     except (NiftiError, LabelError, OSError) as exc:
+        if disk_full(exc):
+            raise  # not this scan's problem: the run stops with a message (every later write would fail)
         return task.case_id, str(exc)
     return task.case_id, None
 
@@ -117,7 +121,8 @@ def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, inc
         else:
             keep[case][label] = int(decisions.keep_components[row])
     return [CleanTask(table.case_ids[i], str(label_paths[table.case_ids[i]]),
-                      str(labels_dir / f"{table.case_ids[i]}{suffix}"), tuple(rejected[i]), keep[i])
+                      str(labels_dir / f"{table.case_ids[i]}{suffix}"), tuple(rejected[i]), keep[i],
+                      max(decisions.rules.labels))
             for i in sorted(wanted)]
 
 
@@ -149,7 +154,8 @@ def data_root(json_path: Path, files: list[Path]) -> Path:
 
 
 def dataset_json(json_path: Path, train: list[str], validation: list[str], label_files: dict[str, Path],
-                 image_files: dict[str, tuple[str, ...]], channel_names: tuple[str, ...]) -> dict:
+                 image_files: dict[str, tuple[str, ...]], channel_names: tuple[str, ...],
+                 labels: dict[int, str] = TOTALVIBE_LABELS) -> dict:
     """Decathlon datalist with paths relative to one data root (train with ``--data_dir`` = that root).
 
     The root is the deepest folder holding the datalist and every label and image file, so images
@@ -167,14 +173,15 @@ def dataset_json(json_path: Path, train: list[str], validation: list[str], label
         return item
 
     content: dict = {
-        "name": "UKBOB", "description": "TotalVibeSegmentator labels cleaned by SOLF (Swin-BOB)",
+        "name": "UKBOB", "description": ("TotalVibeSegmentator" if labels == TOTALVIBE_LABELS else "Automatic")
+        + " labels cleaned by SOLF (Swin-BOB)",
         "reference": "UKBOB, ICCV 2025", "tensorImageSize": "4D" if channel_names else "3D",
     }
     if channel_names:
         content["modality"] = {str(i): name for i, name in enumerate(channel_names)}
     content.update({
         "data_root": _relative(root, json_path.parent),
-        "labels": {str(i): name for i, name in TOTALVIBE_LABELS.items()},
+        "labels": {str(i): name for i, name in labels.items()},
         "ignore_label": IGNORE_LABEL,
         "numTraining": len(train), "numValidation": len(validation),
         "training": [entry(c) for c in train], "validation": [entry(c) for c in validation],
@@ -188,16 +195,16 @@ def write_json(path: Path, content: object) -> None:
 
 
 def write_decisions_csv(path: Path, table: FeatureTable, decisions: Decisions) -> None:
-    """The per-(scan, organ) decision table with reasons and robust z-scores."""
+    """The per-(scan, organ) decision table with reasons and robust z-scores (blank where untested)."""
     cols, z = table.columns, decisions.zscores
-    lists = {name: z[name].round(3).tolist() for name in ("log_volume", "log_surface", "sphericity", "eccentricity", "position")}
-    rows = []
-    for row, (case, label) in enumerate(zip(cols["case_index"].tolist(), cols["label"].tolist())):
-        rows.append([table.case_ids[case], label, TOTALVIBE_LABELS[label], decisions.decision[row], decisions.reasons[row],
-                     cols["voxel_count"][row], cols["n_components"][row], round(float(cols["largest_share"][row]), 4),
-                     *("" if np.isnan(lists[n][row]) else lists[n][row] for n in lists),
-                     int(decisions.scan_excluded[case])])
-    atomic_write_text(path, csv_text(list(DECISION_COLUMNS), rows))
+    case, label = cols["case_index"], cols["label"]
+    names = np.array([name_of(decisions.rules.labels, i) for i in range(LABEL_SLOTS)], dtype=object)
+    values = [np.asarray(table.case_ids, dtype=object)[case].tolist(), label, names[label].tolist(),
+              decisions.decision.tolist(), decisions.reasons, decisions.paper_reasons, cols["voxel_count"],
+              cols["n_components"], cols["largest_share"].round(4),
+              *(np.ma.masked_invalid(z[n].round(3)) for n in ("log_volume", "log_surface", "sphericity", "eccentricity", "position")),
+              decisions.scan_excluded[case].astype(np.int64)]
+    write_csv_columns(path, dict(zip(DECISION_COLUMNS, values)))
 
 
 def write_failures(report_dir: Path, failures: list[dict]) -> None:
@@ -215,8 +222,9 @@ def per_organ_summary(table: FeatureTable, decisions: Decisions) -> dict[str, di
     for label in np.unique(labels).tolist():
         rows = np.flatnonzero(labels == label)
         verdicts = Counter(decisions.decision[rows].tolist())
-        reasons = Counter(r for row in rows for r in decisions.reasons[row].split(";") if r)
-        out[TOTALVIBE_LABELS[label]] = {
+        reasons = Counter(r for row in rows[decisions.decision[rows] != KEPT]
+                          for r in f"{decisions.reasons[row]};{decisions.paper_reasons[row]}".split(";") if r)
+        out[name_of(decisions.rules.labels, label)] = {
             "label": label, "present": int(rows.size), "kept": verdicts[KEPT], "cleaned": verdicts[CLEANED],
             "rejected": verdicts[REJECTED], "retention": round((rows.size - verdicts[REJECTED]) / rows.size, 4),
             "population_checked": bool(np.isfinite(decisions.population["log_volume"].median[label])),
@@ -238,6 +246,7 @@ def summary(table: FeatureTable, decisions: Decisions, rules: RuleSet, split: tu
                    "cleaned": verdicts[CLEANED], "rejected": verdicts[REJECTED]},
         "per_organ": per_organ_summary(table, decisions),
         "settings": rules.to_json()["settings"],
+        "label_set": "totalvibe" if rules.labels == TOTALVIBE_LABELS else f"{len(rules.labels) - 1} labels (--labels)",
         "ignore_label": IGNORE_LABEL,
     }
 

@@ -13,8 +13,11 @@ many more scans and runs pass 2 only once every scan is measured. Layout of ``--
     features/                pass-1 shard logs and the cleaned-label manifest (resume state)
 
 and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
-``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``.
-Exit status: 0 on success, 1 when every scan failed, 2 for configuration errors.
+``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``,
+``previews/`` (one PNG per rejected organ, :mod:`swinbob.solf.previews`).
+Exit status: 0 on success; 1 when every scan failed, no cleaned label could be written, or a write
+failed (a full disk: rerun once there is space, finished scans are kept); 2 for configuration
+errors (flags, folders, an output folder that is not writable or in use by another run).
 
 Interruptions: a killed job loses at most the scans in progress (see ``store``); a rerun goes on
 from the logs and first deletes the temporary files of writes the kill cut short (final names
@@ -25,9 +28,12 @@ alone, and a scan that kills its worker again is recorded as failed (tests/test_
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -38,12 +44,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from swinbob.files import remove_stale_temp_files
-from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_cases, failed_record, make_task, measure_case
+from swinbob.files import OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
+from swinbob.limits import add_limit_args, apply_limit_args
+from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_inputs, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
+from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
-from swinbob.solf.rules import RuleSet, RulesError, load_rules
+from swinbob.solf.rules import METHODS, RuleSet, RulesError, load_rules
 from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
                                 shard_log_path, write_features_csv, write_scans_csv)
 
@@ -76,6 +84,11 @@ class SolfConfig:
     max_scans: int | None = None
     overwrite: bool = False
     figure: bool = True
+    labels: str | None = None
+    method: str | None = None
+    epsilon: float | None = None
+    max_previews: int = 100
+    body_dir: Path | None = None
 
     @property
     def report(self) -> Path:
@@ -92,10 +105,15 @@ class SolfConfig:
         """Folder of the resumable pass-1 state."""
         return self.output_dir / "features"
 
+    def label_set(self) -> dict[int, str]:
+        """The ``{id: name}`` table of ``--labels`` (a preset or a file; TotalVibeSegmentator by default)."""
+        return load_label_set(self.labels)
+
     def rules(self) -> RuleSet:
         """Default rules, the rules file, then the threshold flags (in that order of precedence)."""
-        return load_rules(self.rules_path, mad_threshold=self.mad_threshold, position_threshold=self.position_threshold,
-                          max_rejected_fraction=self.max_rejected_fraction, min_population=self.min_population)
+        return load_rules(self.rules_path, self.label_set(), mad_threshold=self.mad_threshold,
+                          position_threshold=self.position_threshold, max_rejected_fraction=self.max_rejected_fraction,
+                          min_population=self.min_population, method=self.method, epsilon=self.epsilon)
 
 
 def check_config(config: SolfConfig) -> None:
@@ -106,23 +124,39 @@ def check_config(config: SolfConfig) -> None:
         raise ConfigError(f"need num_shards >= 1 and 0 <= shard_id < num_shards, got {config.shard_id}/{config.num_shards}")
     if config.stage == "all" and config.num_shards > 1:
         raise ConfigError("sharded runs use --stage features per shard, then one --stage decide")
-    if config.workers < 0 or (config.max_scans is not None and config.max_scans < 0):
-        raise ConfigError("workers and max_scans must be >= 0")
+    if config.workers < 0 or config.max_previews < 0 or (config.max_scans is not None and config.max_scans < 0):
+        raise ConfigError("workers, max_scans and max_previews must be >= 0")
     if not 0.0 <= config.val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     if config.image_dir is not None and not config.image_dir.is_dir():
         raise ConfigError(f"image folder {config.image_dir} does not exist")
+    if config.body_dir is not None and not config.body_dir.is_dir():
+        raise ConfigError(f"body mask folder {config.body_dir} does not exist")
     if config.labels_dir.resolve() == config.input_dir.resolve():
         raise ConfigError("the output labels folder is the input folder; inputs are never modified")
     if len(set(config.channel_names)) != len(config.channel_names) or not config.channel_names:
         raise ConfigError(f"channel names must be distinct and non-empty, got {config.channel_names}")
+    folders = [(config.features_dir, "--output_dir features folder")]
+    if config.stage != "features":
+        folders += [(config.labels_dir, "--output_dir labelsTr folder"), (config.report, "--report folder")]
+    for folder, what in folders:  # a read-only labelsTr would otherwise end in "0 cleaned", exit 0
+        try:
+            check_writable_folder(folder, what)
+        except OutputError as exc:
+            raise ConfigError(str(exc)) from exc
 
 
-def case_tasks(config: SolfConfig) -> dict[str, CaseTask]:
-    """The :class:`CaseTask` of every input scan (images matched by case id), by case id."""
-    labels = discover_cases(config.input_dir)
+def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]:
+    """The :class:`CaseTask` of every input scan (images matched by case id), by case id, and the
+    input files that cannot be read (``name -> reason``; each is logged and listed in failures)."""
+    labels, skipped = discover_inputs(config.input_dir)
+    for reason in skipped.values():
+        log.warning("input not read: %s", reason)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
-    return {case: make_task(case, path, config.image_dir, names, config.channel_names) for case, path in labels.items()}
+    max_label = max(config.label_set())
+    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
+             for case, path in labels.items()}
+    return tasks, skipped
 
 
 WORKER_DIED = ("a worker process died twice while processing it (killed by a signal, e.g. by the out-of-memory "
@@ -141,7 +175,7 @@ def _pool_results(function: Callable[[Any], Any], items: list, workers: int) -> 
     while queue:
         suspects: list = []
         waiting = len(queue)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             running: dict = {}
             try:
                 while queue or running:
@@ -170,6 +204,22 @@ def _pool_results(function: Callable[[Any], Any], items: list, workers: int) -> 
             raise RuntimeError("the worker process pool broke before it could start any work")
         for item in suspects:
             yield item, None, True
+
+
+def die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the main process ends, however it ends.
+
+    A ``SIGTERM`` to the main process alone (a job runner's ``terminate()``) kills it without
+    shutting the pool down; its workers would be re-parented and wait forever on their queue,
+    holding the caller's pipes open, so the caller hung. Linux delivers ``SIGTERM`` to a worker
+    whose parent dies (``PR_SET_PDEATHSIG``); elsewhere the pool's own shutdown has to do.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _alone(function: Callable[[Any], Any], item: Any, lost: Callable[[Any], Any] | None) -> Any:
@@ -210,13 +260,20 @@ def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc
 
 
 def _lost_scan(task: CaseTask) -> dict:
-    """Failure record of a scan whose worker died twice while measuring it."""
+    """Failure record of a scan whose worker died twice while measuring it (not retried: it would
+    kill workers on every run; touching the file has it measured again)."""
     return failed_record(task, f"{task.label_path}: {WORKER_DIED}")
 
 
 def _lost_cleaning(task: CleanTask) -> tuple[str, str]:
     """``clean_case`` result of a cleaning whose worker died twice."""
     return task.case_id, f"{task.output_path}: {WORKER_DIED}"
+
+
+def needs_measuring(record: dict | None) -> bool:
+    """No record for the current inputs, or a failure whose cause lay outside the file (permission
+    denied, a ``MemoryError``): such a cause may be fixed now, so it is tried again."""
+    return record is None or (record["status"] == "failed" and bool(record.get("retry")))
 
 
 def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
@@ -226,9 +283,12 @@ def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
         path.unlink(missing_ok=True)
     logged = read_records(config.features_dir) if config.features_dir.is_dir() and not config.overwrite else {}
     mine = shard_cases(list(tasks), config.num_shards, config.shard_id)
-    todo = [tasks[c] for c in mine if tasks[c].fingerprint not in logged.get(c, {})]
-    log.info("pass 1, shard %d/%d: %d scans, %d already measured, %d to measure", config.shard_id, config.num_shards,
-             len(mine), len(mine) - len(todo), len(todo))
+    todo = [tasks[c] for c in mine if needs_measuring(logged.get(c, {}).get(tasks[c].fingerprint))]
+    retried = sum(tasks[c].fingerprint in logged.get(c, {}) for c in (t.case_id for t in todo))
+    del logged  # ~1 GB at 50,000 scans: not held (nor inherited by the workers) during pass 1
+    log.info("pass 1, shard %d/%d: %d scans, %d already measured, %d to measure (%d failed before for a reason "
+             "that may have passed)", config.shard_id, config.num_shards, len(mine), len(mine) - len(todo), len(todo),
+             retried)
     if config.max_scans is not None:
         todo = todo[: config.max_scans]
     with ShardLog(path) as shard_log:
@@ -245,6 +305,18 @@ def current_records(config: SolfConfig, tasks: dict[str, CaseTask]) -> tuple[lis
     return select_current(logged, {c: t.fingerprint for c, t in tasks.items()})
 
 
+def warn_failures(records: list[dict], listing: Path) -> None:
+    """One WARNING for every failed scan of the run, also those recorded by earlier runs (a rerun
+    that reads them from the logs would otherwise leave them out of dataset.json in silence)."""
+    failed = [r for r in records if r["status"] == "failed"]
+    if not failed:
+        return
+    retry = sum(bool(r.get("retry")) for r in failed)
+    shown = "; ".join(f"{r['case_id']}: {r['reason']}" for r in failed[:3])
+    log.warning("%d scan(s) failed and are left out of dataset.json (%d will be measured again on the next run, "
+                "the others once their files change); e.g. %s; all in %s", len(failed), retry, shown, listing)
+
+
 def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTable:
     """Collect the current record of every scan from all shard logs; write the pass-1 tables."""
     records, missing = current_records(config, tasks)
@@ -252,7 +324,9 @@ def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTab
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ConfigError(f"{len(missing)} scans have no features yet ({shown}); run --stage features for every shard first")
     table = build_table(records)
-    write_features_csv(table, config.report / "features.csv")
+    warn_failures(records, config.report / "failures.csv")
+    del records  # ~1 GB at 50,000 scans: not held while the tables are written and pass 2 runs
+    write_features_csv(table, config.report / "features.csv", config.label_set())
     write_scans_csv(table, config.report / "scans.csv")
     log.info("merged features of %d scans (%d failed) into %s", len(table.scans),
              len(table.scans) - len(table.case_ids), config.report / "features.csv")
@@ -283,7 +357,8 @@ def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dic
     return failures
 
 
-def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTask]) -> dict:
+def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTask],
+               skipped: dict[str, str] | None = None) -> dict:
     """Pass 2: decisions, cleaned labels, dataset.json and the report; returns the summary."""
     for folder in (config.output_dir, config.labels_dir, config.features_dir, config.report):
         if removed := remove_stale_temp_files(folder):  # left by a run killed mid-write
@@ -301,18 +376,25 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     label_files = {t.case_id: Path(t.output_path) for t in cleaning}
     images = {c: tasks[c].image_paths for c in usable}
     channels = config.channel_names if config.image_dir is not None else ()
-    datalist = dataset_json(json_path, train, validation, label_files, images, channels)
+    datalist = dataset_json(json_path, train, validation, label_files, images, channels, rules.labels)
     write_json(json_path, datalist)
     log.info("train on it with: --json_list=%s --data_dir=%s", json_path, os.path.normpath(json_path.parent / datalist["data_root"]))
     failures = [{"case_id": s["case_id"], "stage": "features", "reason": s["reason"]} for s in table.scans if s["status"] != "ok"]
     failures += [{"case_id": c, "stage": "clean", "reason": r} for c, r in clean_failures.items()]
+    failures += [{"case_id": name, "stage": "inputs", "reason": r} for name, r in (skipped or {}).items()]
     write_decisions_csv(config.report / "decisions.csv", table, decisions)
     write_failures(config.report, failures)
     content = summary(table, decisions, rules, (train, validation), failures)
+    content["scans"]["clean_failed"] = len(clean_failures)
     write_json(config.report / "summary.json", content)
     if config.figure:
         from swinbob.solf.figure import plot_report
         plot_report(config.report / "solf_report.png", table, decisions, rules)
+        if config.max_previews > 0:
+            from swinbob.solf.previews import write_previews
+            count = write_previews(config.report / "previews", table, decisions, {c: t.label_path for c, t in tasks.items()},
+                                   {c: t.image_paths for c, t in tasks.items()}, config.max_previews)
+            log.info("%d preview(s) of rejected organs in %s", count, config.report / "previews")
     log.info("SOLF: %d scans, %d failed, %d excluded, %d training + %d validation; organs kept %d, cleaned %d, rejected %d",
              content["scans"]["total"], content["scans"]["failed"], content["scans"]["excluded"], len(train),
              len(validation), content["organs"]["kept"], content["organs"]["cleaned"], content["organs"]["rejected"])
@@ -320,15 +402,40 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
 
 
 def run_solf(config: SolfConfig) -> int:
-    """Run the configured stage(s); return the exit status (see the module docstring)."""
+    """Run the configured stage(s); return the exit status (see the module docstring).
+
+    The output folder is locked for the run (a second run into it is refused with the PID of the
+    first); shards of ``--stage features`` each lock their own shard log only, so they run in parallel.
+    """
     check_config(config)
     rules = config.rules()  # a bad rules file is a configuration error before any work
     log.debug("rules: %s", rules.settings)
-    tasks = case_tasks(config)
-    if config.stage in ("features", "all"):
-        run_features(config, tasks)
+    tasks, skipped = case_tasks(config)
+    try:
         if config.stage == "features":
+            _features_locked(config, tasks)
             return 0
+        with folder_lock(config.output_dir, "--output_dir"), _report_lock(config):
+            return _run_locked(config, tasks, skipped)
+    except OutputError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _features_locked(config: SolfConfig, tasks: dict[str, CaseTask]) -> None:
+    """Pass 1 while holding this shard's lock (two runs appending to one shard log would interleave)."""
+    with folder_lock(config.features_dir, "SOLF features folder (this shard)", name=f".shard-{config.shard_id}.lock"):
+        run_features(config, tasks)
+
+
+def _report_lock(config: SolfConfig) -> contextlib.AbstractContextManager:
+    """The report folder's lock when it lies outside the (already locked) output folder."""
+    inside = config.output_dir.resolve() in (config.report.resolve(), *config.report.resolve().parents)
+    return contextlib.nullcontext() if inside else folder_lock(config.report, "--report folder")
+
+
+def _run_locked(config: SolfConfig, tasks: dict[str, CaseTask], skipped: dict[str, str]) -> int:
+    if config.stage == "all":
+        _features_locked(config, tasks)
         remaining = len(current_records(config, tasks)[1])
         if remaining:
             log.info("%d scans still to measure (--max_scans); run again to continue", remaining)
@@ -336,9 +443,12 @@ def run_solf(config: SolfConfig) -> int:
     table = merge_features(config, tasks)
     if config.stage == "merge":
         return 0
-    run_decide(config, table, tasks)
+    content = run_decide(config, table, tasks, skipped)
     if not table.case_ids:
         log.error("every scan failed; see %s", config.report / "failures.csv")
+        return 1
+    if content["scans"]["clean_failed"] and content["scans"]["training"] + content["scans"]["validation"] == 0:
+        log.error("no cleaned label could be written to %s; see %s", config.labels_dir, config.report / "failures.csv")
         return 1
     return 0
 
@@ -365,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_shards", type=int, default=1, help="split pass 1 into this many array jobs (default: 1)")
     p.add_argument("--shard_id", type=int, default=0, help="this job's shard, 0-based (default: 0)")
     p.add_argument("--max_scans", type=int, default=None, help="measure at most this many new scans in this run")
+    p.add_argument("--labels", default=None, help="label set: totalvibe (default), totalsegmentator, or a file "
+                   "(dataset.json labels block, JSON or CSV id,name); organ rules and left/right pairs follow its names")
+    p.add_argument("--method", choices=METHODS, default=None, help="decision rule: ours (default), paper (two of three "
+                   "features beyond the epsilon percentiles), both (rejected if either flags; reasons kept apart)")
+    p.add_argument("--epsilon", type=float, default=None, help="paper rule: percent of each tail out of range (default: 2)")
+    p.add_argument("--body_dir", type=Path, default=None, help="body masks {case}.nii.gz: the paper rule's body volume "
+                   "(default: the union of all labels of the scan)")
     p.add_argument("--rules", type=Path, default=None, help="JSON (or YAML) file overriding the organ rules")
     p.add_argument("--dump_rules", action="store_true", help="print the effective rules as JSON and exit")
     p.add_argument("--mad_threshold", type=float, default=None, help="robust z limit for shape outliers (default: 4.5)")
@@ -375,8 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="train/validation split seed (default: 0)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of included scans for validation (default: 0.1)")
     p.add_argument("--overwrite", action="store_true", help="re-measure every scan and rewrite every output")
-    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure")
+    p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure and the previews")
+    p.add_argument("--max_previews", type=int, default=100,
+                   help="report/previews/: one PNG per rejected organ, at most this many, 0 = none (default: %(default)s)")
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_limit_args(p)
     return p
 
 
@@ -389,7 +509,8 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
         shard_id=args.shard_id, rules_path=args.rules, mad_threshold=args.mad_threshold,
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
         min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
-        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure)
+        max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure, labels=args.labels,
+        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews, body_dir=args.body_dir)
 
 
 def organ_filtering_entry(argv: list[str] | None = None) -> int:
@@ -398,10 +519,16 @@ def organ_filtering_entry(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(args)
     try:
+        apply_limit_args(args)
         if args.dump_rules:
             print(json.dumps(config.rules().to_json(), indent=2))
             return 0
         return run_solf(config)
-    except (ConfigError, RulesError) as exc:
+    except (ConfigError, RulesError, LabelSetError, ValueError) as exc:
         log.error("configuration error: %s", exc)
         return 2
+    except OSError as exc:  # a full disk, a vanished share: the run stops; a rerun resumes from the logs
+        where = exc.filename or config.output_dir
+        hint = "free some space and run again: finished scans are kept" if disk_full(exc) else "run again once fixed"
+        log.error("run failed writing %s: %s (%s)", where, exc.strerror or exc, hint)
+        return 1

@@ -12,8 +12,12 @@ Users override any of it with a JSON file (YAML when PyYAML is installed)::
      "default":  {"min_voxels": 20},
      "organs":   {"liver": {"max_components": 2}, "64": {"min_components": 2}}}
 
-Organs are named by TotalVibeSegmentator name or ID; unknown names or fields are errors, so a
-typo never silently leaves a default in place. ``organ_filtering.py --dump_rules`` prints the
+Organs are named by their name in the label set (``--labels``) or by ID; unknown names or fields
+are errors, so a typo never silently leaves a default in place.
+
+Other label sets (``--labels``): SOLF has no organ table for them, so every organ starts with
+``learn_components``: its expected connected-component count is learned from the cohort
+(:func:`learn_component_rules`). A rules file can still set any organ's range by name. ``organ_filtering.py --dump_rules`` prints the
 complete effective table in this format.
 """
 
@@ -25,7 +29,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
+import numpy as np
+
+from swinbob.labels import TOTALVIBE_LABELS
+from swinbob.solf.labelsets import is_totalvibe
 
 OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity")
 """Features tested against the population (log scale for the size-like ones)."""
@@ -44,6 +51,9 @@ COMPONENT_RANGES: dict[str, tuple[int, int]] = {
     "inner_fat": (1, 1000),
 }
 """Expected connected-component range per organ; every organ not listed expects exactly one."""
+
+METHODS = ("ours", "paper", "both")
+"""Decision rules: ours (rules + MAD z-scores), the paper's percentile vote, or either flagging."""
 
 NOT_EXPECTED = ("unused",)
 """Label names that should never occur in a TotalVibeSegmentator output (ID 20)."""
@@ -69,6 +79,7 @@ class OrganRule:
     check_shape: bool = True
     check_position: bool = True
     expected: bool = True
+    learn_components: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,9 +88,13 @@ class Settings:
 
     Robust z-scores are ``0.6745 (x - median) / MAD``; ``mad_floor`` bounds the MAD from below
     per feature so that a very homogeneous population does not turn noise into outliers
-    (log-volume 0.1 ≈ 10 % volume, positions in mm).
+    (log-volume 0.1 ≈ 10 % volume, positions in mm). ``method`` chooses the decision rule
+    (``ours``, ``paper``: the UKBOB paper's two-of-three percentile vote with ``epsilon``, or
+    ``both``; see :mod:`swinbob.solf.paper`).
     """
 
+    method: str = "ours"
+    epsilon: float = 2.0
     mad_threshold: float = 4.5
     position_threshold: float = 4.5
     min_population: int = 20
@@ -90,39 +105,63 @@ class Settings:
 
 @dataclass(frozen=True)
 class RuleSet:
-    """Settings plus one :class:`OrganRule` per label ID (1..72)."""
+    """Settings plus one :class:`OrganRule` per label ID of the label set ``labels``."""
 
     settings: Settings
     organs: dict[int, OrganRule]
+    labels: dict[int, str] = field(default_factory=lambda: dict(TOTALVIBE_LABELS))
 
     def to_json(self) -> dict:
         """The complete effective rules in the override-file format (organs by name)."""
         return {
             "settings": dataclasses.asdict(self.settings),
-            "organs": {TOTALVIBE_LABELS[i]: dataclasses.asdict(rule) for i, rule in sorted(self.organs.items())},
+            "organs": {self.labels[i]: dataclasses.asdict(rule) for i, rule in sorted(self.organs.items())},
         }
 
 
-def default_rules() -> RuleSet:
-    """The built-in rule table (see the module docstring for its sources)."""
+def default_rules(labels: dict[int, str] | None = None) -> RuleSet:
+    """The built-in rule table for ``labels`` (default TotalVibeSegmentator; see the module docstring)."""
+    labels = dict(TOTALVIBE_LABELS if labels is None else labels)
+    known = is_totalvibe(labels)
     organs = {}
-    for label, name in TOTALVIBE_LABELS.items():
+    for label, name in labels.items():
         if label == 0:
             continue
-        low, high = COMPONENT_RANGES.get(name, (1, 1))
+        low, high = COMPONENT_RANGES.get(name, (1, 1)) if known else (1, 1)
         organs[label] = OrganRule(min_components=low, max_components=high,
                                   min_largest_share=0.5 if high == 1 else 0.0,
-                                  expected=name not in NOT_EXPECTED)
-    return RuleSet(Settings(), organs)
+                                  expected=not (known and name in NOT_EXPECTED), learn_components=not known)
+    return RuleSet(Settings(), organs, labels)
 
 
-def _organ_id(key: str) -> int:
-    names = ids_by_name(TOTALVIBE_LABELS)
+def learn_component_rules(rules: RuleSet, labels: np.ndarray, n_components: np.ndarray) -> RuleSet:
+    """Resolve ``learn_components`` organs from the cohort (``labels``/``n_components``: one per row).
+
+    An organ that is one piece in at least half of the scans (median component count 1) expects
+    exactly one component, so extra pieces are fragments to clean; otherwise it is a many-piece
+    structure and 1 up to three times its median count is accepted (cleaning keeps that many).
+    Organs seen in fewer than ``min_population`` scans keep their rule as is.
+    """
+    organs = dict(rules.organs)
+    order = np.argsort(labels, kind="stable")
+    present, starts = np.unique(labels[order], return_index=True)
+    for label, counts in zip(present.tolist(), np.split(n_components[order], starts[1:])):
+        rule = organs.get(label)
+        if rule is None or not rule.learn_components or counts.size < rules.settings.min_population:
+            continue
+        median = float(np.median(counts))
+        high = 1 if median <= 1 else int(np.ceil(3 * median))
+        organs[label] = dataclasses.replace(rule, min_components=1, max_components=high)
+    return dataclasses.replace(rules, organs=organs)
+
+
+def _organ_id(key: str, labels: dict[int, str]) -> int:
+    names = {name: i for i, name in labels.items()}
     if key in names and names[key] != 0:
         return names[key]
-    if key.isdigit() and 1 <= int(key) <= max(TOTALVIBE_LABELS):
+    if key.isdigit() and int(key) in labels and int(key) != 0:
         return int(key)
-    raise RulesError(f"unknown organ {key!r} in rules (use a TotalVibeSegmentator name or an ID 1..72)")
+    raise RulesError(f"unknown organ {key!r} in rules (use a name of the label set or an ID 1..{max(labels)})")
 
 
 def _same_kind(current: object, value: object) -> bool:
@@ -156,6 +195,10 @@ def validate_rules(rules: RuleSet) -> RuleSet:
     s = rules.settings
     if s.mad_threshold <= 0 or s.position_threshold <= 0:
         raise RulesError("mad_threshold and position_threshold must be positive")
+    if s.method not in METHODS:
+        raise RulesError(f"unknown method {s.method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 < s.epsilon < 50.0:
+        raise RulesError(f"epsilon (percent in each tail) must be in (0, 50), got {s.epsilon}")
     if not 0.0 <= s.max_rejected_fraction <= 1.0:
         raise RulesError(f"max_rejected_fraction must be in [0, 1], got {s.max_rejected_fraction}")
     if s.min_population < 3:
@@ -166,9 +209,9 @@ def validate_rules(rules: RuleSet) -> RuleSet:
         raise RulesError("mad_floor values must be positive numbers")
     for label, rule in rules.organs.items():
         if not 0 <= rule.min_components <= rule.max_components or rule.max_components < 1:
-            raise RulesError(f"{TOTALVIBE_LABELS[label]}: need 0 <= min_components <= max_components, max >= 1")
+            raise RulesError(f"{rules.labels[label]}: need 0 <= min_components <= max_components, max >= 1")
         if rule.min_voxels < 0 or not 0.0 <= rule.min_largest_share <= 1.0:
-            raise RulesError(f"{TOTALVIBE_LABELS[label]}: min_voxels >= 0 and min_largest_share in [0, 1]")
+            raise RulesError(f"{rules.labels[label]}: min_voxels >= 0 and min_largest_share in [0, 1]")
     return rules
 
 
@@ -186,9 +229,9 @@ def apply_overrides(rules: RuleSet, overrides: dict) -> RuleSet:
     if not isinstance(organ_values, dict):
         raise RulesError("'organs' must map organ names to rule fields")
     for key, values in organ_values.items():
-        label = _organ_id(str(key))
+        label = _organ_id(str(key), rules.labels)
         organs[label] = _replace_checked(organs[label], values, f"organs.{key}")
-    return validate_rules(RuleSet(settings, organs))
+    return validate_rules(RuleSet(settings, organs, rules.labels))
 
 
 def read_rules_file(path: str | Path) -> dict:
@@ -211,9 +254,10 @@ def read_rules_file(path: str | Path) -> dict:
         raise RulesError(f"{path}: invalid JSON ({exc})") from exc
 
 
-def load_rules(path: str | Path | None = None, **settings: float | None) -> RuleSet:
-    """Default rules, then the file at ``path`` (if any), then non-None ``settings`` (CLI flags)."""
-    rules = default_rules()
+def load_rules(path: str | Path | None = None, labels: dict[int, str] | None = None,
+               **settings: float | str | None) -> RuleSet:
+    """Default rules for ``labels``, then the file at ``path`` (if any), then non-None ``settings`` (CLI flags)."""
+    rules = default_rules(labels)
     if path is not None:
         rules = apply_overrides(rules, read_rules_file(path))
     flags = {k: v for k, v in settings.items() if v is not None}

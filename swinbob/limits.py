@@ -1,0 +1,65 @@
+"""Resource limits for untrusted files, checked *before* anything is allocated.
+
+A datalist, a label folder or a checkpoint may come from a stranger. Their headers and stored
+configs say how much memory reading them will take (a volume's shape, a checkpoint's
+uncompressed size, a model's width); these limits refuse them from those numbers alone, with a
+message naming the file, instead of allocating until the machine runs out of memory.
+
+Limits live in the environment (``SWINBOB_MAX_VOXELS`` ...) so that worker processes, spawned or
+forked, see what the command line set; :func:`add_limit_args` and :func:`apply_limit_args` give
+every entry point the same flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULTS = {
+    "max_voxels": 2_000_000_000,
+    "max_checkpoint_mb": 16_384,
+    "max_feature_size": 192,
+    "max_channels": 1024,
+}
+"""Defaults: a 2-G voxel volume, a 16 GiB checkpoint, Swin-UNETR up to feature_size 192 (the
+published sizes are 24, 36 and 48), 1024 input or output channels."""
+
+HELP = {
+    "max_voxels": "largest volume (voxels, from the header) read from any image or label file",
+    "max_checkpoint_mb": "largest uncompressed checkpoint (MiB, from its zip directory) that is loaded",
+    "max_feature_size": "largest Swin-UNETR feature_size a checkpoint or flag may ask for",
+    "max_channels": "largest number of input or output channels a checkpoint or flag may ask for",
+}
+
+
+def limit(name: str) -> int:
+    """The current value of limit ``name`` (environment ``SWINBOB_<NAME>``, else the default)."""
+    text = os.environ.get(f"SWINBOB_{name.upper()}")
+    try:
+        return int(text) if text else DEFAULTS[name]
+    except ValueError:
+        return DEFAULTS[name]
+
+
+def set_limit(name: str, value: int) -> None:
+    """Set limit ``name`` for this process and its future workers; refuses values below 1."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown limit {name!r}; choose one of {', '.join(DEFAULTS)}")
+    if int(value) < 1:
+        raise ValueError(f"--{name} must be at least 1, got {value}")
+    os.environ[f"SWINBOB_{name.upper()}"] = str(int(value))
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """``--max_voxels``, ``--max_checkpoint_mb``, ``--max_feature_size``, ``--max_channels``."""
+    group = parser.add_argument_group("resource limits for untrusted files")
+    for name, default in DEFAULTS.items():
+        group.add_argument(f"--{name}", type=int, default=None, help=f"{HELP[name]} (default {default})")
+
+
+def apply_limit_args(args: argparse.Namespace) -> None:
+    """Set every limit given on the command line (raises ``ValueError`` for values below 1)."""
+    for name in DEFAULTS:
+        value = getattr(args, name, None)
+        if value is not None:
+            set_limit(name, value)

@@ -1,0 +1,168 @@
+"""Label sets SOLF can clean: presets, label tables from files, and what names tell about organs.
+
+SOLF needs only an ``{id: name}`` table. It comes from a preset (``totalvibe``: the 72
+TotalVibeSegmentator IDs of UKBOB, the default; ``totalsegmentator``: TotalSegmentator v2's 117 CT
+classes) or from a file given with ``--labels``:
+
+* a ``dataset.json`` (nnU-Net v2 ``"labels": {"liver": 1, ...}`` or Decathlon ``"labels": {"1": "liver"}``);
+* a JSON file holding such a ``labels`` mapping directly;
+* a CSV file with two columns ``id,name`` (a header row is optional).
+
+Background (ID 0) is implied. IDs must be integers 1..254 (255 is SOLF's ignore value); nnU-Net
+region entries (lists of IDs) are skipped. Everything organ-specific beyond the names is learned
+from the cohort when the label set is not TotalVibeSegmentator (see :mod:`swinbob.solf.rules`),
+and left/right partners are found from the names (:func:`side_pairs`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from swinbob.dataset_task import DatasetJsonError, parse_labels
+from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
+
+PRESETS: dict[str, dict[int, str]] = {"totalvibe": TOTALVIBE_LABELS, "totalsegmentator": TOTALSEGMENTATOR_LABELS}
+LABEL_SLOTS = 256
+"""Size of per-label lookup arrays: every uint8 value (labels are stored as uint8 by pass 1)."""
+_SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
+
+
+class LabelSetError(ValueError):
+    """A label table that cannot be used (a configuration error: the run stops)."""
+
+
+def _checked(table: dict[int, str], where: str) -> dict[int, str]:
+    """``table`` with background added, after checking IDs and names."""
+    out = {0: "background"}
+    seen: dict[str, int] = {}
+    for label, name in sorted(table.items()):
+        if label == 0:
+            continue
+        if not 1 <= label < IGNORE_LABEL:
+            raise LabelSetError(f"{where}: label ID {label} outside 1..{IGNORE_LABEL - 1}")
+        if not name or name != name.strip():
+            raise LabelSetError(f"{where}: label {label} has an empty or padded name {name!r}")
+        if name in seen:
+            raise LabelSetError(f"{where}: name {name!r} used by IDs {seen[name]} and {label}")
+        seen[name] = label
+        out[label] = name
+    if len(out) == 1:
+        raise LabelSetError(f"{where}: no labels besides background")
+    return out
+
+
+def _as_int(value: object, where: str) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise LabelSetError(f"{where}: label ID {value!r} is not a non-negative integer")
+    return int(value)
+
+
+def labels_from_mapping(mapping: dict, where: str) -> dict[int, str]:
+    """``{id: name}`` from a ``labels`` block in either direction (nnU-Net v2 or Decathlon), read by
+    the same parser as ``--task auto`` (:func:`swinbob.dataset_task.parse_labels`); background is
+    added when the block leaves it out."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise LabelSetError(f"{where}: expected a non-empty 'labels' mapping")
+    decathlon = all(re.fullmatch(r"\d+", str(k)) for k in mapping)
+    if decathlon and "0" not in mapping:
+        mapping = {"0": "background", **mapping}
+    elif not decathlon and 0 not in mapping.values() and "background" not in mapping:
+        mapping = {"background": 0, **mapping}
+    try:
+        table = parse_labels({"labels": mapping}, where)["label_map"]
+    except DatasetJsonError as exc:
+        raise LabelSetError(str(exc)) from exc
+    return _checked(table, where)
+
+
+def _labels_from_csv(text: str, where: str) -> dict[int, str]:
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if rows and not rows[0][0].strip().isdigit():
+        rows = rows[1:]  # header
+    table: dict[int, str] = {}
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise LabelSetError(f"{where}: row {number} needs two columns id,name, got {row}")
+        label = _as_int(row[0].strip(), where)
+        if label in table:
+            raise LabelSetError(f"{where}: label ID {label} appears twice")
+        table[label] = row[1].strip()
+    return _checked(table, where)
+
+
+def load_label_set(spec: str | Path | None) -> dict[int, str]:
+    """The ``{id: name}`` table of a preset name or a file (see the module docstring)."""
+    if spec is None:
+        return dict(TOTALVIBE_LABELS)
+    if str(spec) in PRESETS:
+        return dict(PRESETS[str(spec)])
+    path = Path(spec)
+    if not path.is_file():
+        raise LabelSetError(f"label set {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelSetError(f"{path}: cannot read ({exc})") from exc
+    if path.suffix.lower() == ".csv":
+        return _labels_from_csv(text, str(path))
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabelSetError(f"{path}: invalid JSON ({exc})") from exc
+    block = content.get("labels", content) if isinstance(content, dict) else content
+    return labels_from_mapping(block, str(path))
+
+
+def is_totalvibe(labels: dict[int, str]) -> bool:
+    """Whether ``labels`` is TotalVibeSegmentator's table (whose organ rules SOLF has built in)."""
+    return labels == TOTALVIBE_LABELS
+
+
+def mirror_name(name: str) -> str | None:
+    """The name of the other side (``kidney_left`` -> ``kidney_right``, ``left_lung`` ->
+    ``right_lung``, ``rib_left_3`` -> ``rib_right_3``), or None if no word says left or right.
+
+    Words are separated by ``_``, ``-``, ``.`` or spaces, so ``cleft`` or ``brightness`` never count.
+    """
+    parts = re.split(r"([_\-. ]+)", name)
+    sides = [i for i, part in enumerate(parts) if part in _SIDE_WORDS]
+    if len(sides) != 1:
+        return None
+    parts[sides[0]] = _SIDE_WORDS[parts[sides[0]]]
+    return "".join(parts)
+
+
+def side_pairs(labels: dict[int, str]) -> list[tuple[int, int]]:
+    """(left ID, right ID) of every pair of labels whose names differ only by left/right."""
+    ids = {name: label for label, name in labels.items()}
+    pairs = []
+    for name, label in sorted(ids.items(), key=lambda item: item[1]):
+        partner = mirror_name(name)
+        if partner in ids and re.search(r"(^|[_\-. ])(left|Left|LEFT)($|[_\-. ])", name):
+            pairs.append((label, ids[partner]))
+    return pairs
+
+
+def name_of(labels: dict[int, str], label: int) -> str:
+    """Name of ``label`` (its number as text if the table does not name it)."""
+    return labels.get(label, str(label))
+
+
+def remap_by_name(label: np.ndarray, source: dict[int, str], target: dict[int, str]) -> np.ndarray:
+    """``label`` (IDs of ``source``) in the IDs of ``target``; organs ``target`` does not name become 0.
+
+    For example a TotalVibeSegmentator map in TotalSegmentator IDs (the synthetic CT cohort of
+    the tests): the names the two tables share are kept, the rest is background.
+    """
+    ids = {name: i for i, name in target.items()}
+    lut = np.zeros(LABEL_SLOTS, dtype=np.uint8)
+    lut[IGNORE_LABEL] = IGNORE_LABEL
+    for i, name in source.items():
+        lut[i] = ids.get(name, 0)
+    return lut[label]

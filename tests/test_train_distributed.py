@@ -1,0 +1,89 @@
+"""Data-parallel training does what one process does: 2 gloo ranks, each on its own shard of the
+global batch, give the gradients and the update of one process on the whole batch; and the
+training loaders give each rank its own cases."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import swinbob.train as train
+from swinbob.distributed import DistContext, launch
+from swinbob.labels import IGNORE_LABEL
+from swinbob.loaders import shard
+from swinbob.losses import MaskedDiceCELoss
+from swinbob.phantoms import write_cohort
+from swinbob.train_cli import build_parser, resolve_plan
+
+GLOBAL_BATCH = 4
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)  # the same initial weights in every process (DDP would broadcast rank 0's anyway)
+    return nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.InstanceNorm3d(6, affine=True), nn.ReLU(), nn.Conv3d(6, 3, 1))
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    """Four samples, each with the same number of voxels labelled 255 (so that the per-rank mean
+    cross-entropy averaged over ranks equals the global one)."""
+    g = torch.Generator().manual_seed(1)
+    image = torch.randn(GLOBAL_BATCH, 1, 8, 8, 8, generator=g)
+    label = torch.randint(0, 3, (GLOBAL_BATCH, 1, 8, 8, 8), generator=g).float()
+    label[:, :, :2] = IGNORE_LABEL
+    return {"image": image, "label": label}
+
+
+def one_step(net: nn.Module, batch: dict) -> None:
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, stepped = train.train_step(net, batch, MaskedDiceCELoss(), optimizer, scaler)
+    assert stepped and torch.isfinite(loss)
+
+
+def _rank_worker(ctx: DistContext, out_dir: str) -> int:
+    torch.set_num_threads(1)
+    model = tiny_net()
+    net = DistributedDataParallel(model)
+    rows = shard(range(GLOBAL_BATCH), ctx.rank, ctx.world_size)
+    batch = {k: v[rows] for k, v in global_batch().items()}
+    one_step(net, batch)
+    torch.save({"rows": rows, "grads": [p.grad for p in model.parameters()], "weights": list(model.parameters())},
+               Path(out_dir) / f"rank{ctx.rank}.pt")
+    return 0
+
+
+def test_two_gloo_ranks_give_the_gradients_and_update_of_one_process_on_the_global_batch(tmp_path):
+    assert launch(_rank_worker, str(tmp_path), distributed=True, world_size=2, device_name="cpu") == 0
+    model = tiny_net()
+    one_step(model, global_batch())
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["rows"] == [0, 2] and ranks[1]["rows"] == [1, 3]  # each rank its own half
+    for rank in ranks:
+        for theirs, ours in zip(rank["grads"], model.parameters()):
+            assert torch.allclose(theirs, ours.grad, atol=1e-6, rtol=1e-5)
+        for theirs, ours in zip(rank["weights"], model.parameters()):
+            assert torch.allclose(theirs, ours.detach(), atol=1e-6, rtol=1e-5)
+    half = tiny_net()
+    one_step(half, {k: v[[0, 2]] for k, v in global_batch().items()})
+    assert not torch.allclose(half[0].weight.grad, model[0].weight.grad, atol=1e-4)  # a shard alone differs
+
+
+@pytest.fixture(scope="module")
+def btcv_plan(tmp_path_factory):
+    data = write_cohort("btcv", tmp_path_factory.mktemp("btcv"), 10, shape=(32, 32, 24), val_fraction=0.2).parent
+    argv = [f"--json_list={data / 'dataset.json'}", f"--data_dir={data}", f"--logdir={data / 'runs'}", "--workers=0",
+            "--cache_rate=0", "--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--batch_size=2"]
+    return resolve_plan(build_parser("btcv").parse_args(argv))
+
+
+def test_each_rank_trains_on_its_own_shard_of_the_cases(btcv_plan):
+    assert len(btcv_plan.train_entries) == 8
+    loaders = [train.build_loaders(btcv_plan, DistContext(rank=rank, world_size=2))[0] for rank in range(2)]
+    assert [len(loader) for loader in loaders] == [2, 2]  # 4 cases per rank per epoch, batches of 2
+    for epoch in range(3):  # every epoch: the ranks split the cases (a new split each epoch)
+        seen = [{i for batch in loader.batch_sampler.epoch_batches(epoch) for _, i in batch} for loader in loaders]
+        assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(8)), (epoch, seen)
+    single, _ = train.build_loaders(btcv_plan, DistContext())
+    assert {i for b in single.batch_sampler.epoch_batches(0) for _, i in b} == set(range(8))
