@@ -302,7 +302,9 @@ class NormalizeForegroundd(T.MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             out = torch.stack([self.normalise(torch.as_tensor(c)) for c in image])
-            d[key] = MetaTensor(out, meta=image.meta) if isinstance(image, MetaTensor) else out
+            if isinstance(image, MetaTensor):  # keep the applied operations: predictions are inverted through them
+                out = MetaTensor(out, meta=image.meta, applied_operations=image.applied_operations)
+            d[key] = out
         return d
 
 
