@@ -50,6 +50,7 @@ from swinbob.interrupt import stop_on_signals
 from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.statistics import structure_statistics, write_probabilities
+from swinbob.labels import IGNORE_LABEL
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
 from swinbob.tasks import AUTO, Task, get_task
@@ -179,7 +180,10 @@ def _read_label(case: Case, task: Task, shape: tuple[int, ...]) -> tuple[np.ndar
     task.check_label_values(label, source=str(case.label))
     if label.shape != shape:
         raise CaseError(f"label {case.label} has shape {label.shape} but the image has {shape}")
-    return label.astype(np.int16), affine
+    label = label.astype(np.int16)
+    if task.ignore_value is not None:  # a dataset's own ignore label is not scored, like SOLF's 255
+        label[label == task.ignore_value] = IGNORE_LABEL
+    return label, affine
 
 
 def _first_channel(case: Case) -> tuple[np.ndarray, np.ndarray]:
