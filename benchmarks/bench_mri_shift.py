@@ -19,8 +19,10 @@ Stages (run in order; each reuses the previous ones' files under ``--work_dir``)
     python benchmarks/bench_mri_shift.py all                     # everything above with the defaults
 
 Training and evaluation drive the library the scripts use: ``swinbob.train`` (UKBOB/main.py's
-engine) with a three-class task built in :func:`gmwm_task`, and ``swinbob.evaluate.predict_case``
-(test_etta.py's per-case prediction: sliding window, flip TTA, ETTA) on each preprocessed volume.
+engine) with a three-class task built in :func:`gmwm_task`, and test_etta.py's per-case calls
+(``predict_logits``, ``flip_tta_logits``, ``etta_predict``, ``integrate``, ``score_case``; see
+:func:`predict_methods`) on each volume normalised as in training. Work files go to ``--work_dir``
+(default /tmp/bench_mri_shift); figures and commands: benchmarks/RESULTS.md, issue 11.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from torch import nn
 
 from swinbob.data import NormalizeForegroundd, otsu_threshold, shift_augment_transforms
 from swinbob.etta import (
-    EttaConfig, affine_instance_norms, etta_loss, etta_predict, marginal_entropy, norm_parameters, window_entropy,
+    EttaConfig, affine_instance_norms, etta_loss, etta_predict, marginal_entropy, norm_parameters,
 )
 from swinbob.inference import WindowSettings, predict_logits
 from swinbob.model import ModelConfig, build_model
