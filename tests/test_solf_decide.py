@@ -210,3 +210,12 @@ def test_a_scan_at_another_table_position_keeps_every_organ():
     assert set(decisions.decision.tolist()) == {KEPT}
     moved = table.columns["case_index"] == 3
     assert np.all(np.abs(decisions.zscores["position"][moved]) < 1.0)
+
+
+def test_an_organ_whose_partner_is_missing_is_not_on_the_wrong_side():
+    def remove_right_kidney(label):
+        label[label == ID["kidney_right"]] = ID["muscle"]
+    _, decisions, rows = _decide({0: remove_right_kidney, 23: remove_right_kidney})
+    for case in (0, 23):  # also the table's first and last scans
+        assert ("case_%02d" % case, "kidney_right") not in rows
+        assert "wrong_side" not in _verdict(decisions, rows, case, "kidney_left")[1]
