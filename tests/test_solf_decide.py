@@ -219,3 +219,123 @@ def test_an_organ_whose_partner_is_missing_is_not_on_the_wrong_side():
     for case in (0, 23):  # also the table's first and last scans
         assert ("case_%02d" % case, "kidney_right") not in rows
         assert "wrong_side" not in _verdict(decisions, rows, case, "kidney_left")[1]
+
+
+# --- Boundaries and bookkeeping of pass 2 on hand-written feature tables (mutation survivors) ---
+# Each test below pins one rule at its edge: "strictly above the threshold", "a label seen exactly
+# min_count times", "a scan with no organ", "the first row of the table". Features are written
+# directly, so the value at the edge is exact.
+
+def _table(rows: list[tuple], n_cases: int):
+    """FeatureTable with one row per (case, organ name, {feature: value}) and plain defaults."""
+    from swinbob.solf.store import FeatureTable
+    defaults = {"volume_mm3": 1000.0, "largest_share": 1.0, "surface_mm2": 600.0, "sphericity": 0.8,
+                "eccentricity": 0.3, "centroid_x": 0.0, "centroid_y": 0.0, "centroid_z": 0.0,
+                "voxel_count": 125, "n_components": 1}
+    columns = {"case_index": np.array([r[0] for r in rows], np.int64),
+               "label": np.array([ID[r[1]] for r in rows], np.int64)}
+    for name, default in defaults.items():
+        values = [dict(defaults, **(r[2] if len(r) > 2 else {}))[name] for r in rows]
+        columns[name] = np.array(values, np.float64)
+        if name not in ("volume_mm3", "largest_share", "voxel_count", "n_components"):
+            main = [(r[2] if len(r) > 2 else {}).get(f"main_{name}", v) for r, v in zip(rows, values)]
+            columns[f"main_{name}"] = np.array(main, np.float64)
+    columns["voxel_count"] = columns["voxel_count"].astype(np.int64)
+    columns["n_components"] = columns["n_components"].astype(np.int64)
+    return FeatureTable([f"case_{i:02d}" for i in range(n_cases)], columns, [], [])
+
+
+def test_population_statistics_need_exactly_min_count_finite_values():
+    from swinbob.solf.decide import population_stats
+    from swinbob.solf.labelsets import LABEL_SLOTS
+    values, labels = np.array([1.0, 2.0, 4.0, np.nan, 7.0]), np.array([3, 3, 3, 3, 5])
+    population = population_stats(values, labels, floor=0.1, min_count=3)
+    assert population.median[3] == 2.0 and population.scale[3] == 1.0  # NaN ignored, 3 values = min_count
+    assert np.isnan(population.median[5])  # one value only
+    assert population.count.shape == (LABEL_SLOTS,) and population.count[3] == 4 and population.count[5] == 1
+    assert np.isnan(population_stats(values, labels, floor=0.1, min_count=4).median[3])
+
+
+def _wrong_side(rows, lateral_z=None, n_cases=1):
+    from swinbob.solf.decide import wrong_side_rows
+    table = _table(rows, n_cases)
+    z = np.zeros(len(rows)) if lateral_z is None else np.asarray(lateral_z, np.float64)
+    return wrong_side_rows(table, table.columns["centroid_x"], z, TOTALVIBE_LABELS).tolist()
+
+
+def test_wrong_side_pairs_at_equal_centroids_and_in_the_first_table_row():
+    # right must have a strictly larger world x: equal centroids are inverted (left partner in row 0)
+    assert _wrong_side([(0, "kidney_left", {"centroid_x": 5.0}), (0, "kidney_right", {"centroid_x": 5.0})]) == [True, True]
+    # right partner in row 0
+    assert _wrong_side([(0, "kidney_right", {"centroid_x": -9.0}), (0, "kidney_left", {"centroid_x": 9.0})]) == [True, True]
+    assert _wrong_side([(0, "kidney_right", {"centroid_x": 9.0}), (0, "kidney_left", {"centroid_x": -9.0})]) == [False, False]
+
+
+def test_wrong_side_blame_at_a_lateral_z_of_exactly_two():
+    rows = [(0, "liver"), (0, "kidney_left", {"centroid_x": 9.0}), (0, "kidney_right", {"centroid_x": -9.0})]
+    assert _wrong_side(rows, [0.0, 2.0, 0.0]) == [False, True, False]  # |z| >= 2: only the left one
+    assert _wrong_side(rows, [0.0, 0.0, -2.0]) == [False, False, True]
+    assert _wrong_side(rows, [0.0, 1.99, 0.0]) == [False, True, True]  # neither atypical: both
+
+
+def test_wrong_side_needs_both_partners_in_the_scan():
+    # the right kidney is missing; the last row of the table (another scan) must not stand in for it
+    rows = [(0, "kidney_left", {"centroid_x": 9.0}), (1, "liver", {"centroid_x": -100.0})]
+    assert _wrong_side(rows, n_cases=2) == [False, False]
+
+
+def test_flags_are_strictly_above_their_thresholds():
+    from swinbob.solf.decide import _flags
+    rules = default_rules()
+    s = rules.settings
+    min_voxels = rules.organs[ID["liver"]].min_voxels
+    table = _table([(0, "liver", {"voxel_count": min_voxels}), (0, "spleen", {"voxel_count": min_voxels - 1})], 1)
+    at = {f: np.array([s.mad_threshold, s.mad_threshold + 1e-9]) for f in ("log_volume", "log_surface", "sphericity", "eccentricity")}
+    at["position"] = np.array([s.position_threshold, s.position_threshold + 1e-9])
+    at["rel_x"] = np.zeros(2)
+    flags = _flags(table, rules, {"centroid_x": np.zeros(2)}, at)
+    for reason in ("too_small", "misplaced", "outlier_log_volume", "outlier_log_surface", "outlier_sphericity",
+                   "outlier_eccentricity"):
+        assert flags[reason].tolist() == [False, True], reason
+
+
+def test_scan_shares_an_empty_last_scan_and_the_returned_bookkeeping():
+    from swinbob.solf.labelsets import LABEL_SLOTS
+    rows = [(0, "liver"), (0, "spleen"), (0, "kidney_right", {"centroid_x": 9.0}), (0, "unused"),  # 1 of 4 rejected
+            (1, "unused")]  # a scan with a single (rejected) organ; case 2 has no organ at all
+    table = _table(rows, 3)
+    decisions = decide(table, default_rules())
+    assert decisions.decision.tolist() == [KEPT, KEPT, KEPT, REJECTED, REJECTED]
+    assert decisions.scan_rejected_fraction.tolist() == [0.25, 1.0, 0.0]
+    assert decisions.scan_excluded.tolist() == [False, True, False]  # exactly 0.25 is not above 0.25
+    assert decisions.paper_reasons == [""] * 5  # method "ours": no paper reasons
+    count = decisions.population["log_volume"].count
+    assert count.shape == (LABEL_SLOTS,) and count[ID["unused"]] == 2 and count[ID["liver"]] == 1
+    assert decisions.rules.labels == default_rules().labels
+
+
+def test_a_label_without_a_rule_is_unexpected():
+    from swinbob.solf.rules import RuleSet
+    rules = default_rules()
+    rules = RuleSet(rules.settings, {k: v for k, v in rules.organs.items() if k != ID["liver"]}, rules.labels)
+    decisions = decide(_table([(0, "liver"), (0, "spleen")], 1), rules)
+    assert decisions.decision.tolist() == [REJECTED, KEPT]
+    assert decisions.reasons[0].split(";")[0] == "unexpected_label"
+
+
+def test_paper_method_decides_by_the_paper_vote_alone():
+    table = _table([(0, "liver"), (0, "unused"), (0, "spleen", {"n_components": 3, "largest_share": 0.9})], 1)
+    decisions = decide(table, apply_overrides(default_rules(), {"settings": {"method": "paper"}}))
+    # below the population size the paper's vote flags nothing; our rules are not applied
+    assert decisions.decision.tolist() == [KEPT, KEPT, KEPT]
+    assert decisions.reasons == ["", "", ""] and decisions.paper_reasons == ["", "", ""]
+
+
+def test_single_piece_organs_are_described_by_their_largest_component():
+    from swinbob.solf.decide import derived_features
+    table = _table([(0, "liver", {"surface_mm2": 900.0, "main_surface_mm2": 600.0, "largest_share": 0.8,
+                                  "n_components": 2, "centroid_x": 10.0, "main_centroid_x": 4.0})], 1)
+    derived = derived_features(table, default_rules())
+    assert derived["log_surface"][0] == pytest.approx(np.log(600.0))
+    assert derived["log_volume"][0] == pytest.approx(np.log(800.0))
+    assert derived["centroid_x"][0] == 4.0
