@@ -87,3 +87,51 @@ def test_each_rank_trains_on_its_own_shard_of_the_cases(btcv_plan):
         assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(8)), (epoch, seen)
     single, _ = train.build_loaders(btcv_plan, DistContext())
     assert {i for b in single.batch_sampler.epoch_batches(0) for _, i in b} == set(range(8))
+
+
+def _with(plan, **options):
+    """``plan`` with some training options changed."""
+    import dataclasses
+    return dataclasses.replace(plan, options=dataclasses.replace(plan.options, **options))
+
+
+def test_build_loaders_training_and_validation_settings(btcv_plan):
+    """What build_loaders hands on: transforms, cache settings, seed, step cap, validation shard, workers, pinning."""
+    from monai.data import CacheDataset, Dataset
+    from swinbob.loaders import batch_stream
+    val_entries = btcv_plan.val_entries
+    assert len(val_entries) == 2
+    loader, val = train.build_loaders(_with(btcv_plan, seed=7, max_steps_per_epoch=1), DistContext())
+    assert len(loader) == 1 and loader.batch_sampler.epochs.seed == 7
+    assert isinstance(loader.dataset.dataset, CacheDataset) and loader.dataset.dataset.cache_num == 0  # --cache_rate=0
+    assert not loader.pin_memory and not val.pin_memory  # CPU: nothing to pin
+    batch = next(batch_stream(loader, 0))
+    assert tuple(batch["image"].shape[1:]) == (1, 32, 32, 64) == tuple(batch["label"].shape[1:])  # training ROI crops
+    assert len(val) == 2 and val.num_workers == 0
+    case = next(iter(val))
+    from swinbob.data import eval_transforms
+    whole = eval_transforms(btcv_plan.task, btcv_plan.data)(val_entries[0])  # validation: the whole preprocessed volume
+    assert case["image"].shape[1:] == whole["image"].shape and case["label"].shape[1:] == whole["label"].shape
+    for rank in range(2):  # each rank validates its own validation case
+        _, val = train.build_loaders(btcv_plan, DistContext(rank=rank, world_size=2))
+        assert [e["image"] for e in val.dataset.data] == [val_entries[rank]["image"]]
+    # options that change the objects built (nothing is loaded here)
+    loader, val = train.build_loaders(_with(btcv_plan, use_normal_dataset=True, workers=1), DistContext())
+    for dataset in (loader.dataset.dataset, val.dataset):
+        assert type(dataset) is Dataset
+    assert loader.num_workers == 1 and val.num_workers == 1
+    loader, val = train.build_loaders(btcv_plan, DistContext(device=torch.device("cuda")))
+    assert loader.pin_memory is True and val.pin_memory is True  # pinned for a CUDA device
+
+
+def test_train_step_runs_the_forward_pass_in_the_requested_precision():
+    """--amp_dtype reaches the forward pass (bf16 autocast works on the CPU too); the loss stays float32."""
+    seen = []
+    net = tiny_net()
+    net.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for amp_dtype, expected in ((torch.bfloat16, torch.bfloat16), (None, torch.float32)):
+        loss, stepped = train.train_step(net, global_batch(), MaskedDiceCELoss(), optimizer, scaler, amp_dtype)
+        assert stepped and loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert seen[-1] == expected
