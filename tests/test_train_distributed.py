@@ -135,3 +135,23 @@ def test_train_step_runs_the_forward_pass_in_the_requested_precision():
         loss, stepped = train.train_step(net, global_batch(), MaskedDiceCELoss(), optimizer, scaler, amp_dtype)
         assert stepped and loss.dtype == torch.float32 and torch.isfinite(loss)
         assert seen[-1] == expected
+
+
+def test_train_step_leaves_a_parameter_without_gradient_in_this_step_untouched():
+    """Gradients are freed, not zeroed: AdamW's momentum must not move a branch this batch did not use."""
+    class TwoBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.main, self.extra, self.use_extra = tiny_net(), nn.Conv3d(1, 3, 1), True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.main(x) + self.extra(x) if self.use_extra else self.main(x)
+
+    net = TwoBranch()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    train.train_step(net, global_batch(), MaskedDiceCELoss(), optimizer, scaler)
+    before = net.extra.weight.detach().clone()
+    net.use_extra = False
+    _, stepped = train.train_step(net, global_batch(), MaskedDiceCELoss(), optimizer, scaler)
+    assert stepped and net.extra.weight.grad is None and torch.equal(net.extra.weight, before)
