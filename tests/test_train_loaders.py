@@ -166,3 +166,35 @@ def test_ranks_draw_disjoint_batches_of_equal_count_each_epoch(size):
         drawn = [pair for stream in streams for batch in stream[2 * epoch:2 * epoch + 2] for pair in batch]
         assert len(set(drawn)) == len(drawn) == size + size % 2  # disjoint slots: no sample on both ranks
         assert {index for _, index in drawn} == set(range(size))
+
+
+# --- Sampler edges and defaults (mutation survivors of issue 16) ---
+
+def test_epoch_sampler_rejects_no_cases_and_a_rank_outside_the_world():
+    assert EpochSampler(1).size == 1  # one case is enough
+    for size, rank, world in ((0, 0, 1), (3, 2, 2), (3, -1, 2)):
+        with pytest.raises(ValueError, match=f"need at least one case and 0 <= rank < world_size, got {size}, {rank}, {world}"):
+            EpochSampler(size, 0, rank, world)
+    with pytest.raises(ValueError, match="batch_size and max_steps must be positive, got 0, None"):
+        EpochBatchSampler(4, 0)
+    with pytest.raises(ValueError, match="batch_size and max_steps must be positive, got 2, 0"):
+        EpochBatchSampler(4, 2, max_steps=0)
+
+
+def test_sampler_defaults_seed_zero_and_start_at_epoch_zero():
+    assert EpochSampler(8).seed == 0 and EpochBatchSampler(8, 2).epochs.seed == 0
+    sampler = EpochBatchSampler(8, 2, seed=3)
+    assert sampler.first_epoch == 0 and next(iter(sampler)) == sampler.epoch_batches(0)[0]
+    loader = train_loader(list(range(8)), 2, workers=0)
+    assert loader.batch_sampler.epochs.seed == 0 and loader.pin_memory is False and loader.prefetch_factor is None
+
+
+def test_every_seed_gives_its_own_epochs_and_negative_seeds_wrap_modulo_2_64():
+    orders = {seed: EpochSampler(16, seed).samples(0) for seed in (0, 2, 64)}
+    assert len({str(order) for order in orders.values()}) == 3
+    assert str(EpochSampler(16, -1).samples(0)) == str(EpochSampler(16, 2**64 - 1).samples(0))
+
+
+def test_loader_workers_prefetch_the_requested_number_of_batches():
+    assert train_loader(list(range(8)), 2, workers=1).prefetch_factor == 4  # nothing is iterated: no process starts
+    assert train_loader(list(range(8)), 2, workers=2, prefetch=3).prefetch_factor == 3
