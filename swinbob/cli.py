@@ -75,6 +75,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     for name in ("a_min", "a_max", "b_min", "b_max"):
         g.add_argument(f"--{name}", type=float, default=None, help="CT intensity window (default: the task's)")
+    g.add_argument("--intensity", default=None, choices=["window", "zscore_nonzero", "zscore_foreground"],
+                   help="intensity normalisation (default: the task's; zscore_foreground for MRI with a noisy background)")
     for axis in "xyz":
         g.add_argument(f"--space_{axis}", type=float, default=None, help=f"resampled spacing along {axis} in mm (default: the task's)")
     g.add_argument("--infer_overlap", type=float, default=None, help="sliding-window overlap (default: the task's)")
@@ -172,9 +174,12 @@ def model_config(args: argparse.Namespace, task: Task) -> ModelConfig:
 def data_config(args: argparse.Namespace, task: Task, **overrides: object) -> DataConfig:
     """Spacing, intensity window and ROI from flags, falling back to the task."""
     window = _window(args)
-    if window and task.intensity.kind != "window":
+    kind = getattr(args, "intensity", None) or task.intensity.kind
+    if window and kind != "window":
         raise ConfigError(f"--a_min/--a_max/--b_min/--b_max set a CT window, but task {task.name!r} z-scores its "
                           "(MRI) inputs")
+    if getattr(args, "intensity", None):
+        window["kind"] = args.intensity
     intensity = dataclasses.replace(task.intensity, **window)
     return DataConfig.from_task(
         task,

@@ -38,6 +38,8 @@ class DataConfig:
     rotate90_prob: float = 0.2
     scale_intensity_prob: float = 0.1
     shift_intensity_prob: float = 0.1
+    shift_augment: bool = False
+    """Scanner-shift augmentation (:func:`shift_augment_transforms`) after the reference augmentations."""
 
     @classmethod
     def from_task(cls, task: Task, **overrides: Any) -> DataConfig:
@@ -248,6 +250,64 @@ class LabelsToRegionsd(T.MapTransform):
         return d
 
 
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of ``values``: the histogram cut that maximises the between-class variance."""
+    values = values.float().flatten()
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return low
+    counts = torch.histc(values, bins=bins, min=low, max=high).double()
+    centres = torch.linspace(low, high, bins + 1, dtype=torch.float64)
+    centres = (centres[:-1] + centres[1:]) / 2
+    weight_low = torch.cumsum(counts, 0)
+    weight_high = weight_low[-1] - weight_low
+    mass_low = torch.cumsum(counts * centres, 0)
+    mean_low = mass_low / weight_low.clamp(min=1)
+    mean_high = (mass_low[-1] - mass_low) / weight_high.clamp(min=1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centres[int(torch.argmax(between[:-1]))])
+
+
+class NormalizeForegroundd(T.MapTransform):
+    """Per-channel z-score over an Otsu foreground mask, after clipping to the foreground's percentiles.
+
+    Why not MONAI's ``NormalizeIntensityd(nonzero=True)``: with noise in the background every voxel
+    is non-zero, so the "brain" statistics become those of the whole field of view and the tissue
+    contrast that the network learnt moves (the issue's real-MRI failure: grey matter predicted in
+    the noisy background). Otsu's threshold separates the dark background from tissue whatever the
+    gain, clipping to the foreground's ``low_pct``..``high_pct`` percentiles flattens background noise
+    below the darkest tissue and bright outliers, and the mean and std come from the clipped
+    foreground only. The background is kept (clipped), so the output is defined everywhere.
+    """
+
+    def __init__(self, keys: KeysCollection, low_pct: float = 0.5, high_pct: float = 99.5) -> None:
+        super().__init__(keys)
+        if not 0.0 <= low_pct < high_pct <= 100.0:
+            raise ValueError(f"foreground percentiles must satisfy 0 <= low < high <= 100, got {low_pct}, {high_pct}")
+        self.low_pct, self.high_pct = low_pct, high_pct
+
+    def normalise(self, channel: torch.Tensor) -> torch.Tensor:
+        values = channel.float()
+        foreground = values[values > otsu_threshold(values)]
+        if foreground.numel() < 2:
+            return values - values.mean()
+        sample = foreground if foreground.numel() <= 2**24 else foreground[:: foreground.numel() // 2**24 + 1]
+        low, high = torch.quantile(sample, torch.tensor([self.low_pct / 100, self.high_pct / 100]))
+        clipped = values.clamp(float(low), float(high))
+        fg = foreground.clamp(float(low), float(high))
+        return (clipped - fg.mean()) / fg.std().clamp(min=1e-8)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            out = torch.stack([self.normalise(torch.as_tensor(c)) for c in image])
+            if isinstance(image, MetaTensor):  # keep the applied operations: predictions are inverted through them
+                out = MetaTensor(out, meta=image.meta, applied_operations=image.applied_operations)
+            d[key] = out
+        return d
+
+
 @dataclass(frozen=True)
 class Above:
     """``x > level`` as a picklable function (foreground selection for MONAI's crops)."""
@@ -261,6 +321,8 @@ class Above:
 def background_level(intensity: Intensity) -> float:
     """The normalised value of background (air, outside the window): the lower end of a CT
     window, 0 for z-scored MRI (whose zero voxels stay zero); foreground crops keep what lies above."""
+    if intensity.kind == "zscore_foreground":  # the background is clipped, not zero: keep the whole volume
+        return float("-inf")
     return float(intensity.b_min) if intensity.kind == "window" else 0.0
 
 
@@ -271,6 +333,8 @@ def intensity_transform(intensity: Intensity) -> T.MapTransform:
             keys="image", a_min=intensity.a_min, a_max=intensity.a_max,
             b_min=intensity.b_min, b_max=intensity.b_max, clip=True,
         )
+    if intensity.kind == "zscore_foreground":
+        return NormalizeForegroundd(keys="image", low_pct=intensity.low_pct, high_pct=intensity.high_pct)
     return T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)
 
 
@@ -347,7 +411,23 @@ def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool 
         T.RandScaleIntensityd(keys="image", factors=0.1, prob=config.scale_intensity_prob),
         T.RandShiftIntensityd(keys="image", offsets=0.1, prob=config.shift_intensity_prob),
     ]
-    return chain
+    return chain + (shift_augment_transforms() if config.shift_augment else [])
+
+
+def shift_augment_transforms() -> list[T.Transform]:
+    """Scanner-shift augmentation of the normalised patch (MONAI transforms, nnU-Net-like strengths).
+
+    Applied after normalisation, as nnU-Net does, so that cache datasets keep the deterministic
+    preprocessing: smooth bias field, gamma contrast, Gaussian noise over the whole patch
+    (background included), Gaussian blur and a low-resolution simulation (down- and up-sampling).
+    """
+    return [
+        T.RandBiasFieldd(keys="image", prob=0.3, coeff_range=(0.0, 0.3)),
+        T.RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.6, 1.7)),
+        T.RandGaussianNoised(keys="image", prob=0.3, std=0.15),
+        T.RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.5, 1.5), sigma_y=(0.5, 1.5), sigma_z=(0.5, 1.5)),
+        T.RandSimulateLowResolutiond(keys="image", prob=0.2, zoom_range=(0.4, 1.0)),
+    ]
 
 
 def train_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = True) -> T.Compose:

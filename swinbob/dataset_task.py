@@ -119,9 +119,11 @@ def is_ct(channel_names: Sequence[str]) -> bool:
 
 def modality_intensity(channel_names: Sequence[str], window: Mapping[str, float] | None = None) -> Intensity | None:
     """The normalisation of a modality: CT gets a window (``window`` if given, else None: to be
-    measured from the data by :func:`ct_intensity`); everything else (MRI) a z-score."""
+    measured from the data by :func:`ct_intensity`); everything else (MRI) a z-score over an Otsu
+    foreground mask after percentile clipping (``zscore_foreground``), which a noisy background
+    does not break (benchmarks/RESULTS.md, domain shift on real MRI)."""
     if not is_ct(channel_names):
-        return Intensity("zscore_nonzero")
+        return Intensity("zscore_foreground")
     if window:
         return Intensity("window", **window)
     return None

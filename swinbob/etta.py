@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +79,18 @@ class EttaConfig:
     """Fall back to the source prediction when the foreground shrinks by more than this fraction."""
     overlap: float = 0.5
     """Sliding-window overlap of the adapted prediction over the box (see above), in [0, 1)."""
+    diversity: float = 0.0
+    """Weight of the marginal-entropy term: the loss is mean voxel entropy minus ``diversity`` times
+    the entropy of the windows' mean class distribution (both normalised), against collapse to one class."""
+    decoder_norms: bool = False
+    """Also adapt the decoder's instance norms: MONAI builds them without affine parameters, so for
+    the episode they get a per-channel scale (1) and shift (0) that are tuned, then removed again."""
+    min_entropy: float = 0.0
+    """Adapt only when the source prediction's mean normalised entropy over the box is at least this:
+    a confident source (in-domain scan) is kept as it is ("source confident" fallback)."""
+    sharpness: float = 1.0
+    """Integration weights are proportional to mean entropy ** -sharpness (1: inverse entropy, as
+    InTEnt weights its states; large: the lower-entropy prediction alone)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.windows < 1:
@@ -89,6 +101,9 @@ class EttaConfig:
             raise ValueError(f"ETTA collapse threshold must be in (0, 1], got {self.collapse}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"ETTA window overlap must be in [0, 1), got {self.overlap}")
+        if self.diversity < 0 or self.sharpness < 0 or not 0.0 <= self.min_entropy <= 1.0:
+            raise ValueError(f"ETTA diversity and sharpness must be >= 0 and min_entropy in [0, 1], got "
+                             f"{self.diversity}, {self.sharpness}, {self.min_entropy}")
 
 
 @dataclass
@@ -113,6 +128,30 @@ def norm_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             for name, param in module.named_parameters(recurse=False):
                 found.append((f"{module_name}.{name}" if module_name else name, param))
     return found
+
+
+@contextlib.contextmanager
+def affine_instance_norms(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Give every non-affine instance norm an identity scale and shift for the duration (yields them).
+
+    At identity they change nothing; on exit they are removed and the modules are as loaded.
+    """
+    added: list[tuple[nn.Module, nn.Parameter, nn.Parameter]] = []
+    try:
+        for module in model.modules():
+            if isinstance(module, nn.modules.instancenorm._InstanceNorm) and not module.affine:
+                device = next((b.device for b in module.buffers()), None) or next(model.parameters()).device
+                weight = nn.Parameter(torch.ones(module.num_features, device=device))
+                bias = nn.Parameter(torch.zeros(module.num_features, device=device))
+                module.weight, module.bias, module.affine = weight, bias, True
+                added.append((module, weight, bias))
+        yield [p for _, w, b in added for p in (w, b)]
+    finally:
+        for module, _, _ in added:
+            del module.weight, module.bias
+            module.register_parameter("weight", None)
+            module.register_parameter("bias", None)
+            module.affine = False
 
 
 @contextlib.contextmanager
@@ -180,6 +219,22 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
 
+def marginal_entropy(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """Entropy in [0, 1] of the class distribution averaged over all voxels of ``logits`` (N, C, ...)."""
+    logits = logits.float()
+    if mode == "softmax":
+        mean = torch.softmax(logits, dim=1).transpose(0, 1).flatten(1).mean(dim=1).clamp_min(1e-8)
+        return -(mean * mean.log()).sum() / math.log(logits.shape[1])
+    mean = torch.sigmoid(logits).transpose(0, 1).flatten(1).mean(dim=1).clamp(1e-8, 1 - 1e-8)
+    return -(mean * mean.log() + (1 - mean) * (1 - mean).log()).mean() / math.log(2.0)
+
+
+def etta_loss(logits: torch.Tensor, mode: str, diversity: float) -> torch.Tensor:
+    """Mean voxel entropy, minus ``diversity`` times the marginal entropy when it is positive."""
+    loss = voxel_entropy(logits, mode).mean()
+    return loss - diversity * marginal_entropy(logits, mode) if diversity else loss
+
+
 def window_entropy(
     model: nn.Module,
     image: torch.Tensor,
@@ -211,7 +266,7 @@ def adapt(
     for _ in range(config.steps):
         starts = sample_window_starts(fg_coords, fg.shape, window.roi, config.windows, rng)
         with torch.enable_grad(), _autocast(image.device, window.amp_dtype):
-            loss = voxel_entropy(model(crop_windows(image, starts, window.roi)), mode).mean()
+            loss = etta_loss(model(crop_windows(image, starts, window.roi)), mode, config.diversity)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -268,9 +323,11 @@ def integrate(
     mode: str,
     collapse: float,
     source_foreground: float | None = None,
+    sharpness: float = 1.0,
 ) -> tuple[torch.Tensor | None, dict]:
     """Entropy-weighted mean of two predictions (C, ...) or None (fallback) with the reason in ``info``.
 
+    Weights are proportional to each prediction's mean entropy ** -``sharpness``.
     ``source_foreground``: the source prediction's foreground fraction here, if the caller knows it.
     Each prediction is read once for its probabilities and entropy (and the adapted one once more
     for its foreground); the mean is formed in place in the adapted probabilities.
@@ -290,8 +347,9 @@ def integrate(
     if fg_adapted < (1.0 - collapse) * source_foreground:
         info["fallback"] = f"foreground collapsed ({source_foreground:.4f} -> {fg_adapted:.4f})"
         return None, info
-    inverse = np.array([1.0 / max(h_source, 1e-8), 1.0 / max(h_adapted, 1e-8)])
-    weights = inverse / inverse.sum()
+    log_inverse = -sharpness * np.log(np.maximum([h_source, h_adapted], 1e-8))
+    weights = np.exp(log_inverse - log_inverse.max())
+    weights /= weights.sum()
     info["weight_adapted"] = float(weights[1])
     return probs_adapted.mul_(float(weights[1])).add_(probs_source, alpha=float(weights[0])), info
 
@@ -303,28 +361,40 @@ def etta_predict(
     mode: str,
     config: EttaConfig,
     window: WindowSettings,
+    predict: Callable[[nn.Module, torch.Tensor, WindowSettings], torch.Tensor] | None = None,
 ) -> EttaOutcome:
     """Run ETTA for one case; ``image`` (1, C, X, Y, Z) on the model's device, ``source_logits`` (1, K, X, Y, Z).
+
+    ``predict`` makes the adapted prediction of the box (default: the plain sliding window,
+    :func:`~swinbob.inference.predict_logits`; e.g. flip TTA to match how ``source_logits`` were made).
 
     Returns the integrated probabilities (K, *box) for the adaptation box, or a fallback reason
     (no foreground, no normalisation parameters, entropy up, foreground collapse) in which case
     the caller keeps the source prediction.
     """
     fg = foreground(source_logits[0], mode)
-    params = [p for _, p in norm_parameters(model)]
-    if not params:
-        return EttaOutcome(fallback="model has no affine normalisation parameters")
     if not bool(fg.any()):
         return EttaOutcome(fallback="no foreground in the source prediction")
     box = adaptation_box(fg, window.roi)
-    with episode(model, params):
-        history = adapt(model, image, fg.to(image.device), params, mode, config, window)
-        with torch.no_grad():
-            box_window = dataclasses.replace(window, overlap=config.overlap)
-            adapted = predict_logits(model, image[(slice(None), slice(None), *box)], box_window)
     source_box = source_logits[(0, slice(None), *box)]
+    if config.min_entropy > 0:
+        h_source = probabilities_and_entropy(source_box, mode)[1]
+        if h_source < config.min_entropy:
+            return EttaOutcome(fallback=f"source confident (entropy {h_source:.4f} < {config.min_entropy:g})",
+                               info={"entropy_source": h_source})
+    decoder = affine_instance_norms(model) if config.decoder_norms else contextlib.nullcontext([])
+    with decoder:
+        params = [p for _, p in norm_parameters(model)]
+        if not params:
+            return EttaOutcome(fallback="model has no affine normalisation parameters")
+        with episode(model, params):
+            history = adapt(model, image, fg.to(image.device), params, mode, config, window)
+            with torch.no_grad():
+                box_window = dataclasses.replace(window, overlap=config.overlap)
+                adapted = (predict or predict_logits)(model, image[(slice(None), slice(None), *box)], box_window)
     source_foreground = foreground_fraction(fg[box])
-    probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse, source_foreground)
+    probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse, source_foreground,
+                            config.sharpness)
     info["losses"] = [step["loss"] for step in history]
     info["box"] = [[s.start, s.stop] for s in box]
     return EttaOutcome(box=box, probs=probs, fallback=info.get("fallback"), info=info)  # type: ignore[arg-type]

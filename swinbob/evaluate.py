@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -53,6 +54,7 @@ from swinbob.labels import IGNORE_LABEL
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
 from swinbob.tasks import AUTO, Task, get_task
+from swinbob.tta import TTA_CHOICES, flip_tta_logits
 from swinbob.viz import GifSettings, write_gif
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ class EvalSettings:
     output_dir: Path
     methods: tuple[str, ...] = (ETTA,)
     etta: EttaConfig = field(default_factory=EttaConfig)
+    tta: str = "none"
+    """``flip``: mirror averaging (:mod:`swinbob.tta`) for the source prediction and ETTA's adapted one."""
+    tta_axes: tuple[int, ...] = (0, 1, 2)
+    """Spatial axes mirrored by flip TTA (every subset of them is predicted)."""
     label_map: dict[int, int] | None = None
     save_predictions: bool = True
     save_probabilities: bool = False
@@ -139,15 +145,16 @@ def predict_case_outputs(
     x = image.as_tensor()[None].to(settings.device) if hasattr(image, "as_tensor") else image[None].to(settings.device)
     mode, et_label = settings.task.mode, max(settings.task.regions.get("ET", (3,)))
     order = settings.task.region_labels
+    predict = functools.partial(flip_tta_logits, mode=mode, axes=settings.tta_axes) if settings.tta == "flip" else predict_logits
     with torch.no_grad():
-        logits = predict_logits(model, x, settings.window)
+        logits = predict(model, x, settings.window)
     source = to_labels(logits[0], mode, et_label, region_labels=order)
     labels = {NO_ETTA: source} if NO_ETTA in settings.methods else {}
     probs = probabilities(logits, mode)[0] if settings.save_probabilities else None
     record: dict[str, Any] = {}
     if ETTA in settings.methods:
         try:
-            outcome = etta_predict(model, x, logits, mode, settings.etta, settings.window)
+            outcome = etta_predict(model, x, logits, mode, settings.etta, settings.window, predict)
         except torch.OutOfMemoryError:  # the model is already restored; keep the source prediction
             log.warning("out of memory during ETTA: keeping the source prediction (try fewer --etta_windows)")
             if x.is_cuda:
@@ -398,6 +405,17 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     adapt.add_argument("--etta_overlap", type=float, default=defaults.overlap,
                        help="sliding-window overlap of the adapted prediction (the source one uses --infer_overlap)")
     adapt.add_argument("--etta_seed", type=int, default=defaults.seed, help="seed of the window sampling")
+    adapt.add_argument("--etta_diversity", type=float, default=defaults.diversity,
+                       help="weight of the marginal-entropy (anti-collapse) term of the ETTA loss")
+    adapt.add_argument("--etta_decoder_norms", action=argparse.BooleanOptionalAction, default=defaults.decoder_norms,
+                       help="also adapt the decoder's instance norms (given a scale and shift for the episode)")
+    adapt.add_argument("--etta_min_entropy", type=float, default=defaults.min_entropy,
+                       help="adapt only cases whose source prediction has at least this mean normalised entropy")
+    adapt.add_argument("--etta_sharpness", type=float, default=defaults.sharpness,
+                       help="integration weights proportional to mean entropy ** -sharpness")
+    adapt.add_argument("--tta", default="none", choices=TTA_CHOICES,
+                       help="test-time augmentation: flip = mirror averaging over the 3 spatial axes (8 passes), "
+                            "for the source and the ETTA-adapted predictions")
     adapt.add_argument("--etta_collapse", type=float, default=defaults.collapse,
                        help="fall back to the source prediction if the foreground shrinks by more than this fraction")
     run = parser.add_argument_group("runtime")
@@ -586,15 +604,17 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
     settings = EvalSettings(
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
         etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
-                       args.etta_overlap),
+                        args.etta_overlap, args.etta_diversity, args.etta_decoder_norms,
+                        args.etta_min_entropy, args.etta_sharpness),
+        tta=args.tta,
         label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
         statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
         gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
         device=device,
     )
     context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
-               "overlap": window.overlap, "etta_config": dataclasses.asdict(settings.etta), "label_map": label_map,
-               "class_names": task.class_names}
+               "overlap": window.overlap, "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
+               "label_map": label_map, "class_names": task.class_names}
     return model.to(device), cases, settings, context
 
 

@@ -33,13 +33,18 @@ class Intensity:
 
     ``window``: clip ``[a_min, a_max]`` and map linearly to ``[b_min, b_max]`` (CT, Hounsfield units).
     ``zscore_nonzero``: per channel, subtract the mean and divide by the std of non-zero voxels (MRI).
+    ``zscore_foreground``: per channel, a foreground mask from Otsu's threshold, clipping to its
+    ``low_pct``..``high_pct`` percentiles, then the mean and std of the clipped foreground (MRI whose
+    background is noisy: "non-zero" is then every voxel, and noise or outliers skew the statistics).
     """
 
-    kind: Literal["window", "zscore_nonzero"]
+    kind: Literal["window", "zscore_nonzero", "zscore_foreground"]
     a_min: float = -175.0
     a_max: float = 250.0
     b_min: float = 0.0
     b_max: float = 1.0
+    low_pct: float = 0.5
+    high_pct: float = 99.5
 
 
 @dataclass(frozen=True)

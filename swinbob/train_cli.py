@@ -63,6 +63,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--RandRotate90d_prob", type=float, default=0.2)
     g.add_argument("--RandScaleIntensityd_prob", type=float, default=0.1)
     g.add_argument("--RandShiftIntensityd_prob", type=float, default=0.1)
+    g.add_argument("--shift_augment", action="store_true",
+                   help="scanner-shift augmentation: bias field, gamma, noise, blur, low resolution (MONAI transforms)")
     g.add_argument("--fold", type=int, default=None, help="BraTS: validation fold of the datalist (default 0)")
     g.add_argument("--use_normal_dataset", action="store_true", help="no caching (plain MONAI Dataset)")
     g.add_argument("--data_check", default="full", choices=["full", "headers"],
@@ -238,6 +240,7 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     data = data_config(
         args, task, num_samples=args.num_samples, flip_prob=args.RandFlipd_prob, rotate90_prob=args.RandRotate90d_prob,
         scale_intensity_prob=args.RandScaleIntensityd_prob, shift_intensity_prob=args.RandShiftIntensityd_prob,
+        shift_augment=args.shift_augment,
     )
     logdir = logdir_path(args.logdir, task)
     resume = None if args.resume is None else Path(args.resume or logdir / "last.pt")

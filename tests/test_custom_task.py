@@ -54,7 +54,7 @@ def test_auto_task_trains_and_evaluates_from_the_checkpoint_alone(tmp_path, moda
         assert task.intensity.kind == "window" and -60 < task.intensity.a_min < 40 < 90 < task.intensity.a_max < 160
         assert task.intensity.b_min < 0 < task.intensity.b_max
     else:
-        assert task.intensity.kind == "zscore_nonzero"
+        assert task.intensity.kind == "zscore_foreground"
     out = tmp_path / "eval"
     status = evaluate([f"--pretrained_dir={run}", "--pretrained_model_name=model_final.pt", f"--json_list={datalist}",
                        f"--data_dir={datalist.parent}", f"--output_dir={out}", "--generate_gifs", "--gif_frames=2",

@@ -157,6 +157,7 @@ def test_adaptation_box_covers_the_foreground_with_a_margin_and_at_least_one_roi
     # x: 30..33 grown by 4 = 26..37 (11 < 16) -> widened around its centre to 23..39;
     # y: 1..11 widened to 16 but kept inside the volume -> 0..16; z: the whole 12 voxels.
     assert box == (slice(23, 39), slice(0, 16), slice(0, 12))
+    assert all(type(b) is int for s in box for b in (s.start, s.stop))
 
 
 def _logits(confidence: float, fg_fraction: float) -> torch.Tensor:
@@ -357,10 +358,10 @@ def test_crop_windows_cuts_each_axis_at_its_start_and_zero_pads_past_the_border(
     from swinbob.etta import crop_windows
 
     image = torch.arange(2 * 10 * 12 * 14, dtype=torch.float32).reshape(1, 2, 10, 12, 14) + 1
-    roi = (6, 8, 20)  # larger than the image along z
-    starts = [(3, 4, 0), (7, 9, 0)]  # the second one runs past the x and y borders too
+    roi = (8, 6, 4)  # decreasing, so that an axis cut with another axis's size shows
+    starts = [(3, 4, 0), (7, 9, 12), (8, 1, 2)]  # the second runs past every border, the third has y < x
     windows = crop_windows(image, starts, roi)
-    assert windows.shape == (2, 2, *roi)
+    assert windows.shape == (3, 2, *roi)
     for window, (x, y, z) in zip(windows, starts):
         expected = torch.zeros(2, *roi)
         part = image[0, :, x:x + roi[0], y:y + roi[1], z:z + roi[2]]
@@ -378,6 +379,10 @@ def test_window_centres_without_foreground_are_spread_over_the_volume_and_every_
     two = torch.tensor([[20, 10, 9], [21, 10, 9]])  # foreground of two voxels: both get picked
     picked = {s[0] + ROI[0] // 2 for s in sample_window_starts(two, shape, ROI, 40, np.random.default_rng(1))}
     assert picked == {20, 21}
+    corner = torch.tensor([[0, 0, 0]])  # clipped to the volume: a window may start at 0 ...
+    assert sample_window_starts(corner, shape, ROI, 1, np.random.default_rng(0)) == [(0, 0, 0)]
+    exact = sample_window_starts(torch.tensor([[15, 23, 19]]), (16, 24, 20), ROI, 1, np.random.default_rng(0))
+    assert exact == [(0, 8, 4)]  # ... and an axis exactly one ROI long has the one start 0
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -176,3 +176,17 @@ def test_a_run_whose_every_case_fails_exits_1(cohort):
     summary = json.loads((cohort / "outputs" / "test" / "summary.json").read_text())
     assert summary["cases"]["failed"] == 1
     assert summary["failures"][0]["reason"].startswith("NiftiError") and "img0002.nii.gz" in summary["failures"][0]["reason"]
+
+
+def test_tta_and_new_etta_flags_reach_the_settings_and_the_summary(cohort):
+    base = ["--json_list=./data/BTCV/dataset_0.json", "--data_dir=./data/BTCV/", "--device=cpu", "--workers=0", *SIZE_FLAGS]
+    args = build_parser("btcv").parse_args([*base, "--tta", "flip", "--etta_diversity=0.3", "--etta_decoder_norms",
+                                            "--etta_sharpness=4", "--etta_min_entropy=0.1"])
+    _model, _cases, settings, context = setup(args)
+    assert settings.tta == "flip" and context["tta"] == "flip"
+    assert (settings.etta.diversity, settings.etta.decoder_norms, settings.etta.sharpness, settings.etta.min_entropy) == \
+        (0.3, True, 4.0, 0.1)
+    assert build_parser("btcv").parse_args([]).tta == "none"
+    assert main([*base, "--tta", "flip", "--no_etta"]) == 0
+    summary = json.loads((cohort / "outputs" / "test" / "summary.json").read_text())
+    assert summary["tta"] == "flip" and summary["cases"]["evaluated"] == 1

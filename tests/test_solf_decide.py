@@ -195,3 +195,27 @@ def test_adjacent_organ_swap_rejects_both_organs():
 def test_swap_of_similar_adjacent_organs_is_detected():
     _, decisions, rows = _decide({3: lambda label: _swap(label, "spleen", "kidney_left")})
     assert REJECTED in {_verdict(decisions, rows, 3, o)[0] for o in ("spleen", "kidney_left")}
+
+
+def test_a_scan_at_another_table_position_keeps_every_organ():
+    """Positions are judged relative to the body: a whole scan translated in world space (another
+    table position) is as plausible as the others."""
+    rng = np.random.default_rng(0)
+    shifted = LAS.copy()
+    shifted[:3, 3] += (60.0, -45.0, 80.0)  # mm
+    records = [{"case_id": f"case_{i:02d}", "status": "ok", "fingerprint": "-",
+                "organs": measure_organs(_scan(rng), shifted if i == 3 else LAS)} for i in range(24)]
+    table = build_table(records)
+    decisions = decide(table, default_rules())
+    assert set(decisions.decision.tolist()) == {KEPT}
+    moved = table.columns["case_index"] == 3
+    assert np.all(np.abs(decisions.zscores["position"][moved]) < 1.0)
+
+
+def test_an_organ_whose_partner_is_missing_is_not_on_the_wrong_side():
+    def remove_right_kidney(label):
+        label[label == ID["kidney_right"]] = ID["muscle"]
+    _, decisions, rows = _decide({0: remove_right_kidney, 23: remove_right_kidney})
+    for case in (0, 23):  # also the table's first and last scans
+        assert ("case_%02d" % case, "kidney_right") not in rows
+        assert "wrong_side" not in _verdict(decisions, rows, case, "kidney_left")[1]

@@ -217,6 +217,15 @@ def test_validation_mean_dice_averages_only_classes_present_in_label_or_predicti
     assert metrics["csf"] == 0.0 and metrics["mean"] == pytest.approx(2 / 3, abs=1e-3)
 
 
+def test_dice_over_present_pairs_counts_a_class_of_one_voxel():
+    """One (sample, class) pair present, with a single voxel: the loss is that pair's 1 - Dice."""
+    probs = torch.tensor([0.7, 0.2, 0.1, 0.4]).reshape(1, 1, 4, 1, 1).repeat(1, 2, 1, 1, 1)
+    target = torch.zeros(1, 2, 4, 1, 1)
+    target[0, 0, 0] = 1.0  # channel 0: one voxel; channel 1: absent
+    loss = masked_soft_dice_loss(probs, target, torch.ones(1, 1, 4, 1, 1, dtype=torch.bool))
+    assert loss.item() == pytest.approx(1 - 2 * 0.7 / (1.4 + 1 + 1e-6), rel=1e-6)
+
+
 @pytest.mark.parametrize("squared, nr, dr", [(False, 0.0, 1e-6), (True, 0.5, 2.0), (False, 3.0, 0.25)])
 def test_build_loss_passes_the_dice_settings_on(squared, nr, dr):
     torch.manual_seed(5)
