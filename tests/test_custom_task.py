@@ -207,3 +207,25 @@ def test_task_round_trips_through_its_plain_dict_and_json():
     for task in (get_task("ukbob"), get_task("brats", et_label=4)):
         assert Task.from_dict(task.to_dict()) == task
         assert Task.from_dict(json.loads(json.dumps(task.to_dict()))) == task  # config.json: string label IDs
+
+
+def test_a_datasets_own_ignore_label_is_neither_trained_on_nor_scored(tmp_path):
+    import dataclasses
+
+    from swinbob.data import DataConfig, eval_transforms
+    from swinbob.evaluate import _read_label
+    from swinbob.inference import Case
+    from swinbob.labels import IGNORE_LABEL
+    from swinbob.tasks import get_task
+
+    task = dataclasses.replace(get_task("btcv"), label_map={0: "background", 1: "liver"}, ignore_value=4)
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[2:4], label[5:7] = 1, 4
+    image = np.full(label.shape, 100.0, np.float32)
+    for name, array in (("label", label), ("image", image)):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    scored, _ = _read_label(Case("c", (str(tmp_path / "image.nii.gz"),), str(tmp_path / "label.nii.gz")), task, label.shape)
+    assert set(np.unique(scored).tolist()) == {0, 1, IGNORE_LABEL}
+    data = DataConfig.from_task(task, spacing=(1.0, 1.0, 1.0), roi=(32, 32, 64))
+    loaded = eval_transforms(task, data)({"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")})
+    assert set(torch.unique(loaded["label"]).tolist()) == {0.0, 1.0, float(IGNORE_LABEL)}  # the loss masks 255
