@@ -154,3 +154,68 @@ def test_all_features_equal_the_naive_per_organ_loop_of_the_benchmark(monkeypatc
     affine = _affine(flips=(-1, 1, 1))
     monkeypatch.setattr(features, "CHUNK_VOXELS", 50)  # one row of 8x12 voxels per slab
     assert_same(measure_organs(label, affine, images, CHANNELS), naive_features(label, affine, images))
+
+
+# Mutation-testing follow-up (issue 16): exact messages, dtypes and edge volumes the tests above
+# did not pin down. Survivors that cannot change a result are in tests/mutation_equivalents.md.
+
+@pytest.mark.parametrize("data, message", [
+    (np.full((3, 3, 3), np.inf, np.float32), "label volume contains NaN or Inf"),
+    (np.full((3, 3, 3), 0.5, np.float64), "label volume has fractional values (an image or an interpolated label map?)"),
+    (np.zeros((3, 3, 3), np.complex64), "label volume has unsupported data type complex64"),
+    (np.arange(73, 84, dtype=np.int16).reshape(1, 1, 11),
+     "label values outside the map 0..72 (and 255): 73, 74, 75, 76, 77, 78, 79, 80, 81, 82"),
+])
+def test_invalid_labels_have_the_exact_one_line_message(data, message):
+    with pytest.raises(LabelError) as error:
+        validate_labels(data)
+    assert str(error.value) == message  # at most ten bad values are listed
+
+
+def test_boolean_masks_are_accepted_and_uint8_input_is_not_copied():
+    mask = np.zeros((2, 2, 2), bool)
+    mask[0, 0, 0] = True
+    out = validate_labels(mask)
+    assert out.dtype == np.uint8 and out.sum() == 1 and out[0, 0, 0] == 1
+    labels = np.zeros((4, 4, 4), np.uint8)
+    assert np.shares_memory(validate_labels(labels), labels)  # a whole-body volume is not duplicated
+
+
+def test_channel_count_mismatch_names_both_counts():
+    label = np.ones((5, 3, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"^2 image channels but 3 channel names$"):
+        measure_organs(label, np.eye(4), np.zeros((2, *label.shape), np.float32), ("a", "b", "c"))
+
+
+def test_empty_volume_and_single_slice_volume_with_images():
+    empty = measure_organs(np.zeros((4, 4, 4), np.uint8), np.eye(4), np.zeros((1, 4, 4, 4)), ("t1",))
+    assert empty["label"] == [] and empty["mean_t1"] == [] and empty["voxel_count"] == []
+    label = np.zeros((1, 4, 4), np.uint8)
+    label[0, :2] = 3
+    images = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    row = _row(measure_organs(label, np.eye(4), images, ("t1",)), 3)
+    assert row["mean_t1"] == pytest.approx(3.5) and row["std_t1"] == pytest.approx(np.arange(8).std())
+
+
+@pytest.mark.parametrize("value", [0.7, 1.1, 3.3])
+def test_constant_intensity_has_zero_std_not_nan_or_a_floor(value):
+    label = np.zeros((10, 6, 6), np.uint8)
+    label[:, :3] = 1
+    label[:, 3:] = 2
+    features = measure_organs(label, np.eye(4), np.full((1, *label.shape), value, np.float32), ("t1",))
+    assert features["std_t1"] == [0.0, 0.0]
+
+
+def test_oblique_organ_covariance_uses_every_cross_term():
+    label = np.zeros((12, 12, 12), np.uint8)
+    for t in range(10):
+        label[1 + t, 2 + t // 3, 1 + t] = 6  # a rod along the i-k diagonal, slightly tilted in j
+        label[1 + t, 10 - t, 5] = 8  # a rod along the i-j anti-diagonal
+    angle = np.radians(30)  # about the y axis: the world covariance mixes the i-k cross term both ways
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.0, 1.5, 2.0])
+    features = measure_organs(label, affine)
+    for organ in (6, 8):
+        expected, row = _brute_force(label, affine, organ), _row(features, organ)
+        assert row["eccentricity"] == pytest.approx(expected["eccentricity"], rel=1e-9), organ
