@@ -14,7 +14,8 @@ from torch import nn
 
 from swinbob import inference
 from swinbob.data import DataConfig
-from swinbob.evaluate import NO_ETTA, Case, ConfigError, EvalSettings, folder_cases, parse_label_map, run_evaluation
+from swinbob.evaluate import (NO_ETTA, Case, ConfigError, EvalSettings, folder_cases, parse_label_map, predict_case,
+                              run_evaluation)
 from swinbob.inference import WindowSettings, predict_logits, regions_to_labels
 from swinbob.tasks import Intensity, get_task
 from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
@@ -330,3 +331,28 @@ def test_checkpoint_config_gives_the_architecture_and_the_trained_preprocessing(
     assert task.spacing == (1.75, 3.5, 4.0) and task.intensity.a_min == -100.0
     assert trained_preprocessing(get_task("btcv"), {**stored, "task": "ukbob"}) == get_task("btcv")
     assert stored_config({"state_dict": {}, "epoch": 5}) is None  # upstream format: flags decide
+
+
+class LowerHalfModel(nn.Module):
+    """Class 1 in the lower half of the last axis, whatever the image: not mirror-symmetric."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 14, *x.shape[2:])
+        half = x.shape[-1] // 2
+        logits[:, 1, ..., :half] = 10.0
+        logits[:, 0, ..., half:] = 5.0
+        return logits
+
+
+def test_flip_tta_setting_is_applied_to_the_source_prediction(tmp_path):
+    """Mutation testing (issue 16): `--tta flip` must change what is predicted, not only the summary."""
+    model, image = LowerHalfModel().eval(), torch.zeros(1, 32, 32, 32)
+    plain, _ = predict_case(model, image, settings_for(get_task("btcv"), tmp_path))
+    flipped, _ = predict_case(model, image, settings_for(get_task("btcv"), tmp_path, tta="flip", tta_axes=(2,)))
+    assert plain[NO_ETTA][..., :16].eq(1).all() and plain[NO_ETTA][..., 16:].eq(0).all()
+    # mean probabilities over the image and its mirror along z are mirror-symmetric along z
+    assert torch.equal(flipped[NO_ETTA], flipped[NO_ETTA].flip(-1))
