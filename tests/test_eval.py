@@ -356,3 +356,13 @@ def test_flip_tta_setting_is_applied_to_the_source_prediction(tmp_path):
     assert plain[NO_ETTA][..., :16].eq(1).all() and plain[NO_ETTA][..., 16:].eq(0).all()
     # mean probabilities over the image and its mirror along z are mirror-symmetric along z
     assert torch.equal(flipped[NO_ETTA], flipped[NO_ETTA].flip(-1))
+
+
+def test_prediction_files_are_written_for_unlabelled_cases_only_unless_asked(tmp_path):
+    """Mutation testing (issue 16): without ``save_predictions`` a labelled case is only scored and
+    an unlabelled one (nothing to score) still gets its prediction file."""
+    labelled = write_btcv_case(tmp_path / "data", "with_label", NON_RAS, 0)
+    unlabelled = Case("no_label", labelled.image, None)
+    settings = settings_for(get_task("btcv"), tmp_path / "out", save_predictions=False)
+    run_evaluation(IntensityOracle(), [labelled, unlabelled], settings)
+    assert sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir()) == ["no_label.nii.gz"]
