@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swinbob import evaluate, train  # noqa: E402
+from swinbob import eval_cli, train  # noqa: E402
 from swinbob.etta import EttaConfig  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
 from swinbob.phantoms import DomainShift, write_cohort  # noqa: E402
@@ -98,7 +98,7 @@ def evaluate_cohort(args: argparse.Namespace, datalist: Path, split: str, checkp
             "--etta_overlap", str(overlap),
             "--pretrained_dir", str(checkpoint.parent), "--pretrained_model_name", checkpoint.name,
             "--output_dir", str(out), *geometry_flags(args)]
-    if evaluate.main(argv, default_task="btcv") != 0:
+    if eval_cli.main(argv, default_task="btcv") != 0:
         raise SystemExit(f"evaluation of {datalist} failed")
     return json.loads((out / "summary.json").read_text())
 

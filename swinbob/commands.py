@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif command == "train":
         from swinbob.train import main as run
     elif command == "evaluate":
-        from swinbob.evaluate import main as run
+        from swinbob.eval_cli import main as run
     elif command == "solf":
         from swinbob.solf.pipeline import organ_filtering_entry as run
     else:

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Imported here so that ``--help`` stays fast.
-    from swinbob.evaluate import main as test_etta
+    from swinbob.eval_cli import main as test_etta
     from swinbob.solf.pipeline import organ_filtering_entry
     from swinbob.train import main as train
 

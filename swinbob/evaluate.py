@@ -6,8 +6,8 @@ the input image's grid with MONAI's inverse transforms, score them against the o
 file (Dice, HD95 in mm), and write predictions, GIFs, ``metrics.csv`` and ``summary.json``.
 A case that fails is logged and listed in the summary; the run goes on. Every file is written
 atomically and an existing output is kept unless ``overwrite`` is set (``summary.json`` and the
-log describe the latest run). :func:`main` is the command line (upstream flags plus ETTA,
-``--input_dir``, ``--label_map``, ``--compare_etta``); every step is also a typed function.
+log describe the latest run). The command line (upstream flags plus ETTA, ``--input_dir``,
+``--label_map``, ``--compare_etta``) is :mod:`swinbob.eval_cli`; every step is a typed function.
 
 Outputs in ``--output_dir`` (default ``./outputs/<exp_name>``): ``metrics.csv`` (case × method ×
 class: Dice, HD95 mm), ``summary.json`` (mean ± std per class and overall per method, failures,
@@ -17,8 +17,6 @@ it runs; with ``--compare_etta`` the plain ones in ``predictions_no_etta/``) and
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
 import json
 import logging
@@ -32,29 +30,22 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from swinbob import cli, fast
-from swinbob.checkpoint import CheckpointError, load_checkpoint
-from swinbob.data import DataConfig, eval_transforms, find_datalist, load_datalist
-from swinbob.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
+from swinbob.data import DataConfig, eval_transforms
 from swinbob.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
-    NiftiError, OutputError, atomic_write_text, check_writable_folder, folder_lock, read_nifti, remove_stale_temp_files,
+    atomic_write_text, read_nifti, remove_stale_temp_files,
     resolve_inside, voxel_spacing,
 )
 from swinbob.inference import (
-    Case, WindowSettings, datalist_cases, folder_cases, invert_labels, iterate_cases, load_inference_model, map_labels,
-    stored_config,
-    predict_logits, probabilities, root_cause, stored_task, to_labels, trained_preprocessing, write_prediction,
+    Case, WindowSettings, invert_labels, iterate_cases, map_labels,
+    predict_logits, probabilities, root_cause, to_labels, write_prediction,
 )
 from swinbob.interrupt import stop_on_signals
-from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.statistics import structure_statistics, write_probabilities
 from swinbob.labels import IGNORE_LABEL
-from swinbob.model import ModelConfig, validate_roi
-from swinbob.runtime import autocast_dtype, select_device, seed_everything
-from swinbob.tasks import AUTO, Task, get_task
-from swinbob.tta import TTA_CHOICES, flip_tta_logits
+from swinbob.tasks import Task
+from swinbob.tta import flip_tta_logits
 from swinbob.viz import GifSettings, write_gif
 
 log = logging.getLogger(__name__)
@@ -347,319 +338,3 @@ def _brief(rows: Sequence[dict]) -> str:
         if dice:
             parts.append(f"{method} mean Dice {np.mean(dice):.4f}")
     return f" ({', '.join(parts)})" if parts else ""
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-ConfigError = cli.ConfigError
-EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed; "
-              "2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
-
-
-def build_parser(default_task: str) -> argparse.ArgumentParser:
-    """Upstream ``test_etta.py`` flags plus ETTA, folder prediction, label mapping and runtime flags.
-
-    ``--task`` defaults to the checkpoint's own task; ``default_task`` (the script's folder) is
-    used for checkpoints that do not record one (upstream format, bare state dicts).
-    """
-    parser = argparse.ArgumentParser(description="Swin-BOB evaluation with entropy test-time adaptation (ETTA)",
-                                     formatter_class=cli.HelpFormatter, epilog=cli.presets_epilog(EXIT_CODES))
-    cli.add_task_args(parser, None)
-    parser.set_defaults(script_task=default_task)
-    cli.add_model_args(parser)
-    cli.add_data_args(parser)
-    io_ = parser.add_argument_group("inputs and outputs")
-    io_.add_argument("--pretrained_dir", default="./pretrained_models/", help="folder of the checkpoint")
-    io_.add_argument("--pretrained_model_name", default="model_final.pt", help="checkpoint file name")
-    io_.add_argument("--exp_name", default="test", help="outputs go to ./outputs/<exp_name> unless --output_dir")
-    io_.add_argument("--output_dir", default=None, help="output folder (default ./outputs/<exp_name>)")
-    io_.add_argument("--split", default="validation", help="datalist split to evaluate")
-    io_.add_argument("--fold", type=int, default=None, help="BraTS fold used as the evaluated split")
-    io_.add_argument("--input_dir", default=None, help="predict every image in this folder (no labels, no datalist)")
-    io_.add_argument("--save_predictions", dest="save_predictions", action="store_true", default=True,
-                     help="write NIfTI predictions (the default; kept for upstream commands)")
-    io_.add_argument("--no_save_predictions", dest="save_predictions", action="store_false",
-                     help="do not write predictions of labelled cases (unlabelled cases always get theirs)")
-    io_.add_argument("--save_probabilities", action="store_true",
-                     help="also write class probabilities in each input's space: probabilities/<case>.nii.gz (X,Y,Z,C)")
-    io_.add_argument("--statistics", action="store_true",
-                     help="write statistics.json: per case and structure volume (ml), voxels, mean intensity, "
-                          "components, bounding box")
-    io_.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    io_.add_argument("--label_map", default=None, help='JSON (or JSON file) model label -> dataset label, e.g. {"5": 6}')
-    gif = parser.add_argument_group("GIFs")
-    gif.add_argument("--generate_gifs", action="store_true", help="write one GIF per case")
-    gif.add_argument("--gif_frames", type=int, default=60, help="axial slices per GIF, sampled evenly")
-    gif.add_argument("--gif_downsample", type=int, default=1, help="spatial stride of the GIF panels")
-    gif.add_argument("--gif_duration", type=float, default=0.2, help="seconds per frame")
-    adapt = parser.add_argument_group("ETTA")
-    adapt.add_argument("--etta", dest="etta", action="store_true", default=True, help="adapt per case (default)")
-    adapt.add_argument("--no_etta", dest="etta", action="store_false", help="plain sliding-window inference")
-    adapt.add_argument("--compare_etta", action="store_true", help="evaluate with and without ETTA side by side")
-    defaults = EttaConfig()
-    adapt.add_argument("--etta_steps", type=int, default=defaults.steps, help="Adam steps per case")
-    adapt.add_argument("--etta_lr", type=float, default=defaults.lr, help="Adam learning rate")
-    adapt.add_argument("--etta_windows", type=int, default=defaults.windows, help="ROI windows per step")
-    adapt.add_argument("--etta_overlap", type=float, default=defaults.overlap,
-                       help="sliding-window overlap of the adapted prediction (the source one uses --infer_overlap)")
-    adapt.add_argument("--etta_seed", type=int, default=defaults.seed, help="seed of the window sampling")
-    adapt.add_argument("--etta_diversity", type=float, default=defaults.diversity,
-                       help="weight of the marginal-entropy (anti-collapse) term of the ETTA loss")
-    adapt.add_argument("--etta_decoder_norms", action=argparse.BooleanOptionalAction, default=defaults.decoder_norms,
-                       help="also adapt the decoder's instance norms (given a scale and shift for the episode)")
-    adapt.add_argument("--etta_min_entropy", type=float, default=defaults.min_entropy,
-                       help="adapt only cases whose source prediction has at least this mean normalised entropy")
-    adapt.add_argument("--etta_sharpness", type=float, default=defaults.sharpness,
-                       help="integration weights proportional to mean entropy ** -sharpness")
-    adapt.add_argument("--tta", default="none", choices=TTA_CHOICES,
-                       help="test-time augmentation: flip = mirror averaging over the 3 spatial axes (8 passes), "
-                            "for the source and the ETTA-adapted predictions")
-    adapt.add_argument("--etta_collapse", type=float, default=defaults.collapse,
-                       help="fall back to the source prediction if the foreground shrinks by more than this fraction")
-    run = parser.add_argument_group("runtime")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
-    run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
-    run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
-                     help="where window logits are summed (auto: GPU if the volume fits)")
-    add_limit_args(parser)
-    return parser
-
-
-def _label_id(value: Any, what: str) -> int:
-    """A label ID from JSON: an integer (or a key text of digits); 6.9, true, 1e999 are refused."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    shown = repr(value) if isinstance(value, float) else json.dumps(value)
-    raise ConfigError(f"--label_map: {what} {shown} is not an integer label ID")
-
-
-def read_label_map_text(text: str) -> str:
-    """The JSON of ``--label_map``: the text itself when it looks like JSON (starts with ``{``),
-    else the content of the file it names, so that a long inline map is never taken for a file name."""
-    if text.lstrip().startswith("{"):
-        return text
-    try:
-        return Path(text).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--label_map {text!r} is neither a JSON object nor a readable JSON file "
-                          f"({getattr(exc, 'strerror', None) or exc})") from exc
-
-
-def parse_label_map(text: str | None, task: Task, out_channels: int) -> dict[int, int] | None:
-    """``--label_map`` (JSON text or a JSON file) checked against the model outputs and the task labels."""
-    if not text:
-        return None
-    try:
-        raw = json.loads(read_label_map_text(text), parse_constant=lambda c: float(c))
-    except ValueError as exc:
-        raise ConfigError(f"--label_map must be a JSON object of label IDs, e.g. '{{\"5\": 6}}' ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--label_map must be a JSON object of label IDs, e.g. '{{\"5\": 6}}', got a JSON {type(raw).__name__}")
-    mapping = {_label_id(k, "model ID"): _label_id(v, "dataset ID") for k, v in raw.items()}
-    if task.mode != "softmax":
-        raise ConfigError("--label_map applies to softmax tasks only (BraTS predicts regions)")
-    bad_model = sorted(k for k in mapping if not 0 < k < out_channels)
-    bad_data = sorted(v for v in mapping.values() if v == 0 or v not in task.label_map)
-    if bad_model or bad_data or not mapping:
-        raise ConfigError(f"--label_map: model IDs must be in 1..{out_channels - 1} (bad: {bad_model}) and dataset "
-                          f"IDs non-background labels of task {task.name!r} (bad: {bad_data})")
-    return mapping
-
-
-def _roi(args: argparse.Namespace, default: Sequence[int]) -> tuple[int, int, int]:
-    values = [args.roi_x, args.roi_y, args.roi_z]
-    if any(v is None for v in values) and any(v is not None for v in values):
-        raise ConfigError("give all of --roi_x, --roi_y, --roi_z or none of them")
-    return validate_roi(default if values[0] is None else values)
-
-
-def load_model(
-    args: argparse.Namespace, task: Task, checkpoint: dict[str, Any] | None = None
-) -> tuple[torch.nn.Module, ModelConfig, Path, dict | None]:
-    """The network of ``--pretrained_dir/--pretrained_model_name`` (``checkpoint``: its content, if
-    read already); the architecture flags are used only for checkpoints that do not store their
-    own (upstream format, bare state dicts)."""
-    path = Path(args.pretrained_dir) / args.pretrained_model_name
-    from_flags = ModelConfig(
-        in_channels=args.in_channels or task.in_channels, out_channels=args.out_channels or task.out_channels,
-        feature_size=args.feature_size or cli.DEFAULT_FEATURE_SIZE, roi=_roi(args, task.roi), use_checkpoint=args.use_checkpoint,
-        use_v2=args.use_v2, norm_name=args.norm_name,
-    )
-    model, config, stored = load_inference_model(path, from_flags, args.use_checkpoint, checkpoint)
-    # Same maths, less time and memory: fused attention and cached shift masks (benchmarks/RESULTS.md).
-    fast.accelerate(model, sdpa=True, cached_masks=True)
-    if stored is not None and args.feature_size is not None and config.feature_size != args.feature_size:
-        log.warning("using feature_size %d from the checkpoint (flag says %d)", config.feature_size, args.feature_size)
-    return model, config, path, stored
-
-
-def check_unique_names(cases: Sequence[Case]) -> None:
-    """Refuse cases that share a name: their outputs would overwrite each other."""
-    by_name: dict[str, list[str]] = {}
-    for case in cases:  # named by a file that exists (folder cases hold "<missing ...>" for absent channels)
-        by_name.setdefault(case.name, []).append(next((p for p in case.image if not p.startswith("<")), case.image[0]))
-    clashes = {name: paths for name, paths in by_name.items() if len(paths) > 1}
-    if clashes:
-        name, paths = next(iter(clashes.items()))
-        raise ConfigError(f"{len(clashes)} case name(s) occur more than once, e.g. {name!r}: {', '.join(paths)}; "
-                          "outputs are named after the case, so rename the files")
-
-
-def check_previous_results(output_dir: Path, args: argparse.Namespace) -> None:
-    """Refuse to replace the tables of an earlier run unless ``--overwrite`` (checked at start-up
-    and again once the folder is locked: another run may have finished in between)."""
-    if not args.input_dir and not args.overwrite:
-        existing = [p for p in (output_dir / "metrics.csv", output_dir / "summary.json") if p.exists()]
-        if existing:
-            raise ConfigError(f"{existing[0]} exists: choose another --exp_name/--output_dir or pass --overwrite")
-
-
-def _methods(args: argparse.Namespace) -> tuple[str, ...]:
-    if args.compare_etta:
-        return (NO_ETTA, ETTA)
-    return (ETTA,) if args.etta else (NO_ETTA,)
-
-
-def _same_labels(a: dict[int, str], b: dict[int, str]) -> bool:
-    return {k: v.lower() for k, v in a.items()} == {k: v.lower() for k, v in b.items()}
-
-
-def check_dataset(task: Task, path: Path, args: argparse.Namespace, strict: bool = False) -> None:
-    """Refuse a datalist whose dataset.json declares other labels or channels than the model's task.
-
-    ``strict`` (``--task auto``): the dataset.json must declare both.
-    """
-    if args.input_dir:
-        return
-    try:
-        json_path = find_datalist(args.json_list, args.data_dir)
-        content = read_dataset_json(json_path)
-        labels = parse_labels(content, json_path)["label_map"] if strict or "labels" in content else None
-        channels = parse_channels(content, json_path) if strict or {"modality", "channel_names"} & set(content) else None
-    except (FileNotFoundError, DatasetJsonError):
-        if strict:
-            raise
-        return  # reported (or not needed) when the cases are read
-    if labels is not None and not _same_labels(labels, task.label_map):
-        raise ConfigError(f"checkpoint {path} was trained for task {task.name!r} with labels {task.label_map} but "
-                          f"{json_path} declares {labels}; use the matching checkpoint, or --label_map")
-    if channels is not None and len(channels) != task.in_channels:
-        raise ConfigError(f"checkpoint {path} takes {task.in_channels} channel(s) {list(task.channel_names)} but "
-                          f"{json_path} declares {len(channels)}: {list(channels)}")
-
-
-def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Path) -> Task:
-    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given."""
-    recorded = stored_task(stored)
-    if args.task is None and recorded is not None and not args.label_map:
-        check_dataset(recorded, path, args)
-        return recorded
-    if args.task == AUTO:
-        if recorded is not None:
-            check_dataset(recorded, path, args, strict=True)
-            return recorded
-        entries = load_datalist(args.json_list, args.data_dir, split="training", allow_absolute=args.allow_absolute_paths)
-        return cli.auto_task(args, entries)
-    task = get_task(args.task or args.script_task, et_label=args.et_label)
-    return trained_preprocessing(task, stored)
-
-
-def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
-    """Resolve flags into a loaded model, the cases and the settings; raises :class:`ConfigError`."""
-    cli.check_settings(args)
-    output_dir = Path(args.output_dir) if args.output_dir else Path("./outputs") / args.exp_name
-    check_writable_folder(output_dir, "--output_dir")  # before minutes of model loading: read-only, below a file, ...
-    path = Path(args.pretrained_dir) / args.pretrained_model_name
-    checkpoint = load_checkpoint(path)
-    task = eval_task(args, stored_config(checkpoint), path)
-    model, config, path, stored = load_model(args, task, checkpoint)
-    try:
-        task = task.with_channels(config.in_channels)
-    except ValueError as exc:
-        raise ConfigError(f"checkpoint {path}: {exc}") from exc
-    label_map = parse_label_map(args.label_map, task, config.out_channels)
-    if label_map is None and config.out_channels != task.out_channels:
-        raise ConfigError(f"checkpoint {path} has {config.out_channels} outputs but task {task.name!r} has "
-                          f"{task.out_channels} ({', '.join(task.class_names[:6])}{', ...' if task.out_channels > 6 else ''}); "
-                          'use the checkpoint trained for this task, or --label_map to score it zero-shot '
-                          '(e.g. UKBOB liver -> BTCV liver: {"5": 6})')
-    device = select_device(args.device)
-    window = WindowSettings(_roi(args, config.roi), args.sw_batch_size, cli.infer_overlap(args, task),
-                            autocast_dtype(device, args.amp), args.accumulate)
-    if args.input_dir:
-        cases = folder_cases(args.input_dir, task.channel_names)
-    else:
-        entries = load_datalist(args.json_list, args.data_dir, split=args.split, fold=args.fold,
-                                allow_absolute=args.allow_absolute_paths)
-        cases = datalist_cases(entries, task.channel_names)
-    if not cases:
-        source = args.input_dir or f"split {args.split!r} of {args.json_list}"
-        raise ConfigError(f"no cases found in {source}")
-    check_unique_names(cases)
-    check_previous_results(output_dir, args)
-    settings = EvalSettings(
-        task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
-        etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
-                        args.etta_overlap, args.etta_diversity, args.etta_decoder_norms,
-                        args.etta_min_entropy, args.etta_sharpness),
-        tta=args.tta,
-        label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
-        statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
-        gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
-        device=device,
-    )
-    context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
-               "overlap": window.overlap, "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
-               "label_map": label_map, "class_names": task.class_names}
-    return model.to(device), cases, settings, context
-
-
-def _attach_log(handler: logging.Handler) -> logging.Handler:
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    logging.getLogger("swinbob").addHandler(handler)
-    return handler
-
-
-def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
-    """``test_etta.py``: 0 when at least one case was evaluated (or all were done), 1 when every
-    case failed, 2 for a configuration error (bad flag, checkpoint, label map, empty datalist)."""
-    args = build_parser(default_task).parse_args(argv)
-    # Print to the console ourselves unless the application already configured logging (no duplicates).
-    handlers = [] if logging.getLogger().handlers else [_attach_log(logging.StreamHandler())]
-    logging.getLogger("swinbob").setLevel(logging.INFO)
-    try:
-        try:
-            seed_everything(args.etta_seed)
-            apply_limit_args(args)
-            model, cases, settings, context = setup(args)
-        except (ConfigError, CheckpointError, ValueError, OSError, NiftiError) as exc:
-            log.error("configuration error: %s", exc)
-            return 2
-        except SystemExit as exc:  # cli helpers and select_device exit with a message
-            log.error("configuration error: %s", exc.code)
-            return 2
-        try:
-            with folder_lock(settings.output_dir, "--output_dir"):
-                check_previous_results(settings.output_dir, args)
-                handlers.append(_attach_log(logging.FileHandler(settings.output_dir / "evaluate.log")))
-                log.info("%d case(s), methods %s, device %s -> %s", len(cases), ", ".join(settings.methods),
-                         settings.device, settings.output_dir)
-                summary = run_evaluation(model, cases, settings, context)
-        except (OutputError, ConfigError) as exc:
-            log.error("configuration error: %s", exc)
-            return 2
-        except OSError as exc:
-            log.error("run failed: %s: %s", getattr(exc, "filename", None) or settings.output_dir, exc.strerror or exc)
-            return 1
-        if "interrupted" in summary:
-            return EXIT_INTERRUPTED
-        attempted = summary["cases"]["evaluated"] + summary["cases"]["failed"]
-        return 1 if attempted and not summary["cases"]["evaluated"] else 0
-    finally:
-        for handler in handlers:
-            logging.getLogger("swinbob").removeHandler(handler)
-            handler.close()

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from swinbob import evaluate
+from swinbob import eval_cli
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     """``-i``, ``-o``, ``-m`` plus the few options people use with folder prediction."""
     parser = argparse.ArgumentParser(prog="swinbob predict", description=__doc__.split("\n\n")[0],
-                                     epilog=evaluate.EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     epilog=eval_cli.EXIT_CODES, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="folder of NIfTI scans")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("-m", "--model", required=True, help="checkpoint file (model.pt / model_final.pt)")
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     if not Path(args.input).is_dir():
         log.error("configuration error: -i/--input: %s is not a folder", args.input)
         return 2
-    return evaluate.main(evaluate_argv(args), default_task=default_task)
+    return eval_cli.main(evaluate_argv(args), default_task=default_task)
 
 
 if __name__ == "__main__":

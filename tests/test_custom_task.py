@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from swinbob.dataset_task import DatasetJsonError, parse_labels, task_from_dataset
-from swinbob.evaluate import main as evaluate
+from swinbob.eval_cli import main as evaluate
 from swinbob.inference import stored_task
 from swinbob.checkpoint import load_checkpoint
 from swinbob.train import main as train
@@ -191,7 +191,7 @@ def test_structure_statistics_count_components_and_boxes():
 
 @pytest.mark.parametrize("script", ["UKBOB/main.py", "BTCV/test_etta.py"])
 def test_help_shows_the_presets_actual_values(script, capsys):
-    from swinbob.evaluate import build_parser as eval_parser
+    from swinbob.eval_cli import build_parser as eval_parser
     from swinbob.train_cli import build_parser as train_parser
 
     parser = train_parser("ukbob") if script.endswith("main.py") else eval_parser("btcv")

@@ -14,9 +14,9 @@ from torch import nn
 
 from swinbob import inference
 from swinbob.data import DataConfig
-from swinbob.evaluate import (NO_ETTA, Case, ConfigError, EvalSettings, folder_cases, parse_label_map, predict_case,
-                              run_evaluation)
-from swinbob.inference import WindowSettings, predict_logits, regions_to_labels
+from swinbob.eval_cli import ConfigError, parse_label_map
+from swinbob.evaluate import NO_ETTA, Case, EvalSettings, predict_case, run_evaluation
+from swinbob.inference import WindowSettings, folder_cases, predict_logits, regions_to_labels
 from swinbob.tasks import Intensity, get_task
 from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
 

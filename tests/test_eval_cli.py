@@ -13,7 +13,7 @@ import torch
 
 from swinbob.checkpoint import make_checkpoint
 from swinbob.etta import EttaConfig
-from swinbob.evaluate import build_parser, main, setup
+from swinbob.eval_cli import build_parser, main, setup
 from swinbob.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]

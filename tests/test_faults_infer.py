@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+import swinbob.eval_cli as eval_cli
 import swinbob.evaluate as evaluate
 import swinbob.inference as inference
 from faults_report import handled, record_fault, record_input, refused
@@ -193,7 +194,7 @@ def test_failing_cases_do_not_stop_the_others_and_each_is_listed_with_its_reason
     out = tmp_path / "out"
     argv = _args(model_dir, out, f"--json_list={tmp_path / 'dataset.json'}", f"--data_dir={cohort}",
                  "--allow_absolute_paths", "--save_predictions")
-    status = evaluate.main(argv)
+    status = eval_cli.main(argv)
     summary = json.loads((out / "summary.json").read_text())
     reasons = {f["case"]: f["reason"] for f in summary["failures"]}
     written = sorted(p.name for p in (out / "predictions").iterdir())
@@ -231,7 +232,7 @@ def test_evaluation_killed_while_writing_a_prediction_leaves_no_partial_file_and
     assert _complete(predictions / "img0001.nii.gz") and len(stale_temp_files(predictions)) == 1
 
     caplog.set_level(logging.INFO, logger="swinbob")
-    assert evaluate.main(argv) == 0
+    assert eval_cli.main(argv) == 0
     names = sorted(p.name for p in predictions.iterdir())
     complete = [n for n in names if _complete(predictions / n)]
     record_fault("evaluation SIGKILLed between writing and renaming a prediction, then rerun",
@@ -256,7 +257,7 @@ def test_input_file_names_become_output_names_inside_the_output_dir(cohort, mode
     (inputs / "._case with spaces.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata, not NIfTI
     before = _files(tmp_path)
     out = tmp_path / "out"
-    status = evaluate.main(_args(model_dir, out, f"--input_dir={inputs}"))
+    status = eval_cli.main(_args(model_dir, out, f"--input_dir={inputs}"))
     created = _files(tmp_path) - before
     outside = sorted(f for f in created if not f.startswith("out/"))
     expected = {f"out/predictions/{name}.nii.gz" for name in HOSTILE_NAMES}
@@ -293,7 +294,7 @@ def test_a_datalist_path_climbing_out_of_data_dir_is_refused_before_any_work(coh
     datalist = {"validation": [{"image": "../outside/img.nii.gz", "label": "labelsTr/label0001.nii.gz"}]}
     (tmp_path / "evil.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
-    status = evaluate.main(_args(model_dir, out, f"--json_list={tmp_path / 'evil.json'}", f"--data_dir={cohort}"))
+    status = eval_cli.main(_args(model_dir, out, f"--json_list={tmp_path / 'evil.json'}", f"--data_dir={cohort}"))
     message = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     record_input("output names", "datalist image '../outside/img.nii.gz' -> evaluate", refused(message, strip=tmp_path))
     assert status == 2 and "escapes the directory" in message and not out.exists()
@@ -309,7 +310,7 @@ def test_two_cases_with_one_name_are_refused_before_their_outputs_collide(cohort
                                for site in ("siteA", "siteB")]}
     (data / "dataset.json").write_text(json.dumps(datalist))
     out = tmp_path / "out"
-    status = evaluate.main(_args(model_dir, out, f"--json_list={data / 'dataset.json'}", f"--data_dir={data}",
+    status = eval_cli.main(_args(model_dir, out, f"--json_list={data / 'dataset.json'}", f"--data_dir={data}",
                                  "--save_predictions"))
     message = next((r.getMessage() for r in caplog.records if r.levelno == logging.ERROR), "no error")
     record_input("output names", "two datalist cases named 'scan' (siteA/, siteB/) -> evaluate",
@@ -341,7 +342,7 @@ def brats_model_dir(tmp_path_factory) -> Path:
 ], ids=["one_case_name_in_two_folders", "two_files_for_one_channel"])
 def test_channels_of_different_subjects_are_never_mixed_into_one_input(brats_model_dir, tmp_path, caplog, layout, words):
     inputs = _brats_inputs(tmp_path / "inputs", layout)
-    status = evaluate.main(_args(brats_model_dir, tmp_path / "out", f"--input_dir={inputs}"), default_task="brats")
+    status = eval_cli.main(_args(brats_model_dir, tmp_path / "out", f"--input_dir={inputs}"), default_task="brats")
     message = next((r.getMessage() for r in caplog.records if r.levelno == logging.ERROR), "no error")
     description = " + ".join(f"{folder}/{{{','.join(stems)}}}" for folder, stems in layout.items())
     record_input("output names", f"{description} -> evaluate --input_dir (BraTS)",
@@ -352,4 +353,4 @@ def test_channels_of_different_subjects_are_never_mixed_into_one_input(brats_mod
 
 if __name__ == "__main__":  # the fault runner: python tests/test_faults_infer.py FAULT EVALUATE_ARGS...
     install_fault(sys.argv[1])
-    sys.exit(evaluate.main(sys.argv[2:]))
+    sys.exit(eval_cli.main(sys.argv[2:]))

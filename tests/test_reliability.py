@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+import swinbob.eval_cli as eval_cli
 import swinbob.evaluate as evaluate
 import swinbob.inference as inference
 import swinbob.train as train
@@ -246,12 +247,12 @@ def test_evaluation_into_a_folder_in_use_is_refused_with_the_pid(tmp_path, monke
             "--pretrained_dir", str(folder / "pretrained_models"), "--feature_size=12", "--roi_x=64", "--roi_y=32",
             "--roi_z=32", "--no_etta", "--workers=0", "--output_dir", str(out)]
     with folder_lock(out, "--output_dir"):  # run A holds it (flock: another open file, as another process)
-        status = evaluate.main(argv, default_task="btcv")
+        status = eval_cli.main(argv, default_task="btcv")
     message = _errors(caplog)
     record_input("concurrent runs", "second evaluation into one --output_dir", refused(message, strip=tmp_path))
     assert status == 2 and f"is in use by PID {os.getpid()}" in message and str(out) in message
     assert not (out / "summary.json").exists()
-    assert evaluate.main(argv, default_task="btcv") == 0  # once A is done, the folder is free again
+    assert eval_cli.main(argv, default_task="btcv") == 0  # once A is done, the folder is free again
 
 
 def test_solf_into_an_output_or_report_folder_in_use_is_refused(solf_cohort, tmp_path, caplog):
@@ -433,7 +434,7 @@ def test_a_read_only_output_dir_is_a_configuration_error(shared_tmp):
     read_only.mkdir(mode=0o555)
     read_only.chmod(0o555)
     argv = ["--input_dir", str(shared_tmp), "--output_dir", str(read_only / "out"), "--pretrained_dir", str(shared_tmp)]
-    status, messages = run_unprivileged(lambda: _collecting_main(evaluate.main, argv, default_task="btcv"))
+    status, messages = run_unprivileged(lambda: _collecting_main(eval_cli.main, argv, default_task="btcv"))
     record_input("unwritable outputs", "evaluate --output_dir inside a read-only folder", refused(messages, strip=shared_tmp))
     assert status == 2 and f"--output_dir {read_only / 'out'} cannot be written" in messages
 
@@ -451,7 +452,7 @@ def test_a_read_only_log_dir_is_a_configuration_error(shared_tmp):
 
 def test_an_output_dir_below_a_file_is_a_configuration_error(tmp_path, caplog):
     (tmp_path / "file").write_text("x")
-    status = evaluate.main(["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "file" / "out"),
+    status = eval_cli.main(["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "file" / "out"),
                             "--pretrained_dir", str(tmp_path)], default_task="btcv")
     message = _errors(caplog)
     record_input("unwritable outputs", "evaluate --output_dir below a file", refused(message, strip=tmp_path))
@@ -508,11 +509,11 @@ def test_malformed_datalists_are_named_in_one_line(tmp_path, content, expected):
 def test_label_maps_are_integers_and_inline_maps_are_never_file_names(text, expected):
     task = get_task("btcv")
     if expected is None:
-        assert len(text) > 255 and len(evaluate.parse_label_map(text, task, 73)) == 30
+        assert len(text) > 255 and len(eval_cli.parse_label_map(text, task, 73)) == 30
         record_input("label map", "inline --label_map of 30 entries", handled("read as JSON, not as a file name"))
         return
-    with pytest.raises(evaluate.ConfigError) as caught:
-        evaluate.parse_label_map(text, task, 73)
+    with pytest.raises(eval_cli.ConfigError) as caught:
+        eval_cli.parse_label_map(text, task, 73)
     record_input("label map", f"--label_map '{text}'", refused(caught.value))
     assert expected in str(caught.value)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from swinbob.solf.labelsets import LABEL_SLOTS
+from swinbob.solf.labelsets import LABEL_SLOTS, finite_values_by_label
 from swinbob.solf.store import FeatureTable
 
 PAPER_FEATURES = ("normalised_volume", "sphericity", "eccentricity")
@@ -56,12 +56,8 @@ def percentile_bounds(values: np.ndarray, labels: np.ndarray, epsilon: float,
     """Per label (index = ID): the ε-th and (100 - ε)-th percentile of ``values`` (NaN if too few)."""
     low = np.full(LABEL_SLOTS, np.nan)
     high = np.full(LABEL_SLOTS, np.nan)
-    order = np.argsort(labels, kind="stable")
-    present, starts = np.unique(labels[order], return_index=True)
-    for label, group in zip(present.tolist(), np.split(values[order], starts[1:])):
-        x = group[np.isfinite(group)]
-        if x.size >= min_count:
-            low[label], high[label] = np.percentile(x, [epsilon, 100.0 - epsilon])
+    for label, x in finite_values_by_label(values, labels, min_count):
+        low[label], high[label] = np.percentile(x, [epsilon, 100.0 - epsilon])
     return low, high
 
 
