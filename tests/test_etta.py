@@ -150,13 +150,19 @@ def test_window_centres_come_from_the_foreground_and_fit_the_volume():
     assert starts == sample_window_starts(coords, fg.shape, ROI, 8, np.random.default_rng(0))
 
 
-def test_adaptation_box_covers_the_foreground_with_a_margin_and_at_least_one_roi():
-    fg = torch.zeros(60, 50, 12, dtype=torch.bool)
-    fg[30:33, 5:7, 4:6] = True
-    box = adaptation_box(fg, ROI)
+@pytest.mark.parametrize("shape, organ, expected", [
     # x: 30..33 grown by 4 = 26..37 (11 < 16) -> widened around its centre to 23..39;
     # y: 1..11 widened to 16 but kept inside the volume -> 0..16; z: the whole 12 voxels.
-    assert box == (slice(23, 39), slice(0, 16), slice(0, 12))
+    ((60, 50, 12), np.s_[30:33, 5:7, 4:6], (slice(23, 39), slice(0, 16), slice(0, 12))),
+    # at the volume end: x: 57..59 grown by 4 = 53..60, widened to 16 and shifted inside: 44..60;
+    # y: 10..30 grown by 4 = 6..34 (longer than the ROI: kept); z: 0..20 grown by 4, clipped: 0..24.
+    ((60, 40, 100), np.s_[57:59, 10:30, 0:20], (slice(44, 60), slice(6, 34), slice(0, 24))),
+])
+def test_adaptation_box_covers_the_foreground_with_a_margin_one_roi_inside_and_integer_bounds(shape, organ, expected):
+    fg = torch.zeros(*shape, dtype=torch.bool)
+    fg[organ] = True
+    box = adaptation_box(fg, ROI)
+    assert box == expected
     assert all(type(b) is int for s in box for b in (s.start, s.stop))
 
 
@@ -315,16 +321,6 @@ def test_adaptation_windows_are_centred_on_the_source_foreground():
     for start in starts:
         centre = tuple(lo + r // 2 for lo, r in zip(start, ROI))
         assert fg[centre], f"window at {start} is not centred on the foreground"
-
-
-def test_adaptation_box_at_the_volume_end_keeps_one_roi_inside_and_has_integer_bounds():
-    fg = torch.zeros(60, 40, 100, dtype=torch.bool)
-    fg[57:59, 10:30, 0:20] = True
-    box = adaptation_box(fg, ROI)
-    # x: 57..59 grown by 4 = 53..60, widened to 16 and shifted inside: 44..60; y: 10..30 grown by 4
-    # = 6..34 (longer than the ROI: kept); z: 0..20 grown by 4, clipped at 0: 0..24.
-    assert box == (slice(44, 60), slice(6, 34), slice(0, 24))
-    assert all(type(b) is int for s in box for b in (s.start, s.stop))
 
 
 def test_etta_loss_is_the_mean_softmax_entropy_on_the_first_windows():
