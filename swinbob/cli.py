@@ -15,6 +15,7 @@ from typing import Any
 
 from swinbob.data import DataConfig, find_datalist
 from swinbob.dataset_task import task_from_dataset
+from swinbob.fast import COMPILE_CHOICES
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
 
@@ -66,8 +67,25 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         g.add_argument(f"--roi_{axis}", type=int, default=None, help=f"patch size along {axis} (multiple of 32; default: the task's)")
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """Data location, resampling and intensity flags (upstream names)."""
+def sw_batch_value(text: str) -> int | str:
+    """``--sw_batch_size`` of evaluation: ``auto`` or an integer (checked by :func:`check_settings`)."""
+    return text if text == "auto" else int(text)
+
+
+def add_compile_args(group: argparse._ArgumentGroup) -> None:
+    """``--compile [auto|on|off|cudagraphs]``, ``--no_compile`` and ``--compile_cache`` (see :mod:`swinbob.fast`)."""
+    group.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
+                       help="torch.compile the model: auto = on a GPU only; --compile alone = on; cudagraphs = "
+                            "with CUDA graphs (not measured yet)")
+    group.add_argument("--no_compile", dest="compile", action="store_const", const="off", help="same as --compile off")
+    group.add_argument("--compile_cache", default=None, metavar="DIR",
+                       help="folder of Inductor's compiled kernels, reused by the next run (default: "
+                            "$TORCHINDUCTOR_CACHE_DIR, else ~/.cache/swinbob/inductor; none = Inductor's default in /tmp)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, sw_batch_auto: bool = False) -> None:
+    """Data location, resampling and intensity flags (upstream names); ``sw_batch_auto``: the window
+    batch defaults to ``auto`` (evaluation: chosen from free GPU memory, 4 on the CPU)."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", default="./data/", help="folder that datalist paths are relative to")
     g.add_argument("--json_list", default="dataset.json", help="Decathlon datalist (as given, else inside --data_dir)")
@@ -80,7 +98,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     for axis in "xyz":
         g.add_argument(f"--space_{axis}", type=float, default=None, help=f"resampled spacing along {axis} in mm (default: the task's)")
     g.add_argument("--infer_overlap", type=float, default=None, help="sliding-window overlap (default: the task's)")
-    g.add_argument("--sw_batch_size", type=int, default=4, help="windows per forward pass in sliding-window inference")
+    if sw_batch_auto:
+        g.add_argument("--sw_batch_size", type=sw_batch_value, default="auto",
+                       help="windows per forward pass in sliding-window inference (auto: from free GPU memory, 4 on the CPU)")
+    else:
+        g.add_argument("--sw_batch_size", type=int, default=4, help="windows per forward pass in sliding-window inference")
 
 
 def _triplet(args: argparse.Namespace, stem: str, default: tuple) -> tuple:
@@ -109,7 +131,7 @@ def check_settings(args: argparse.Namespace) -> None:
         raise ConfigError(f"--spatial_dims must be 3 (Swin-BOB is a 3D model), got {args.spatial_dims}")
     for name in ("in_channels", "out_channels", "sw_batch_size"):
         value = getattr(args, name, None)
-        if value is not None and value <= 0:
+        if value is not None and value != "auto" and value <= 0:
             raise ConfigError(f"--{name} must be positive, got {value}")
     if getattr(args, "workers", 0) < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")

@@ -57,7 +57,7 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     cli.add_task_args(parser, None)
     parser.set_defaults(script_task=default_task)
     cli.add_model_args(parser)
-    cli.add_data_args(parser)
+    cli.add_data_args(parser, sw_batch_auto=True)
     io_ = parser.add_argument_group("inputs and outputs")
     io_.add_argument("--pretrained_dir", default="./pretrained_models/", help="folder of the checkpoint")
     io_.add_argument("--pretrained_model_name", default="model_final.pt", help="checkpoint file name")
@@ -109,6 +109,7 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("runtime")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
     run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
+    cli.add_compile_args(run)
     run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
                      help="where window logits are summed (auto: GPU if the volume fits)")
     add_limit_args(parser)
@@ -183,6 +184,17 @@ def load_model(
     if stored is not None and args.feature_size is not None and config.feature_size != args.feature_size:
         log.warning("using feature_size %d from the checkpoint (flag says %d)", config.feature_size, args.feature_size)
     return model, config, path, stored
+
+
+def inference_setup(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, task: Task,
+                    device: torch.device) -> tuple[torch.nn.Module, WindowSettings]:
+    """The network to call on ``device`` and the sliding-window settings, from the runtime flags: on a
+    GPU by default compiled behind a window batch chosen from free memory, in bf16
+    (:func:`swinbob.fast.inference_net`); on the CPU the eager model, window batch 4, fp32."""
+    amp_dtype, roi = autocast_dtype(device, args.amp), _roi(args, config.roi)
+    net, sw_batch = fast.inference_net(model, device, roi, config.in_channels, amp_dtype, args.compile,
+                                       args.sw_batch_size, args.compile_cache)
+    return net, WindowSettings(roi, sw_batch, cli.infer_overlap(args, task), amp_dtype, args.accumulate)
 
 
 def check_unique_names(cases: Sequence[Case]) -> None:
@@ -276,8 +288,6 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
                           'use the checkpoint trained for this task, or --label_map to score it zero-shot '
                           '(e.g. UKBOB liver -> BTCV liver: {"5": 6})')
     device = select_device(args.device)
-    window = WindowSettings(_roi(args, config.roi), args.sw_batch_size, cli.infer_overlap(args, task),
-                            autocast_dtype(device, args.amp), args.accumulate)
     if args.input_dir:
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
@@ -289,6 +299,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         raise ConfigError(f"no cases found in {source}")
     check_unique_names(cases)
     check_previous_results(output_dir, args)
+    model, window = inference_setup(args, model, config, task, device)
     settings = EvalSettings(
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
         etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
@@ -301,9 +312,10 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         device=device,
     )
     context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
-               "overlap": window.overlap, "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
+               "sw_batch_size": window.sw_batch_size, "compile": args.compile, "overlap": window.overlap,
+               "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
                "label_map": label_map, "class_names": task.class_names}
-    return model.to(device), cases, settings, context
+    return model, cases, settings, context
 
 
 def _attach_log(handler: logging.Handler) -> logging.Handler:

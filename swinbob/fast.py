@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import types
 from collections.abc import Iterable, Sequence
@@ -342,6 +343,47 @@ def fused_adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: f
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=on_cuda or None, **kwargs)
 
 
+COMPILE_CHOICES = ("auto", "on", "off", "cudagraphs")
+"""``--compile``: ``auto`` compiles on a GPU only (the CPU path stays eager, as before); ``on``
+everywhere; ``cudagraphs`` compiles with CUDA graphs (``mode="reduce-overhead"``, not measured yet)."""
+SW_BATCH_CANDIDATES = (4, 8, 16)
+"""Window batches ``--sw_batch_size auto`` chooses from on a GPU (16 was the benchmark's setting)."""
+SW_BATCH_MEMORY_FRACTION = 0.5
+"""Share of the free GPU memory the windows of one batch may take (the logits are summed beside them)."""
+DEFAULT_COMPILE_CACHE = "~/.cache/swinbob/inductor"
+
+
+def compile_enabled(choice: str | bool, device: torch.device) -> bool:
+    """Whether ``--compile`` ``choice`` compiles on ``device`` (``auto``: on a GPU only)."""
+    if choice in (True, False):
+        return bool(choice)
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {choice!r}")
+    return choice != "off" and (choice != "auto" or torch.device(device).type == "cuda")
+
+
+def compile_mode(choice: str | bool) -> str | None:
+    """The ``torch.compile`` mode of ``--compile`` ``choice`` (CUDA graphs for ``cudagraphs``)."""
+    return "reduce-overhead" if choice == "cudagraphs" else None
+
+
+def use_compile_cache(folder: str | None) -> str | None:
+    """Keep Inductor's compiled kernels in ``folder`` (``TORCHINDUCTOR_CACHE_DIR``; default: that
+    variable if set, else ``~/.cache/swinbob/inductor`` instead of Inductor's own folder in /tmp,
+    which a reboot empties), so that the next run skips most of the compile warm-up. ``none``
+    leaves Inductor's default. Returns the folder used (None for Inductor's default) and logs it.
+    """
+    if folder == "none":
+        return None
+    folder = folder or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or DEFAULT_COMPILE_CACHE
+    path = os.path.abspath(os.path.expanduser(folder))
+    os.makedirs(path, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    entries = sum(len(files) for _, _, files in os.walk(path))
+    log.info("compile cache: %s (%s)", path, f"{entries} cached files" if entries else "empty: the first run compiles in full")
+    return path
+
+
 @torch.inference_mode()
 def pick_sw_batch_size(
     model: torch.nn.Module,
@@ -349,37 +391,61 @@ def pick_sw_batch_size(
     in_channels: int,
     device: torch.device,
     amp_dtype: torch.dtype | None = torch.bfloat16,
-    candidates: Sequence[int] = (4, 8, 16, 24),
-    repeats: int = 3,
-    max_batch: int | None = None,
+    candidates: Sequence[int] = SW_BATCH_CANDIDATES,
+    fraction: float = SW_BATCH_MEMORY_FRACTION,
 ) -> int:
-    """The window batch with the highest windows/s for ``model`` among ``candidates``.
+    """The largest of ``candidates`` whose windows fit in ``fraction`` of the free GPU memory.
 
-    Candidates that run out of memory are skipped; ``max_batch`` (e.g. the number of windows of a
-    volume) caps them. On the CPU the smallest candidate is returned without timing.
+    The memory of one window is measured by an eager forward of two windows of ``roi`` (``model``
+    unwrapped: compiled forwards need less, so the choice errs on the safe side). On the CPU the
+    smallest candidate is returned without running anything.
     """
     device = torch.device(device)
-    candidates = sorted(c for c in candidates if max_batch is None or c <= max_batch) or [1]
+    candidates = sorted(candidates)
     if device.type != "cuda":
         return candidates[0]
-    best, best_rate = candidates[0], 0.0
-    autocast = torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None)
-    for batch in candidates:
-        x = torch.randn(batch, in_channels, *roi, device=device)
-        try:
-            with autocast:
-                model(x)  # warm-up (and compilation for this shape)
-                torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    model(x)
-                torch.cuda.synchronize(device)
-        except torch.OutOfMemoryError:
-            log.info("window batch %d does not fit in memory", batch)
-            torch.cuda.empty_cache()
-            break
-        rate = batch * repeats / (time.perf_counter() - start)
-        log.info("window batch %d: %.1f windows/s", batch, rate)
-        if rate > best_rate:
-            best, best_rate = batch, rate
-    return best
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+        unwrap(model)(torch.zeros(2, in_channels, *roi, device=device))
+    per_window = (torch.cuda.max_memory_allocated(device) - base) / 2
+    torch.cuda.empty_cache()
+    fitting = [c for c in candidates if c * per_window <= fraction * free]
+    chosen = fitting[-1] if fitting else candidates[0]
+    log.info("window batch %d: %.2f GiB per window, %.1f GiB free", chosen, per_window / 2**30, free / 2**30)
+    return chosen
+
+
+def inference_net(
+    model: torch.nn.Module,
+    device: torch.device,
+    roi: Sequence[int],
+    in_channels: int,
+    amp_dtype: torch.dtype | None,
+    compile: str | bool = "auto",
+    sw_batch_size: int | str = "auto",
+    compile_cache: str | None = None,
+) -> tuple[torch.nn.Module, int]:
+    """The network that evaluation calls (``model`` on ``device``, already accelerated) and its
+    window batch: ``sw_batch_size`` ``auto`` is :func:`pick_sw_batch_size`; with ``compile``
+    (:func:`compile_enabled`) the forwards without autograd are compiled behind that fixed window
+    batch (:class:`CompiledInference`, :class:`FixedBatch`; ETTA's adaptation steps stay eager)
+    and warmed up once here, with the time and the cache folder logged. On the CPU with the
+    defaults this returns ``model`` itself and window batch 4, as before.
+    """
+    model = model.to(device).eval()
+    batch = pick_sw_batch_size(model, roi, in_channels, device, amp_dtype) if sw_batch_size == "auto" else int(sw_batch_size)
+    if not compile_enabled(compile, device):
+        return model, batch
+    cache = use_compile_cache(compile_cache)
+    net = accelerate(model, sdpa=False, cached_masks=False, channels_last=device.type == "cuda", compile="inference",
+                     compile_mode=compile_mode(compile), fixed_batch=batch)
+    tic = time.perf_counter()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        net(torch.zeros(batch, in_channels, *roi, device=device))
+    log.info("compiled the model for window batch %d in %.1f s (cache: %s)", batch, time.perf_counter() - tic,
+             cache or "Inductor's default folder")
+    return net, batch

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from swinbob import eval_cli
+from swinbob import cli, eval_cli
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="redo scans whose prediction exists")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
     parser.add_argument("--infer_overlap", type=float, default=None, help="sliding-window overlap (default: the task's)")
-    parser.add_argument("--sw_batch_size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument("--sw_batch_size", type=cli.sw_batch_value, default="auto",
+                        help="windows per forward pass (auto: from free GPU memory, 4 on the CPU)")
+    cli.add_compile_args(parser)
     parser.add_argument("--workers", type=int, default=0, help="processes loading scans ahead")
     return parser
 
@@ -44,6 +46,9 @@ def evaluate_argv(args: argparse.Namespace) -> list[str]:
     argv = [f"--input_dir={args.input}", f"--output_dir={args.output}", f"--pretrained_dir={model.parent}",
             f"--pretrained_model_name={model.name}", f"--sw_batch_size={args.sw_batch_size}", f"--workers={args.workers}"]
     argv.append("--etta" if args.etta else "--no_etta")
+    argv.append(f"--compile={args.compile}")
+    if args.compile_cache:
+        argv.append(f"--compile_cache={args.compile_cache}")
     for flag in ("save_probabilities", "statistics", "overwrite"):
         if getattr(args, flag):
             argv.append(f"--{flag}")

@@ -244,16 +244,20 @@ def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLo
     return loader, val_loader(val_ds, args.workers, pin)
 
 
-def wrap(model: torch.nn.Module, compile_model: bool, ctx: DistContext) -> torch.nn.Module:
-    """The network to train: compiled if asked, DDP-wrapped when distributed.
+def wrap(model: torch.nn.Module, compile_model: str | bool, ctx: DistContext, compile_cache: str | None = None) -> torch.nn.Module:
+    """The network to train: compiled per ``--compile`` (``auto``: on a GPU; kernels cached on disk,
+    :func:`swinbob.fast.use_compile_cache`), DDP-wrapped when distributed.
 
     Validation uses the bare model instead: ranks validate different numbers of cases, which
     DDP's forward (it expects ranks in step) must not see.
     """
     # Same maths, faster: fused window attention, cached shift masks, channels-last convolutions
     # on the GPU (benchmarks/RESULTS.md). Patched in place, so the bare model validates fast too.
+    compiled = fast.compile_enabled(compile_model, ctx.device)
+    if compiled:
+        fast.use_compile_cache(compile_cache)
     net = fast.accelerate(model, sdpa=True, cached_masks=True, channels_last=ctx.device.type == "cuda",
-                          compile=compile_model)
+                          compile=compiled, compile_mode=fast.compile_mode(compile_model))
     if not ctx.distributed:
         return net
     return DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -286,7 +290,7 @@ def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
     loaders = build_loaders(plan, ctx)  # before restoring RNG: MONAI's DataLoader reseeds torch
     schedule = {"lrschedule": args.lrschedule, "lr": plan.lr, "warmup_epochs": plan.warmup_epochs, "max_epochs": plan.max_epochs}
     state, resume = initial_state(plan, model, optimizer, scaler, schedule, ctx)
-    net = wrap(model, args.compile, ctx)
+    net = wrap(model, args.compile, ctx, args.compile_cache)
     writer = None
     if ctx.is_main:
         prepare_logdir(plan)

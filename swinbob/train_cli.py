@@ -16,7 +16,7 @@ from typing import Any
 
 from swinbob.checkpoint import previous_checkpoint
 from swinbob.cli import (
-    ConfigError, HelpFormatter, add_data_args, add_model_args, add_task_args, check_settings, data_config, infer_overlap,
+    ConfigError, HelpFormatter, add_compile_args, add_data_args, add_model_args, add_task_args, check_settings, data_config, infer_overlap,
     model_config, presets_epilog, resolve_task,
 )
 from swinbob.data import DataConfig
@@ -74,7 +74,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cache_rate", type=float, default=1.0, help="share of training volumes cached in RAM")
     g.add_argument("--noamp", action="store_true", help="fp32 training (upstream); same as --amp none")
     g.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="GPU mixed precision (fp16 uses a gradient scaler)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_compile_args(g)
     g.add_argument("--seed", type=int, default=0, help="seed of weights, sampling and augmentation")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower; bit-exact reruns)")
     g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the local rank's GPU, else the CPU)")
@@ -123,7 +123,8 @@ class TrainOptions:
     smooth_dr: float
     bce_weight: float
     lrschedule: str
-    compile: bool
+    compile: str
+    compile_cache: str | None
     nan_patience: int
     log_every: int
     save_checkpoint: bool
