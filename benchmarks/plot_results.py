@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 LABELS = {
-    "ref": "reference\nfp16 AMP", "ref_bf16": "reference\nbf16", "ours": "ours", "ours_engine": "ours via\ntrain_step",
+    "ref": "reference\nfp16 AMP", "ref_bf16": "reference\nbf16", "ours": "ours\n(engine)", "ours_sw4": "ours\nsw batch 4",
     "bf16_sdpa": "bf16+SDPA", "bf16_sdpa_cl": "bf16+SDPA\n+NDHWC", "bf16_sdpa_compile": "bf16+SDPA\n+compile",
     "ref_fp32": "reference\nfp32", "ref_tf32": "reference\nTF32", "ref_bf16_sw4": "reference\nbf16 sw4",
     "ref_bf16_sw16": "reference\nbf16 sw16", "ours_eager": "ours\n(no compile)", "ours_cudagraphs": "ours\n+CUDA graphs",
