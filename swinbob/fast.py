@@ -2,16 +2,18 @@
 
 Everything here is a *runtime* option: nothing is stored in checkpoints, the parameter names and
 shapes are untouched (``state_dict`` keys are identical before and after), and every switch can
-be undone. The training and evaluation engines call one function::
+be undone. The training and evaluation engines call::
 
     model = build_model(config).to(device)
-    net = accelerate(model, sdpa=True, channels_last=True, compile=True)          # training
-    net = accelerate(model, sdpa=True, channels_last=True, compile="inference",
-                     fixed_batch=sw_batch_size)                                   # evaluation / ETTA
+    net = accelerate(model, sdpa=True, channels_last=True, compile=True)          # training (train.wrap)
+    net, sw_batch = inference_net(model, device, roi, in_channels, amp_dtype)     # evaluation / ETTA
 
-Measured on an H100 (benchmarks/RESULTS.md, "GPU performance (issue 6)"): 2.12x the reference
-training throughput at 0.52x its peak memory, and 6.1x faster sliding-window inference than the
-fp32 reference.
+On a GPU the command lines' defaults are the fast path (``--compile auto``: compiled on a GPU, the
+CPU stays eager; evaluation's ``--sw_batch_size auto``: the window batch from free GPU memory;
+bf16; Inductor's kernels cached on disk, :func:`use_compile_cache`); ``--no_compile`` and an
+explicit ``--sw_batch_size`` turn them off. Speed measured through these engine functions:
+pending a GPU (benchmarks/RESULTS.md, issue 15); the H100 figures of issue 6 (2.12x training,
+6.1x inference) came from copies of the step in the benchmarks, not from the engine.
 
 What each switch does and why it is exact:
 
@@ -38,10 +40,10 @@ What each switch does and why it is exact:
     shape fixed so that it compiles once. ``compile_mode="reduce-overhead"`` (CUDA graphs) is an
     option that has not been measured yet.
 
-Helpers: :func:`fused_adamw` (one fused multi-tensor kernel per step, no host sync),
-:func:`pick_sw_batch_size` (time candidate window batches and keep the fastest),
-:func:`set_fast_backend_flags` (cuDNN autotuning; TF32 only if asked), :func:`unwrap` (the module
-behind a compiled wrapper, for saving and for parameter access).
+Helpers: :func:`pick_sw_batch_size` (the largest window batch that fits in free GPU memory),
+:func:`compile_enabled` / :func:`compile_mode` (``--compile``), :func:`use_compile_cache`,
+:func:`unwrap` (the module behind a compiled wrapper, for saving and for parameter access). The
+fused AdamW kernel is chosen by the training engine's ``build_optimizer``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import math
 import os
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -327,21 +329,6 @@ class FixedBatch(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Helpers for the engines
 # ----------------------------------------------------------------------------------------------
-
-def set_fast_backend_flags(tf32: bool = False) -> None:
-    """cuDNN autotuning for fixed-shape convolutions; TF32 matmuls/convs only when asked
-    (TF32 changes fp32 rounding, so it is off unless the caller opts in)."""
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-
-
-def fused_adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, **kwargs) -> torch.optim.AdamW:
-    """AdamW with the fused CUDA kernel when the parameters live on a GPU (same update rule)."""
-    params = list(params)
-    on_cuda = bool(params) and all(p.is_cuda for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=on_cuda or None, **kwargs)
-
 
 COMPILE_CHOICES = ("auto", "on", "off", "cudagraphs")
 """``--compile``: ``auto`` compiles on a GPU only (the CPU path stays eager, as before); ``on``
