@@ -354,6 +354,14 @@ def compile_mode(choice: str | bool) -> str | None:
     return "reduce-overhead" if choice == "cudagraphs" else None
 
 
+def prepare_compile(choice: str | bool, device: torch.device, cache: str | None = None) -> bool:
+    """:func:`compile_enabled`, and when it compiles, Inductor's cache set to ``cache`` (:func:`use_compile_cache`)."""
+    enabled = compile_enabled(choice, device)
+    if enabled:
+        use_compile_cache(cache)
+    return enabled
+
+
 def use_compile_cache(folder: str | None) -> str | None:
     """Keep Inductor's compiled kernels in ``folder`` (``TORCHINDUCTOR_CACHE_DIR``; default: that
     variable if set, else ``~/.cache/swinbob/inductor`` instead of Inductor's own folder in /tmp,
@@ -425,14 +433,13 @@ def inference_net(
     """
     model = model.to(device).eval()
     batch = pick_sw_batch_size(model, roi, in_channels, device, amp_dtype) if sw_batch_size == "auto" else int(sw_batch_size)
-    if not compile_enabled(compile, device):
+    if not prepare_compile(compile, device, compile_cache):
         return model, batch
-    cache = use_compile_cache(compile_cache)
     net = accelerate(model, sdpa=False, cached_masks=False, channels_last=device.type == "cuda", compile="inference",
                      compile_mode=compile_mode(compile), fixed_batch=batch)
     tic = time.perf_counter()
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         net(torch.zeros(batch, in_channels, *roi, device=device))
     log.info("compiled the model for window batch %d in %.1f s (cache: %s)", batch, time.perf_counter() - tic,
-             cache or "Inductor's default folder")
+             os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default folder"))
     return net, batch

@@ -253,11 +253,9 @@ def wrap(model: torch.nn.Module, compile_model: str | bool, ctx: DistContext, co
     """
     # Same maths, faster: fused window attention, cached shift masks, channels-last convolutions
     # on the GPU (benchmarks/RESULTS.md). Patched in place, so the bare model validates fast too.
-    compiled = fast.compile_enabled(compile_model, ctx.device)
-    if compiled:
-        fast.use_compile_cache(compile_cache)
     net = fast.accelerate(model, sdpa=True, cached_masks=True, channels_last=ctx.device.type == "cuda",
-                          compile=compiled, compile_mode=fast.compile_mode(compile_model))
+                          compile=fast.prepare_compile(compile_model, ctx.device, compile_cache),
+                          compile_mode=fast.compile_mode(compile_model))
     if not ctx.distributed:
         return net
     return DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)

@@ -16,8 +16,8 @@ from typing import Any
 
 from swinbob.checkpoint import previous_checkpoint
 from swinbob.cli import (
-    ConfigError, HelpFormatter, add_compile_args, add_data_args, add_model_args, add_task_args, check_settings, data_config, infer_overlap,
-    model_config, presets_epilog, resolve_task,
+    ConfigError, HelpFormatter, add_compile_args, add_data_args, add_model_args, add_task_args, check_settings,
+    data_config, infer_overlap, model_config, presets_epilog, resolve_task,
 )
 from swinbob.data import DataConfig
 from swinbob.loaders import load_splits
