@@ -102,7 +102,7 @@ def reference_call(name: str, weights: dict, args, image: torch.Tensor, overlap:
     def call():
         with torch.no_grad(), autocast:
             return sliding_window_inference(image, args.roi, sw, net, overlap=overlap, mode="gaussian")
-    return call, {"sw_batch_size": sw, "amp": str(dtype)}
+    return call, {"sw_batch_size": sw, "amp": str(dtype if device.type == "cuda" else None)}
 
 
 def ours_call(name: str, paths: dict, image: torch.Tensor, device: torch.device):
