@@ -48,6 +48,7 @@ fused AdamW kernel is chosen by the training engine's ``build_optimizer``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -437,8 +438,8 @@ def inference_net(
         return model, batch
     net = accelerate(model, sdpa=False, cached_masks=False, channels_last=device.type == "cuda", compile="inference",
                      compile_mode=compile_mode(compile), fixed_batch=batch)
-    tic = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    tic = time.perf_counter()  # warm up as evaluation calls it (no_grad, the same autocast): one graph
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
         net(torch.zeros(batch, in_channels, *roi, device=device))
     log.info("compiled the model for window batch %d in %.1f s (cache: %s)", batch, time.perf_counter() - tic,
              os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default folder"))
