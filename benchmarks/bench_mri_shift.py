@@ -47,7 +47,9 @@ from swinbob.data import intensity_transform  # noqa: E402
 from swinbob.distributed import launch  # noqa: E402
 from swinbob.etta import EttaConfig, etta_predict, integrate  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
-from swinbob.inference import WindowSettings, load_inference_model, predict_logits, to_labels  # noqa: E402
+from swinbob.inference import load_inference_model  # noqa: E402
+from swinbob.outputs import to_labels  # noqa: E402
+from swinbob.window import WindowSettings, predict_logits  # noqa: E402
 from swinbob.tta import flip_tta_logits  # noqa: E402
 from swinbob.metrics import score_case  # noqa: E402
 from swinbob.model import ModelConfig  # noqa: E402

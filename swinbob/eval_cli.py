@@ -27,10 +27,9 @@ from swinbob.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_
 from swinbob.files import (
     NiftiError, OutputError, check_writable_folder, folder_lock,
 )
-from swinbob.inference import (
-    Case, WindowSettings, datalist_cases, folder_cases, load_inference_model, stored_config,
-    stored_task, trained_preprocessing,
-)
+from swinbob.inference import load_inference_model, stored_config, stored_task, trained_preprocessing
+from swinbob.inputs import Case, datalist_cases, folder_cases
+from swinbob.window import WindowSettings
 from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything

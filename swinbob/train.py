@@ -32,7 +32,7 @@ from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from swinbob.data import eval_transforms, train_transforms
 from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
 from swinbob.files import OutputError, atomic_write_text, check_writable_folder, folder_lock, remove_stale_temp_files
-from swinbob.inference import sliding_window_logits
+from swinbob.window import sliding_window_logits
 from swinbob.interrupt import StopRequest, stop_on_signals
 from swinbob.labels import IGNORE_LABEL
 from swinbob.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader

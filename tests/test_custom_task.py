@@ -110,7 +110,7 @@ def test_nnunet_regions_and_ignore_label_parse_into_a_region_task(tmp_path):
 
 
 def test_ordered_regions_write_the_last_region_on_top():
-    from swinbob.inference import ordered_regions_to_labels
+    from swinbob.outputs import ordered_regions_to_labels
     regions = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
     regions[0, :3], regions[1, 1:3], regions[2, 2] = True, True, True
     assert ordered_regions_to_labels(regions, (1, 2, 3)).flatten().tolist() == [1, 2, 3, 0]
@@ -214,7 +214,7 @@ def test_a_datasets_own_ignore_label_is_neither_trained_on_nor_scored(tmp_path):
 
     from swinbob.data import DataConfig, eval_transforms
     from swinbob.evaluate import _read_label
-    from swinbob.inference import Case
+    from swinbob.inputs import Case
     from swinbob.labels import IGNORE_LABEL
     from swinbob.tasks import get_task
 

@@ -19,7 +19,8 @@ from swinbob.etta import (
     voxel_entropy,
     window_entropy,
 )
-from swinbob.inference import WindowSettings, foreground, predict_logits, probabilities
+from swinbob.outputs import foreground, probabilities
+from swinbob.window import WindowSettings, predict_logits
 from swinbob.model import ModelConfig, build_model
 
 ROI = (16, 16, 16)

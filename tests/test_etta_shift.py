@@ -11,7 +11,7 @@ from swinbob.data import NormalizeForegroundd, otsu_threshold, shift_augment_tra
 from swinbob.etta import (
     EttaConfig, affine_instance_norms, etta_loss, etta_predict, marginal_entropy, norm_parameters,
 )
-from swinbob.inference import WindowSettings, predict_logits
+from swinbob.window import WindowSettings, predict_logits
 from swinbob.model import ModelConfig, build_model
 from swinbob.shifts import HELD_OUT_SHIFTS, SHIFTS, TUNING_SHIFTS, apply_shift
 from swinbob.tta import flip_subsets, flip_tta_logits

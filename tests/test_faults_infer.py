@@ -27,7 +27,7 @@ import torch
 
 import swinbob.eval_cli as eval_cli
 import swinbob.evaluate as evaluate
-import swinbob.inference as inference
+import swinbob.window as window
 from faults_report import handled, record_fault, record_input, refused
 from swinbob.checkpoint import make_checkpoint, save_checkpoint
 from swinbob.data import DataConfig
@@ -120,11 +120,11 @@ def _files(root: Path) -> set[str]:
 def test_a_cuda_oom_while_summing_windows_on_the_gpu_retries_on_the_cpu_with_a_warning(monkeypatch, caplog):
     torch.manual_seed(1)
     model, image = build_model(MODEL).eval(), torch.rand(1, 1, 40, 36, 70)
-    settings = inference.WindowSettings(MODEL.roi, sw_batch_size=2)
+    settings = window.WindowSettings(MODEL.roi, sw_batch_size=2)
     with torch.no_grad():
-        expected = inference.predict_logits(model, image, settings)
+        expected = window.predict_logits(model, image, settings)
 
-    real_window, attempts = inference._sliding_window, []
+    real_window, attempts = window._sliding_window, []
 
     def window_on_a_full_gpu(model, image, settings, compute, accumulate):
         attempts.append(accumulate.type)
@@ -132,10 +132,10 @@ def test_a_cuda_oom_while_summing_windows_on_the_gpu_retries_on_the_cpu_with_a_w
             raise _cuda_oom()
         return real_window(model, image, settings, compute, accumulate)
     # As on a GPU whose free memory looked sufficient: auto accumulation picks the GPU first.
-    monkeypatch.setattr(inference, "accumulation_device", lambda *args: torch.device("cuda"))
-    monkeypatch.setattr(inference, "_sliding_window", window_on_a_full_gpu)
+    monkeypatch.setattr(window, "accumulation_device", lambda *args: torch.device("cuda"))
+    monkeypatch.setattr(window, "_sliding_window", window_on_a_full_gpu)
     with torch.no_grad():
-        logits = inference.predict_logits(model, image, settings)
+        logits = window.predict_logits(model, image, settings)
     warned = "retrying with CPU accumulation" in caplog.text
     same = logits.device.type == "cpu" and torch.equal(logits, expected)
     record_fault("CUDA out of memory while summing windows on the GPU (simulated): CPU accumulation",
@@ -146,7 +146,7 @@ def test_a_cuda_oom_while_summing_windows_on_the_gpu_retries_on_the_cpu_with_a_w
 def test_a_cuda_oom_during_etta_keeps_the_source_prediction(monkeypatch, caplog):
     torch.manual_seed(2)
     model, image = build_model(MODEL).eval(), torch.rand(1, 40, 36, 70)
-    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=inference.WindowSettings(MODEL.roi),
+    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=window.WindowSettings(MODEL.roi),
                                      output_dir=Path("unused"), methods=(evaluate.NO_ETTA, evaluate.ETTA))
 
     def etta_on_a_full_gpu(*args, **kwargs):
@@ -277,7 +277,7 @@ def test_case_names_that_would_escape_the_output_dir_fail_alone(tmp_path, cohort
     image = str(cohort / "imagesTr" / "img0001.nii.gz")
     absolute = str(tmp_path / "absolute")
     cases = [evaluate.Case(name, (image,)) for name in ("../../escaped", absolute, "fine")]
-    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=inference.WindowSettings(MODEL.roi),
+    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=window.WindowSettings(MODEL.roi),
                                      output_dir=tmp_path / "out" / "run", methods=(evaluate.NO_ETTA,))
     torch.manual_seed(3)
     summary = evaluate.run_evaluation(build_model(MODEL), cases, settings)

@@ -33,13 +33,15 @@ from faults_report import handled, record_class, record_fault, record_input, ref
 from swinbob.checkpoint import CheckpointError, load_checkpoint
 from swinbob.data import DataConfig, eval_transforms
 from swinbob.files import NiftiError, atomic_write_text, folder_lock, load_nifti_header, write_nifti
-from swinbob.inference import Case, WindowSettings
+from swinbob.inputs import Case, folder_cases, root_cause
 from swinbob.loaders import DatalistError, load_splits, make_dataset
+from swinbob.model import ModelConfig
 from swinbob.phantoms import write_cohort
 from swinbob.solf import outputs as solf_outputs
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.tasks import get_task
 from swinbob.train_state import restore_training
+from swinbob.window import WindowSettings
 
 from test_eval_cli import btcv_folder
 
@@ -340,7 +342,7 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_building_it(tmp_
         raise AssertionError(f"a network of feature_size {config.feature_size} was built")
 
     monkeypatch.setattr(inference, "build_model", no_build)
-    fallback = inference.ModelConfig(1, 14, 12, (64, 64, 64))
+    fallback = ModelConfig(1, 14, 12, (64, 64, 64))
     with pytest.raises(CheckpointError) as caught:
         inference.load_inference_model(path, fallback)
     record_input("untrusted checkpoint", "1.8 KB checkpoint declaring feature_size 1200", refused(caught.value, strip=tmp_path))
@@ -523,7 +525,7 @@ def test_a_2d_image_is_named_before_it_reaches_the_network(tmp_path):
     task = get_task("btcv")
     with pytest.raises(RuntimeError) as caught:  # MONAI wraps it; evaluation reports the root cause
         eval_transforms(task, DataConfig.from_task(task), with_label=False)({"image": str(tmp_path / "flat.nii.gz")})
-    cause = inference.root_cause(caught.value)
+    cause = root_cause(caught.value)
     record_input("untrusted image", "2D image -> evaluation preprocessing", refused(cause, strip=tmp_path))
     assert f"NiftiError: {tmp_path / 'flat.nii.gz'}: a 2D image" in cause
 
@@ -577,7 +579,7 @@ def test_links_fifos_and_analyze_pairs_in_an_input_dir_are_named(tmp_path, caplo
     os.mkfifo(tmp_path / "pipe.nii.gz")
     (tmp_path / "pair.hdr").write_bytes(nib.AnalyzeHeader().binaryblock)
     caplog.set_level(logging.WARNING, logger="swinbob")
-    cases = {c.name: c for c in inference.folder_cases(tmp_path, ["image"])}
+    cases = {c.name: c for c in folder_cases(tmp_path, ["image"])}
     assert set(cases) == {"scan", "dangling", "pipe"}  # each becomes a case that fails with its reason
     reasons = {}
     for name in ("dangling", "pipe"):
