@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from swinbob.outputs import foreground
+from swinbob.runtime import autocast
 from swinbob.window import WindowSettings, predict_logits
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
@@ -216,10 +217,6 @@ def crop_windows(image: torch.Tensor, starts: Sequence[Sequence[int]], roi: Sequ
     return torch.stack(crops)
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
 def marginal_entropy(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """Entropy in [0, 1] of the class distribution averaged over all voxels of ``logits`` (N, C, ...)."""
     logits = logits.float()
@@ -245,7 +242,7 @@ def window_entropy(
     amp_dtype: torch.dtype | None = None,
 ) -> float:
     """Mean normalised entropy of ``model`` on the given windows (no gradients): the ETTA loss."""
-    with torch.no_grad(), _autocast(image.device, amp_dtype):
+    with torch.no_grad(), autocast(image.device, amp_dtype):
         return float(voxel_entropy(model(crop_windows(image, starts, roi)), mode).mean())
 
 
@@ -266,7 +263,7 @@ def adapt(
     history = []
     for _ in range(config.steps):
         starts = sample_window_starts(fg_coords, fg.shape, window.roi, config.windows, rng)
-        with torch.enable_grad(), _autocast(image.device, window.amp_dtype):
+        with torch.enable_grad(), autocast(image.device, window.amp_dtype):
             loss = etta_loss(model(crop_windows(image, starts, window.roi)), mode, config.diversity)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

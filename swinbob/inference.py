@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from swinbob.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, transfer_weights
+from swinbob.checkpoint import CheckpointError, load_checkpoint, load_exactly
 from swinbob.model import ModelConfig, build_model
 from swinbob.tasks import TASK_NAMES, Intensity, Task, get_task
 
@@ -86,10 +86,5 @@ def load_inference_model(
         model = build_model(config)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    report = transfer_weights(model, extract_state_dict(checkpoint), source=str(path))
-    if report.missing or report.shape_mismatch:
-        examples = ", ".join((report.shape_mismatch + report.missing)[:3])
-        raise CheckpointError(f"{path} does not fit the model: {len(report.shape_mismatch)} tensors differ in shape and "
-                              f"{len(report.missing)} are missing (e.g. {examples}); check --feature_size, "
-                              "--in_channels, --out_channels")
+    load_exactly(model, checkpoint, str(path), "check --feature_size, --in_channels, --out_channels")
     return model, config, stored

@@ -10,7 +10,6 @@ scheduler object; only the main rank writes files (checkpoints, TensorBoard, con
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -39,7 +38,7 @@ from swinbob.loaders import DatalistError, batch_stream, check_datalist, make_da
 from swinbob.losses import build_loss
 from swinbob.metrics import dice_from_masks, dice_per_class
 from swinbob.model import build_model
-from swinbob.runtime import autocast_dtype, seed_everything
+from swinbob.runtime import autocast, autocast_dtype, seed_everything
 from swinbob.tasks import Task
 from swinbob.cli import ConfigError
 from swinbob.dataset_task import DatasetJsonError
@@ -107,10 +106,6 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
 def train_step(
     model: torch.nn.Module,
     batch: dict,
@@ -128,7 +123,7 @@ def train_step(
     image = _plain(batch["image"]).to(device, non_blocking=True)
     label = _plain(batch["label"]).to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(device, amp_dtype):
+    with autocast(device, amp_dtype):
         logits = model(image)
     loss = loss_fn(logits.float(), label)
     scaler.scale(loss).backward()
