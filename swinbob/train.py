@@ -35,12 +35,13 @@ from swinbob.window import sliding_window_logits
 from swinbob.interrupt import StopRequest, stop_on_signals
 from swinbob.labels import IGNORE_LABEL
 from swinbob.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
+from swinbob.logs import configure_logging
 from swinbob.losses import build_loss
 from swinbob.metrics import dice_from_masks, dice_per_class
 from swinbob.model import build_model
 from swinbob.runtime import autocast, autocast_dtype, seed_everything
 from swinbob.tasks import Task
-from swinbob.cli import ConfigError
+from swinbob.errors import ConfigError
 from swinbob.dataset_task import DatasetJsonError
 from swinbob.files import NiftiError
 from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
@@ -488,18 +489,12 @@ def fit(run: TrainingRun) -> TrainState:
 # Entry points
 # ----------------------------------------------------------------------------------------------
 
-def configure_logging(verbose: bool) -> None:
-    """Timestamped messages on stderr; ranks other than the main one report warnings only."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("swinbob").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
     """One process's whole run; returns an exit code (see :data:`EXIT_INTERRUPTED` and the others).
 
     Stop signals are caught during training only: before it, nothing is lost by stopping at once.
     """
-    configure_logging(ctx.is_main)
+    configure_logging(logging.INFO if ctx.is_main else logging.WARNING)  # other ranks: warnings only
     try:
         check_files(plan, ctx)
         run = setup(plan, ctx)
@@ -527,7 +522,7 @@ def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
 def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     """Parse upstream-compatible flags, check flags and datalist, and train; returns an exit code."""
     args = build_parser(default_task).parse_args(argv)
-    configure_logging(verbose=True)
+    configure_logging()
     try:
         apply_limit_args(args)
         plan = resolve_plan(args)

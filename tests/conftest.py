@@ -1,6 +1,8 @@
 """Shared test configuration: GPU tests skip themselves on machines without CUDA, and the
 fault-injection suite prints its summary table at the end of the session."""
 
+import logging
+
 import pytest
 import torch
 
@@ -40,3 +42,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_swinbob_log_level():
+    """Entry points run in-process set the ``swinbob`` logger's level (``--log_level ERROR``); a test
+    must not inherit the previous test's level."""
+    logger = logging.getLogger("swinbob")
+    level = logger.level
+    yield
+    logger.setLevel(level)

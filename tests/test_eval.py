@@ -14,7 +14,8 @@ from torch import nn
 
 from swinbob import window
 from swinbob.data import DataConfig
-from swinbob.eval_cli import ConfigError, parse_label_map
+from swinbob.errors import ConfigError
+from swinbob.eval_cli import parse_label_map
 from swinbob.evaluate import NO_ETTA, Case, EvalSettings, predict_case, run_evaluation
 from swinbob.inputs import folder_cases
 from swinbob.outputs import regions_to_labels

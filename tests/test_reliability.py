@@ -32,6 +32,7 @@ import swinbob.train as train
 from faults_report import handled, record_class, record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError, load_checkpoint
 from swinbob.data import DataConfig, eval_transforms
+from swinbob.errors import ConfigError
 from swinbob.files import NiftiError, atomic_write_text, folder_lock, load_nifti_header, write_nifti
 from swinbob.inputs import Case, folder_cases, root_cause
 from swinbob.loaders import DatalistError, load_splits, make_dataset
@@ -514,7 +515,7 @@ def test_label_maps_are_integers_and_inline_maps_are_never_file_names(text, expe
         assert len(text) > 255 and len(eval_cli.parse_label_map(text, task, 73)) == 30
         record_input("label map", "inline --label_map of 30 entries", handled("read as JSON, not as a file name"))
         return
-    with pytest.raises(eval_cli.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         eval_cli.parse_label_map(text, task, 73)
     record_input("label map", f"--label_map '{text}'", refused(caught.value))
     assert expected in str(caught.value)

@@ -44,9 +44,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from swinbob.files import OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
+from swinbob.errors import ConfigError
+from swinbob.files import NIFTI_SUFFIXES, OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
 from swinbob.limits import add_limit_args, apply_limit_args
-from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_inputs, failed_record, make_task, measure_case
+from swinbob.logs import configure_logging
+from swinbob.solf.cases import CaseTask, discover_inputs, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
 from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
@@ -516,7 +518,7 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
 def organ_filtering_entry(argv: list[str] | None = None) -> int:
     """Command-line entry point of ``UKBOB/filtering/organ_filtering.py``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     config = config_from_args(args)
     try:
         apply_limit_args(args)
