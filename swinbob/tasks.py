@@ -151,10 +151,16 @@ class Task:
             )
 
 
+UKBOB_CHANNELS = ("fat", "in_phase", "opposed_phase", "water")
+"""UKBOB's Dixon images, in the model's input order (also SOLF's default and the phantoms')."""
+BTCV_CHANNELS = ("CT",)
+BRATS_CHANNELS = ("t1n", "t1c", "t2w", "t2f")
+
+
 def _ukbob() -> Task:
     return Task(
         name="ukbob",
-        channel_names=("fat", "in_phase", "opposed_phase", "water"),
+        channel_names=UKBOB_CHANNELS,
         label_map=dict(TOTALVIBE_LABELS),
         mode="softmax",
         spacing=(2.0, 2.0, 3.0),
@@ -168,7 +174,7 @@ def _ukbob() -> Task:
 def _btcv() -> Task:
     return Task(
         name="btcv",
-        channel_names=("CT",),
+        channel_names=BTCV_CHANNELS,
         label_map=dict(BTCV_LABELS),
         mode="softmax",
         spacing=(1.5, 1.5, 2.0),
@@ -179,7 +185,7 @@ def _btcv() -> Task:
 def _brats(et_label: int = 3) -> Task:
     return Task(
         name="brats",
-        channel_names=("t1n", "t1c", "t2w", "t2f"),
+        channel_names=BRATS_CHANNELS,
         label_map=dict(BRATS_LABELS_2023 if et_label == 3 else BRATS_LABELS_2021),
         mode="regions",
         regions=brats_regions(et_label),

@@ -37,12 +37,12 @@ from swinbob.data import DataConfig, eval_transforms, load_datalist
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.labels import IGNORE_LABEL
 from swinbob.loaders import entry_problems
-from swinbob.phantoms import UKBOB_CHANNELS, PhantomCase, ukbob_case, write_cohort
+from swinbob.phantoms import PhantomCase, ukbob_case, write_cohort
 from swinbob.solf.cases import make_task, measure_case
 from swinbob.solf.features import measure_organs, validate_labels
 from swinbob.solf.outputs import CleanTask, clean_case
 from swinbob.solf.pipeline import organ_filtering_entry
-from swinbob.tasks import get_task
+from swinbob.tasks import UKBOB_CHANNELS, get_task
 
 pytestmark = pytest.mark.faults
 

@@ -56,11 +56,11 @@ from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_js
 from swinbob.solf.rules import METHODS, RuleSet, RulesError, load_rules
 from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
                                 shard_log_path, write_features_csv, write_scans_csv)
+from swinbob.tasks import UKBOB_CHANNELS
 
 log = logging.getLogger("swinbob.solf")
 
 STAGES = ("features", "merge", "decide", "all")
-UKBOB_CHANNELS = ("fat", "in_phase", "opposed_phase", "water")
 
 
 @dataclass(frozen=True)
