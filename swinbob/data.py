@@ -417,9 +417,3 @@ def train_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = 
 def eval_transforms(task: Task, config: DataConfig, with_label: bool = True) -> T.Compose:
     """Preprocessing only: whole volumes for validation and inference."""
     return T.Compose(preprocess_transforms(task, config, with_label=with_label))
-
-
-def as_numpy_label(label: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A label tensor (possibly a MetaTensor) as an integer numpy array."""
-    array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
-    return array.astype(np.int64)

@@ -233,19 +233,6 @@ def etta_loss(logits: torch.Tensor, mode: str, diversity: float) -> torch.Tensor
     return loss - diversity * marginal_entropy(logits, mode) if diversity else loss
 
 
-def window_entropy(
-    model: nn.Module,
-    image: torch.Tensor,
-    starts: Sequence[Sequence[int]],
-    roi: Sequence[int],
-    mode: str,
-    amp_dtype: torch.dtype | None = None,
-) -> float:
-    """Mean normalised entropy of ``model`` on the given windows (no gradients): the ETTA loss."""
-    with torch.no_grad(), autocast(image.device, amp_dtype):
-        return float(voxel_entropy(model(crop_windows(image, starts, roi)), mode).mean())
-
-
 def adapt(
     model: nn.Module,
     image: torch.Tensor,

@@ -9,6 +9,7 @@ from swinbob.etta import (
     EttaConfig,
     adapt,
     adaptation_box,
+    crop_windows,
     episode,
     etta_predict,
     foreground_fraction,
@@ -17,15 +18,20 @@ from swinbob.etta import (
     probabilities_and_entropy,
     sample_window_starts,
     voxel_entropy,
-    window_entropy,
 )
+from swinbob.model import ModelConfig, build_model
 from swinbob.outputs import foreground, probabilities
 from swinbob.window import WindowSettings, predict_logits
-from swinbob.model import ModelConfig, build_model
 
 ROI = (16, 16, 16)
 WINDOW = WindowSettings(ROI, sw_batch_size=2, overlap=0.25)
 CONFIG = EttaConfig(steps=3, lr=5e-2, windows=2, seed=0)
+
+
+def window_entropy(model: nn.Module, image: torch.Tensor, starts, roi, mode: str) -> float:
+    """Mean normalised entropy of ``model`` on the given windows (no gradients): the ETTA loss."""
+    with torch.no_grad():
+        return float(voxel_entropy(model(crop_windows(image, starts, roi)), mode).mean())
 
 
 class TinyNormNet(nn.Module):
