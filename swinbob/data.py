@@ -414,6 +414,11 @@ def train_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = 
     return T.Compose(preprocess_transforms(task, config) + augment_transforms(task, config, cache_crop_indices))
 
 
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """MetaTensor -> Tensor: metadata tracking costs time in every op of a training step."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
 def eval_transforms(task: Task, config: DataConfig, with_label: bool = True) -> T.Compose:
     """Preprocessing only: whole volumes for validation and inference."""
     return T.Compose(preprocess_transforms(task, config, with_label=with_label))

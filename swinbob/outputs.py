@@ -16,6 +16,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
+from swinbob.data import plain_tensor
 from swinbob.files import load_nifti_header, write_nifti
 
 
@@ -74,17 +75,20 @@ def map_labels(labels: torch.Tensor, label_map: dict[int, int]) -> torch.Tensor:
 
 
 
-def invert_labels(labels: torch.Tensor, preprocessed_image: torch.Tensor, preprocess: Compose) -> np.ndarray:
-    """Labels on the preprocessed grid (X, Y, Z) → the input image's grid, nearest neighbour.
+def invert_to_input(values: torch.Tensor, preprocessed_image: torch.Tensor, preprocess: Compose) -> torch.Tensor:
+    """Channels (C, X, Y, Z) on the preprocessed grid → the input image's grid, nearest neighbour, fp32 on the CPU.
 
     ``preprocessed_image`` is the MetaTensor that ``preprocess`` produced (it carries the stack of
     applied operations), and ``preprocess`` must be that same Compose instance.
     """
     inverter = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=True)
-    pred = MetaTensor(labels.detach().cpu()[None].float())
-    inverted = inverter({"pred": pred, "image": preprocessed_image})["pred"]
-    array = inverted.as_tensor() if hasattr(inverted, "as_tensor") else inverted
-    return np.rint(array[0].numpy()).astype(np.int16)
+    pred = MetaTensor(values.detach().float().cpu())
+    return plain_tensor(inverter({"pred": pred, "image": preprocessed_image})["pred"])
+
+
+def invert_labels(labels: torch.Tensor, preprocessed_image: torch.Tensor, preprocess: Compose) -> np.ndarray:
+    """Labels on the preprocessed grid (X, Y, Z) → the input image's grid (see :func:`invert_to_input`)."""
+    return np.rint(invert_to_input(labels[None], preprocessed_image, preprocess)[0].numpy()).astype(np.int16)
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:

@@ -45,10 +45,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
-def restore_swinbob_log_level():
-    """Entry points run in-process set the ``swinbob`` logger's level (``--log_level ERROR``); a test
-    must not inherit the previous test's level."""
-    logger = logging.getLogger("swinbob")
-    level = logger.level
-    yield
-    logger.setLevel(level)
+def fresh_swinbob_log_level():
+    """Entry points run in-process (here or in a module's fixture) set the ``swinbob`` logger's level
+    (``--log_level WARNING``); each test starts from the default, so that ``caplog`` sees what it asks for."""
+    logging.getLogger("swinbob").setLevel(logging.NOTSET)

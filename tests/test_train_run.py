@@ -21,6 +21,7 @@ from swinbob.model import ModelConfig, build_model
 from swinbob.phantoms import write_cohort
 from swinbob.runtime import seed_everything
 from swinbob.train_cli import build_parser, resolve_plan
+from swinbob.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12"]
@@ -121,13 +122,13 @@ def test_two_process_gloo_run_validates_each_case_once(ukbob, tmp_path):
     model.load_state_dict(best["model"])
     _, val_loader = train.build_loaders(plan, DistContext())
     assert len(val_loader) == 3
-    metrics = train.validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
+    metrics = validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
     assert metrics["mean"] == pytest.approx(best["best_metric"], abs=1e-6)
 
 
 def _validate(plan, model) -> dict[str, float]:
     _, val_loader = train.build_loaders(plan, DistContext())
-    return train.validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
+    return validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
 
 
 def test_short_btcv_run_raises_validation_dice(btcv, tmp_path):
