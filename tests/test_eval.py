@@ -22,6 +22,7 @@ from swinbob.outputs import regions_to_labels
 from swinbob.window import WindowSettings, predict_logits
 from swinbob.tasks import Intensity, get_task
 from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
+from tiny import WIDE_ROI, tiny_config
 
 SHAPE = (37, 45, 29)
 # Stored as (i -> -y, j -> +z, k -> -x): not RAS, anisotropic; RAS spacing is BTCV's (1.5, 1.5, 2.0),
@@ -315,9 +316,9 @@ def test_accumulation_goes_to_the_cpu_when_the_volume_does_not_fit(monkeypatch, 
 
 @pytest.mark.gpu
 def test_gpu_accumulates_on_the_gpu_and_survives_an_injected_oom(monkeypatch, caplog):
-    from swinbob.model import ModelConfig, build_model
+    from swinbob.model import build_model
 
-    model = build_model(ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32))).cuda().eval()
+    model = build_model(tiny_config(roi=WIDE_ROI)).cuda().eval()
     image = torch.rand(1, 1, 70, 40, 36, device="cuda")
     settings = WindowSettings((64, 32, 32), 2, 0.25, amp_dtype=torch.bfloat16)
     with torch.no_grad():
@@ -342,7 +343,7 @@ def test_checkpoint_config_gives_the_architecture_and_the_trained_preprocessing(
     from swinbob.inference import stored_config, trained_preprocessing
     from swinbob.model import ModelConfig
 
-    model = ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32)).to_dict()
+    model = tiny_config(roi=WIDE_ROI).to_dict()
     run = {"task": "btcv", "spacing": [1.75, 3.5, 4.0],
            "intensity": {"kind": "window", "a_min": -100.0, "a_max": 200.0, "b_min": 0.0, "b_max": 1.0}}
     config = {**model, **run} if layout == "top_level" else {"model": model, **run}

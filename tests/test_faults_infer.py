@@ -32,16 +32,17 @@ from faults_report import handled, record_fault, record_input, refused
 from swinbob.checkpoint import make_checkpoint, save_checkpoint
 from swinbob.data import DataConfig
 from swinbob.files import stale_temp_files
-from swinbob.model import ModelConfig, build_model
+from swinbob.model import build_model
 from swinbob.phantoms import write_cohort
 from swinbob.tasks import get_task
 from swinbob.train_state import run_config
+from tiny import tiny_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 BTCV = get_task("btcv")
-MODEL = ModelConfig(in_channels=1, out_channels=14, feature_size=12, roi=(32, 32, 64))
+MODEL = tiny_config()
 DATA = DataConfig.from_task(BTCV, spacing=(4.0, 4.0, 4.0))
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -331,7 +332,7 @@ def _brats_inputs(root: Path, files: dict[str, tuple[str, ...]]) -> Path:
 @pytest.fixture(scope="module")
 def brats_model_dir(tmp_path_factory) -> Path:
     folder, brats = tmp_path_factory.mktemp("brats_model"), get_task("brats")
-    config = ModelConfig(in_channels=4, out_channels=3, feature_size=12, roi=(32, 32, 64))
+    config = tiny_config(4, 3)
     save_checkpoint(folder / "model.pt", make_checkpoint(build_model(config), run_config(brats, config, DataConfig.from_task(brats))))
     return folder
 

@@ -45,12 +45,12 @@ from swinbob.train_state import restore_training
 from swinbob.window import WindowSettings
 
 from test_eval_cli import btcv_folder
+from tiny import TINY_TRAIN_FLAGS, WIDE_ROI, tiny_flags
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
-TINY_TRAIN = ["--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4", "--space_z=4",
-              "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=1", "--max_steps_per_epoch=1"]
+TINY_TRAIN = [*TINY_TRAIN_FLAGS, "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=1", "--max_steps_per_epoch=1"]
 
 
 CLASS_OF = {
@@ -247,8 +247,8 @@ def test_evaluation_into_a_folder_in_use_is_refused_with_the_pid(tmp_path, monke
     folder = btcv_folder(tmp_path)
     out = tmp_path / "out"
     argv = ["--json_list", str(folder / "data" / "BTCV" / "dataset_0.json"), "--data_dir", str(folder / "data" / "BTCV"),
-            "--pretrained_dir", str(folder / "pretrained_models"), "--feature_size=12", "--roi_x=64", "--roi_y=32",
-            "--roi_z=32", "--no_etta", "--workers=0", "--output_dir", str(out)]
+            "--pretrained_dir", str(folder / "pretrained_models"), *tiny_flags(WIDE_ROI),
+            "--no_etta", "--workers=0", "--output_dir", str(out)]
     with folder_lock(out, "--output_dir"):  # run A holds it (flock: another open file, as another process)
         status = eval_cli.main(argv, default_task="btcv")
     message = _errors(caplog)
