@@ -32,22 +32,23 @@ class Case:
     label: str | None = None
 
 
-def _channel_tags(channel_names: Sequence[str]) -> dict[str, str]:
-    """File-name tags of each channel (lower case): nnU-Net's index ``0000``, ``0001``, ... and, for
-    multi-channel tasks, the channel's name."""
-    tags = {f"{index:04d}": name for index, name in enumerate(channel_names)}
+def _channel_tags(channel_names: Sequence[str], indices: bool = True) -> dict[str, str]:
+    """File-name tags of each channel (lower case): the channel's name for multi-channel tasks and,
+    with ``indices``, nnU-Net's index ``0000``, ``0001``, ... (folder inputs)."""
+    tags = {f"{index:04d}": name for index, name in enumerate(channel_names)} if indices else {}
     if len(channel_names) > 1:
         tags.update({name.lower(): name for name in channel_names})
     return tags
 
 
-def _tag_pattern(channel_names: Sequence[str]) -> str:
-    return "|".join(map(re.escape, _channel_tags(channel_names)))
+def _tag_pattern(channel_names: Sequence[str], indices: bool = True) -> str:
+    return "|".join(map(re.escape, _channel_tags(channel_names, indices))) or "(?!)"  # (?!): no tag at all
 
 
-def _case_id(path: str, channel_names: Sequence[str]) -> str:
+def _case_id(path: str, channel_names: Sequence[str], indices: bool = True) -> str:
     """The case of an image file: its name without NIfTI suffix and channel tag (``_fat``, ``_0000``)."""
-    return re.sub(rf"[-_]({_tag_pattern(channel_names)})$", "", case_name({"image": path}), flags=re.IGNORECASE)
+    pattern = _tag_pattern(channel_names, indices)
+    return re.sub(rf"[-_]({pattern})$", "", case_name({"image": path}), flags=re.IGNORECASE)
 
 
 def folder_cases(input_dir: str | Path, channel_names: Sequence[str]) -> list[Case]:
@@ -83,11 +84,12 @@ def folder_cases(input_dir: str | Path, channel_names: Sequence[str]) -> list[Ca
 
 
 def datalist_cases(entries: Sequence[dict[str, Any]], channel_names: Sequence[str]) -> list[Case]:
-    """Cases of datalist entries (``load_datalist``): image file(s), label, name from the first image."""
+    """Cases of datalist entries (``load_datalist``): image file(s), label, name from the first image
+    (without a channel name; an nnU-Net index stays: outputs keep the datalist's image names)."""
     cases = []
     for entry in entries:
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
-        cases.append(Case(_case_id(images[0], channel_names), tuple(images), entry.get("label")))
+        cases.append(Case(_case_id(images[0], channel_names, indices=False), tuple(images), entry.get("label")))
     return cases
 
 
