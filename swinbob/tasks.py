@@ -151,16 +151,10 @@ class Task:
             )
 
 
-UKBOB_CHANNELS = ("fat", "in_phase", "opposed_phase", "water")
-"""UKBOB's Dixon images, in the model's input order (also SOLF's default and the phantoms')."""
-BTCV_CHANNELS = ("CT",)
-BRATS_CHANNELS = ("t1n", "t1c", "t2w", "t2f")
-
-
 def _ukbob() -> Task:
     return Task(
         name="ukbob",
-        channel_names=UKBOB_CHANNELS,
+        channel_names=("fat", "in_phase", "opposed_phase", "water"),
         label_map=dict(TOTALVIBE_LABELS),
         mode="softmax",
         spacing=(2.0, 2.0, 3.0),
@@ -174,7 +168,7 @@ def _ukbob() -> Task:
 def _btcv() -> Task:
     return Task(
         name="btcv",
-        channel_names=BTCV_CHANNELS,
+        channel_names=("CT",),
         label_map=dict(BTCV_LABELS),
         mode="softmax",
         spacing=(1.5, 1.5, 2.0),
@@ -185,7 +179,7 @@ def _btcv() -> Task:
 def _brats(et_label: int = 3) -> Task:
     return Task(
         name="brats",
-        channel_names=BRATS_CHANNELS,
+        channel_names=("t1n", "t1c", "t2w", "t2f"),
         label_map=dict(BRATS_LABELS_2023 if et_label == 3 else BRATS_LABELS_2021),
         mode="regions",
         regions=brats_regions(et_label),
@@ -201,6 +195,10 @@ def _brats(et_label: int = 3) -> Task:
 
 
 TASK_NAMES = ("ukbob", "btcv", "brats")
+UKBOB_CHANNELS = _ukbob().channel_names
+"""UKBOB's Dixon images in the model's input order (SOLF's default, the phantoms'): the preset is the one source."""
+BTCV_CHANNELS = _btcv().channel_names
+BRATS_CHANNELS = _brats().channel_names
 AUTO = "auto"
 """``--task auto``: the task is read from the datalist's dataset.json (:mod:`swinbob.dataset_task`)."""
 
