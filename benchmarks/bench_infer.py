@@ -7,7 +7,7 @@ bf16 autocast (``ref_bf16_sw4``, ``ref_bf16_sw16``).
 Ours is the evaluation engine itself: ``test_etta.py``'s command line with its defaults, set up by
 :func:`swinbob.eval_cli.setup` as ``test_etta.py`` does (checkpoint loading, fused attention,
 cached masks; on a GPU also ``--compile auto`` = compiled behind a fixed window batch chosen from
-free memory, bf16), each volume predicted by :func:`swinbob.inference.predict_logits` as
+free memory, bf16), each volume predicted by :func:`swinbob.window.predict_logits` as
 :func:`swinbob.evaluate.predict_case` calls it. ``ours_eager`` adds ``--no_compile``,
 ``ours_sw4`` ``--sw_batch_size 4``, ``ours_cudagraphs`` ``--compile cudagraphs``. ETTA
 (``--etta``): :func:`swinbob.evaluate.predict_case` with the CLI's ETTA defaults over the same
@@ -107,7 +107,7 @@ def reference_call(name: str, weights: dict, args, image: torch.Tensor, overlap:
 
 def ours_call(name: str, paths: dict, image: torch.Tensor, device: torch.device):
     """``test_etta.py``'s set-up (flags of ``name``) and the call predict_case makes per volume."""
-    from swinbob.inference import predict_logits
+    from swinbob.window import predict_logits
     net, settings = evaluation_run(paths["checkpoint"], paths["inputs"], paths["outputs"] / name, device, OURS_FLAGS[name])
 
     def call():

@@ -11,17 +11,19 @@ import torch
 
 from swinbob import eval_cli, fast, predict, train, train_cli
 from swinbob.distributed import DistContext
-from swinbob.model import ModelConfig, build_model
+from swinbob.model import build_model
 from swinbob.tasks import get_task
+from tiny import WIDE_ROI as ROI
+from tiny import tiny_config
 
 CPU = torch.device("cpu")
-ROI = (64, 32, 32)
+CONFIG = tiny_config(out_channels=3, roi=ROI)
 
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return build_model(ModelConfig(in_channels=1, out_channels=3, feature_size=12, roi=ROI))
+    return build_model(CONFIG)
 
 
 @pytest.mark.parametrize("choice, device, expected", [
@@ -46,8 +48,7 @@ def test_evaluation_defaults_on_cpu_are_the_old_path(tiny, monkeypatch):
     args = eval_cli.build_parser("btcv").parse_args([])
     assert (args.compile, args.sw_batch_size, args.compile_cache) == ("auto", "auto", None)
     task = get_task("btcv")
-    config = ModelConfig(in_channels=1, out_channels=3, feature_size=12, roi=ROI)
-    net, window = eval_cli.inference_setup(args, tiny, config, task, CPU)
+    net, window = eval_cli.inference_setup(args, tiny, CONFIG, task, CPU)
     assert net is tiny and not tiny.training
     assert (window.sw_batch_size, window.amp_dtype, window.roi) == (4, None, ROI)
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
@@ -58,7 +59,7 @@ def test_explicit_window_batch_and_compile_on_cpu(tiny, tmp_path, monkeypatch, c
     cache folder reported; same logits as the eager model."""
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     caplog.set_level(logging.INFO, logger="swinbob")
-    model = build_model(ModelConfig(in_channels=1, out_channels=3, feature_size=12, roi=ROI))
+    model = build_model(CONFIG)
     model.load_state_dict(tiny.state_dict())
     calls = []
     monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(kw) or module)  # Inductor is slow on 2 cores
