@@ -71,7 +71,8 @@ if [ "$STAGE" = all ] || [ "$STAGE" = train ]; then
 fi
 if [ "$STAGE" = all ] || [ "$STAGE" = infer ]; then
   # shellcheck disable=SC2086
-  timeout "${LIMITS[2]}" $PY benchmarks/bench_infer.py "${INFER[@]}" --volume $VOLUME --variants ref_fp32,ref_bf16_sw4,ours \
+  # recompiles are logged: after the first ETTA case the compiled model recompiles twice (CPU check, RESULTS.md)
+  TORCH_LOGS=recompiles timeout "${LIMITS[2]}" $PY benchmarks/bench_infer.py "${INFER[@]}" --volume $VOLUME --variants ref_fp32,ref_bf16_sw4,ours \
     "${INFER_STEPS[@]}" --etta --json "$OUT/infer.json" 2>&1 | tee "$OUT/infer.log"
 fi
 args=()
