@@ -305,6 +305,16 @@ def etta_config(text: str) -> EttaConfig:
     return EttaConfig(**overrides)
 
 
+def print_drop(results: dict[str, dict[str, Any]]) -> None:
+    """Per method: clean mean Dice, the mean over the held-out shifts present and the drop between them."""
+    print("\n| method | clean | held-out mean | drop |\n|---|---|---|---|")
+    for method in dict.fromkeys(key.split("|")[1] for key in results):
+        shifted = [results[f"{s}|{method}"]["mean_dice"][0] for s in HELD_OUT_SHIFTS if f"{s}|{method}" in results]
+        if f"clean|{method}" in results and shifted:
+            clean = results[f"clean|{method}"]["mean_dice"][0]
+            print(f"| {method} | {clean:.4f} | {np.mean(shifted):.4f} | {clean - np.mean(shifted):.4f} |")
+
+
 def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     """ETTA settings ``--etta`` on the validation subjects under the tuning shifts (never the test ones)."""
     entries = json.loads(datalist.read_text())["validation"][: args.subjects]
@@ -328,6 +338,7 @@ def report(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     etta = None if args.no_etta else etta_config(args.etta)
     results = run_grid(model, task, groups, etta, FLIP_AXES)
     print_table(f"report {args.recipe} {etta} ({time.perf_counter() - tic:.0f} s)", results)
+    print_drop(results)
     steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
     name = f"report_{args.recipe}{steps}{'_no_etta' if args.no_etta else ''}{'_' + args.tag if args.tag else ''}.json"
     atomic_write_text(work / name, json.dumps({"etta": etta and dataclasses.asdict(etta), "results": results}, indent=1))
