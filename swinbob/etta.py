@@ -98,7 +98,8 @@ class EttaConfig:
     states: tuple[int, ...] = ()
     """InTEnt-style integration over several adapted states: the adapted model also predicts the box
     after each of these step counts (each below ``steps``), and every state that passes the fallback
-    tests is averaged with the source, weighted as above. Empty: the final state only."""
+    tests is averaged with the source, weighted as above. Empty: the final state only. Each state
+    costs one more adapted sliding window over the box and keeps its logits until the integration."""
     optimizer: str = "adam"
     """``adam``, or ``sgd`` (momentum 0.9, as TENT uses) for the adaptation steps."""
 
