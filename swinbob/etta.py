@@ -381,7 +381,7 @@ def integrate(
     if len(states) > 1:
         info["entropy_states"] = entropies
         info["states_kept"] = len(kept)
-    if not kept or (reason is not None and len(states) == 1):
+    if not kept:
         info["fallback"] = reason
         return None, info
     log_inverse = -sharpness * np.log(np.maximum([h_source] + [h for _, h in kept], 1e-8))
