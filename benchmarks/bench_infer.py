@@ -120,12 +120,13 @@ def ours_call(name: str, paths: dict, image: torch.Tensor, device: torch.device)
 @contextlib.contextmanager
 def stage_timers(device: torch.device, spent: dict[str, float]):
     """Add the seconds of each ETTA stage to ``spent`` by wrapping, for the duration, the functions
-    ``predict_case`` calls: ``evaluate.predict_logits`` (1st call: source, 2nd: adapted window),
-    ``etta.adapt`` (adaptation) and ``etta.integrate`` (integration); the device is synchronised
-    around each call."""
+    ``predict_case`` calls: ``evaluate.predict_logits`` (1st call: source, later ones: adapted
+    windows), ``etta.adapt`` (adaptation, without the adapted predictions made inside it) and
+    ``etta.integrate`` (integration); the device is synchronised around each call."""
     from swinbob import etta, evaluate
     targets = [(evaluate, "predict_logits"), (etta, "adapt"), (etta, "integrate")]
     originals = [getattr(module, name) for module, name in targets]
+    nested: list[float] = []  # per active timed call: seconds of the timed calls inside it
 
     def timed(name, fn):
         def wrapper(*a, **k):
@@ -133,9 +134,13 @@ def stage_timers(device: torch.device, spent: dict[str, float]):
                 "adapted_window" if "source" in spent else "source")
             sync(device)
             tic = time.perf_counter()
+            nested.append(0.0)
             result = fn(*a, **k)
             sync(device)
-            spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - tic
+            total = time.perf_counter() - tic
+            spent[stage] = spent.get(stage, 0.0) + total - nested.pop()  # adapted states are predicted inside adapt
+            if nested:
+                nested[-1] += total
             return result
         return wrapper
     try:
