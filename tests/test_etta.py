@@ -13,6 +13,7 @@ from swinbob.etta import (
     etta_predict,
     foreground_fraction,
     integrate,
+    marginal_entropy,
     norm_parameters,
     probabilities_and_entropy,
     sample_window_starts,
@@ -398,3 +399,22 @@ def test_voxel_entropy_is_per_voxel_in_both_modes_and_a_bare_norm_layer_is_tunab
     assert torch.allclose(voxel_entropy(logits, "regions"), binary, atol=1e-6)
     assert voxel_entropy(logits, "softmax").shape == (2, 4, 5, 6)
     assert [n for n, _ in norm_parameters(nn.LayerNorm(4))] == ["weight", "bias"]
+
+
+def test_marginal_entropy_is_the_normalised_entropy_of_the_voxel_averaged_prediction():
+    """ETTA's diversity term against scipy: softmax, the entropy of the class distribution averaged
+    over every voxel of the batch / log C; regions, the mean over channels of the Bernoulli entropy
+    of the averaged sigmoid / log 2; 0 (finite) for a collapsed prediction; float32 from bf16."""
+    from scipy.stats import entropy
+
+    logits = 3.0 * torch.randn(2, 4, 3, 5, 6, generator=torch.Generator().manual_seed(5))
+    mean_softmax = torch.softmax(logits.double(), 1).transpose(0, 1).reshape(4, -1).mean(1).numpy()
+    assert float(marginal_entropy(logits, "softmax")) == pytest.approx(entropy(mean_softmax) / np.log(4), rel=1e-5)
+    mean_sigmoid = torch.sigmoid(logits.double()).transpose(0, 1).reshape(4, -1).mean(1).numpy()
+    regions = np.mean([entropy([p, 1 - p]) for p in mean_sigmoid]) / np.log(2)
+    assert float(marginal_entropy(logits, "regions")) == pytest.approx(regions, rel=1e-5)
+    collapsed = torch.full((1, 3, 4, 4, 4), -40.0)
+    collapsed[:, 0] = 40.0
+    for mode in ("softmax", "regions"):
+        assert 0.0 <= float(marginal_entropy(collapsed, mode)) < 1e-5
+    assert marginal_entropy(logits.to(torch.bfloat16), "softmax").dtype == torch.float32
