@@ -10,6 +10,7 @@ from swinbob.etta import (
     adapt,
     adaptation_box,
     episode,
+    etta_loss,
     etta_predict,
     foreground_fraction,
     integrate,
@@ -385,11 +386,15 @@ def test_window_centres_without_foreground_are_spread_over_the_volume_and_every_
 @pytest.mark.parametrize("bad, message", [
     ({"steps": 0}, "at least one step and one window"), ({"windows": 0}, "at least one step and one window"),
     ({"lr": 0.0}, "learning rate must be positive, got 0.0"), ({"collapse": 1.5}, r"collapse threshold must be in \(0, 1\], got 1.5"),
+    ({"diversity": -0.1}, r"diversity and sharpness must be >= 0 and min_entropy in \[0, 1\], got -0.1, 1.0, 0.0"),
+    ({"sharpness": -0.1}, r"diversity and sharpness must be >= 0 and min_entropy in \[0, 1\], got 0.0, -0.1, 0.0"),
+    ({"min_entropy": 1.5}, r"diversity and sharpness must be >= 0 and min_entropy in \[0, 1\], got 0.0, 1.0, 1.5"),
 ])
 def test_invalid_settings_name_the_setting_and_value(bad, message):
     with pytest.raises(ValueError, match=message):
         EttaConfig(**bad)
     assert EttaConfig(collapse=1.0).collapse == 1.0  # the closed end of (0, 1]
+    assert EttaConfig(sharpness=0.0, min_entropy=1.0).min_entropy == 1.0  # closed ends: allowed
 
 
 def test_voxel_entropy_is_per_voxel_in_both_modes_and_a_bare_norm_layer_is_tunable():
@@ -418,3 +423,13 @@ def test_marginal_entropy_is_the_normalised_entropy_of_the_voxel_averaged_predic
     for mode in ("softmax", "regions"):
         assert 0.0 <= float(marginal_entropy(collapsed, mode)) < 1e-5
     assert marginal_entropy(logits.to(torch.bfloat16), "softmax").dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["softmax", "regions"])
+def test_etta_loss_subtracts_the_weighted_marginal_entropy_only_when_diversity_is_set(mode):
+    logits = 2.0 * torch.randn(2, 3, 4, 5, 6, generator=torch.Generator().manual_seed(7))
+    mean_voxel = voxel_entropy(logits, mode).mean()
+    assert torch.equal(etta_loss(logits, mode, 0.0), mean_voxel)
+    expected = mean_voxel - 0.25 * marginal_entropy(logits, mode)
+    assert torch.allclose(etta_loss(logits, mode, 0.25), expected, rtol=0, atol=1e-7)
+    assert float(marginal_entropy(logits, mode)) > 0.5  # the term is not negligible here
