@@ -1,5 +1,7 @@
 """ETTA: what is tuned, that it lowers entropy and changes the prediction, and that it leaves no trace."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -433,3 +435,17 @@ def test_etta_loss_subtracts_the_weighted_marginal_entropy_only_when_diversity_i
     expected = mean_voxel - 0.25 * marginal_entropy(logits, mode)
     assert torch.allclose(etta_loss(logits, mode, 0.25), expected, rtol=0, atol=1e-7)
     assert float(marginal_entropy(logits, mode)) > 0.5  # the term is not negligible here
+
+
+def test_min_entropy_keeps_a_confident_source_and_adapts_at_the_threshold():
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    box = adaptation_box(foreground(logits[0], "softmax"), ROI)
+    h = probabilities_and_entropy(logits[(0, slice(None), *box)], "softmax")[1]
+    assert 0 < h < 0.9
+    above = dataclasses.replace(CONFIG, min_entropy=h + 0.05)
+    kept = etta_predict(model, image, logits, "softmax", above, WINDOW)
+    assert not kept.applied and kept.info == {"entropy_source": h}
+    assert kept.fallback == f"source confident (entropy {h:.4f} < {h + 0.05:g})"
+    at = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, min_entropy=h), WINDOW)
+    assert not (at.fallback or "").startswith("source confident") and len(at.info["losses"]) == CONFIG.steps
