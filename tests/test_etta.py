@@ -449,3 +449,35 @@ def test_min_entropy_keeps_a_confident_source_and_adapts_at_the_threshold():
     assert kept.fallback == f"source confident (entropy {h:.4f} < {h + 0.05:g})"
     at = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, min_entropy=h), WINDOW)
     assert not (at.fallback or "").startswith("source confident") and len(at.info["losses"]) == CONFIG.steps
+
+
+def test_diversity_enters_the_adaptation_loss():
+    """The recorded first loss is the ETTA loss on the first windows: lower by diversity x marginal entropy."""
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    plain = etta_predict(model, image, logits, "softmax", CONFIG, WINDOW).info["losses"][0]
+    diverse = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, diversity=1.0), WINDOW)
+    assert diverse.info["losses"][0] < plain - 0.05
+
+
+def test_decoder_norms_make_non_affine_instance_norms_adaptable_for_the_episode_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4), nn.ReLU(), nn.Conv3d(4, 3, 1)).eval()
+    image = make_image(2)
+    logits = source(model, image)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert etta_predict(model, image, logits, "softmax", CONFIG, WINDOW).fallback == \
+        "model has no affine normalisation parameters"
+    adapted = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, decoder_norms=True), WINDOW)
+    assert len(adapted.info["losses"]) == CONFIG.steps  # it adapted the added scale and shift
+    assert model.state_dict().keys() == before.keys() and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_integration_sharpness_sets_the_weight_and_a_large_one_stays_finite():
+    src, better = _logits(1.0, 0.5), _logits(3.0, 0.5)
+    h_s, h_a = (integrate(src, better, "softmax", 0.5)[1][k] for k in ("entropy_source", "entropy_adapted"))
+    assert integrate(src, better, "softmax", 0.5, sharpness=0.0)[1]["weight_adapted"] == 0.5
+    two = integrate(src, better, "softmax", 0.5, sharpness=2.0)[1]["weight_adapted"]
+    assert two == pytest.approx(h_a ** -2 / (h_s ** -2 + h_a ** -2))
+    mixed, info = integrate(src, _logits(30.0, 0.5), "softmax", 0.5, sharpness=200.0)  # entropy ~1e-13 -> 1e-8
+    assert info["weight_adapted"] == 1.0 and torch.isfinite(mixed).all()
