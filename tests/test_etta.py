@@ -481,3 +481,6 @@ def test_integration_sharpness_sets_the_weight_and_a_large_one_stays_finite():
     assert two == pytest.approx(h_a ** -2 / (h_s ** -2 + h_a ** -2))
     mixed, info = integrate(src, _logits(30.0, 0.5), "softmax", 0.5, sharpness=200.0)  # entropy ~1e-13 -> 1e-8
     assert info["weight_adapted"] == 1.0 and torch.isfinite(mixed).all()
+    model, image = make_model(), make_image(2)
+    outcome = etta_predict(model, image, source(model, image), "softmax", dataclasses.replace(CONFIG, sharpness=0.0), WINDOW)
+    assert outcome.applied and outcome.info["weight_adapted"] == 0.5  # etta_predict passes the setting on
