@@ -22,7 +22,7 @@ from torch import nn
 from swinbob import evaluate
 from swinbob.etta import EttaOutcome
 from swinbob.evaluate import ETTA, NO_ETTA, Case, EvalSettings, predict_case_outputs, run_evaluation, scored_classes
-from swinbob.inference import predict_logits
+from swinbob.window import predict_logits
 from swinbob.data import DataConfig
 from swinbob.tasks import Intensity, Task, get_task
 from swinbob.viz import GifSettings, write_gif
