@@ -19,7 +19,8 @@ import torch
 
 from swinbob import evaluate
 from swinbob.data import DataConfig
-from swinbob.inference import Case, WindowSettings
+from swinbob.inputs import Case
+from swinbob.window import WindowSettings
 from swinbob.tasks import get_task
 
 

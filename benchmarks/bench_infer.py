@@ -4,7 +4,7 @@ Reference: plain MONAI SwinUNETR and plain ``monai.inferers.sliding_window_infer
 0.5, Gaussian), fp32 with TF32 off and window batch 4; also the same in bf16 autocast. Ours: the
 same weights with :func:`swinbob.fast.accelerate` (fused SDPA window attention, channels-last 3D,
 ``torch.compile`` behind a fixed window batch) in bf16, called through the evaluation engine's
-:func:`swinbob.inference.sliding_window_logits`. ETTA: :func:`swinbob.etta.etta_predict` with its
+:func:`swinbob.window.sliding_window_logits`. ETTA: :func:`swinbob.etta.etta_predict` with its
 default settings on our fast model, timed with the source prediction it needs, over plain inference,
 with the median seconds of each stage (source, adaptation, adapted window, integration, the rest);
 ``--etta_overlaps 0.5 0.25`` times it once per adapted-window overlap (``EttaConfig.overlap``).
@@ -45,7 +45,7 @@ from bench_train import (  # noqa: E402
 from monai.inferers import sliding_window_inference  # noqa: E402
 
 from swinbob import fast  # noqa: E402
-from swinbob.inference import WindowSettings, predict_logits, sliding_window_logits  # noqa: E402
+from swinbob.window import WindowSettings, predict_logits, sliding_window_logits  # noqa: E402
 from swinbob.losses import MaskedDiceCELoss  # noqa: E402
 
 

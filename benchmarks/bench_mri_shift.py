@@ -47,7 +47,10 @@ from swinbob.data import intensity_transform  # noqa: E402
 from swinbob.distributed import launch  # noqa: E402
 from swinbob.etta import EttaConfig, etta_predict, integrate  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
-from swinbob.inference import WindowSettings, load_inference_model, predict_logits, to_labels  # noqa: E402
+from swinbob.inference import load_inference_model  # noqa: E402
+from swinbob.logs import configure_logging  # noqa: E402
+from swinbob.outputs import to_labels  # noqa: E402
+from swinbob.window import WindowSettings, predict_logits  # noqa: E402
 from swinbob.tta import flip_tta_logits  # noqa: E402
 from swinbob.metrics import score_case  # noqa: E402
 from swinbob.model import ModelConfig  # noqa: E402
@@ -152,7 +155,7 @@ def train_model(args: argparse.Namespace, datalist: Path) -> Path:
         data=dataclasses.replace(plan.data, spacing=task.spacing, intensity=task.intensity,
                                  shift_augment=RECIPES[args.recipe]["shift_augment"]),
     )
-    train.configure_logging(verbose=True)
+    configure_logging()
     if launch(train.train_worker, plan, device_name="cpu") != 0:
         raise SystemExit("training failed")
     return logdir / "model_final.pt"

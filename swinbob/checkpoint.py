@@ -175,11 +175,28 @@ def transfer_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     return report
 
 
+def load_exactly(model: torch.nn.Module, checkpoint: dict[str, Any], source: str, hint: str = "") -> TransferReport:
+    """Load every weight of ``model`` from a loaded ``checkpoint`` (any format :func:`extract_state_dict` reads).
+
+    A missing or misshapen tensor is a :class:`CheckpointError` in one line naming ``source``,
+    counting both kinds with examples, and ending with ``hint`` (what to check).
+    """
+    report = transfer_weights(model, extract_state_dict(checkpoint), source=source)
+    if report.missing or report.shape_mismatch:
+        examples = ", ".join((report.shape_mismatch + report.missing)[:3])
+        raise CheckpointError(f"{source} does not fit the model: {len(report.shape_mismatch)} tensors differ in shape and "
+                              f"{len(report.missing)} are missing (e.g. {examples}){'; ' + hint if hint else ''}")
+    return report
+
+
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool = False) -> TransferReport:
-    """Load weights from ``path`` into ``model``; with ``strict`` every model tensor must match."""
-    report = transfer_weights(model, extract_state_dict(load_checkpoint(path)), source=str(path))
-    if strict and (report.missing or report.shape_mismatch):
-        raise CheckpointError(f"{path} does not fit the model exactly:\n{report.summary()}")
+    """Load weights from ``path`` into ``model``; with ``strict`` every model tensor must match
+    (:func:`load_exactly`), else the matching ones are copied (:func:`transfer_weights`)."""
+    checkpoint = load_checkpoint(path)
+    if strict:
+        report = load_exactly(model, checkpoint, str(path))
+    else:
+        report = transfer_weights(model, extract_state_dict(checkpoint), source=str(path))
     log.info("%s: %s", path, report.summary())
     return report
 

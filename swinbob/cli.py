@@ -15,16 +15,13 @@ from typing import Any
 
 from swinbob.data import DataConfig, find_datalist
 from swinbob.dataset_task import task_from_dataset
+from swinbob.errors import ConfigError
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
 
 
 DEFAULT_FEATURE_SIZE = 48
 """Swin-UNETR's (and Swin-BOB's) embedding size."""
-
-
-class ConfigError(ValueError):
-    """A wrong setting: refused before any data is read, exit status 2, one line naming it."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

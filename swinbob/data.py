@@ -21,7 +21,7 @@ from monai import transforms as T
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 
-from swinbob.files import NiftiError, load_nifti_header, resolve_inside
+from swinbob.files import NiftiError, check_finite, load_nifti_header, nifti_stem, resolve_inside
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
 
@@ -137,10 +137,7 @@ def case_name(entry: Mapping[str, Any]) -> str:
     """A readable case id from an entry: the first image file's name without NIfTI suffix."""
     image = entry["image"]
     first = Path(image[0] if isinstance(image, (list, tuple)) else image).name
-    for suffix in (".nii.gz", ".nii"):
-        if first.endswith(suffix):
-            return first[: -len(suffix)]
-    return first
+    return nifti_stem(first) or first
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,25 +151,6 @@ def _file_paths(source: Any) -> list[str | os.PathLike]:
     if isinstance(source, (list, tuple)) and all(isinstance(s, (str, os.PathLike)) for s in source):
         return list(source)
     return []
-
-
-def check_finite(array: torch.Tensor | np.ndarray, source: str | Sequence[str], what: str = "image") -> None:
-    """Raise :class:`~swinbob.files.NiftiError` naming the file(s) if ``array`` holds NaN or Inf.
-
-    ``source`` is what was loaded: one path, or one path per channel (stacked on axis 0), in
-    which case only the files with bad voxels are named.
-    """
-    tensor = torch.as_tensor(array)
-    if not tensor.is_floating_point():
-        return
-    bad = ~torch.isfinite(tensor)
-    if not bool(bad.any()):
-        return
-    files = [str(s) for s in _file_paths(source)] or ["(in-memory data)"]
-    if len(files) > 1 and tensor.shape[0] == len(files):
-        files = [f for f, channel in zip(files, bad) if bool(channel.any())]
-    raise NiftiError(f"{', '.join(files)}: {what} contains {int(bad.sum())} NaN/Inf voxel(s); "
-                     "fix or remove the scan (NaN would spread through normalisation and the loss)")
 
 
 class LoadCheckedImaged(T.LoadImaged):
@@ -200,7 +178,7 @@ class LoadCheckedImaged(T.LoadImaged):
                                  f"{tuple(d[key].shape)}); Swin-BOB needs 3D volumes")
             while d[key].ndim > 4 and d[key].shape[-1] == 1:  # X×Y×Z×1×1 files, or a list of X×Y×Z×1
                 d[key] = d[key].squeeze(-1)  # (read_nifti squeezes the same way)
-            check_finite(d[key], source, str(key))
+            check_finite(np.asarray(d[key]), [str(s) for s in _file_paths(source)], str(key))
         return d
 
 
@@ -436,12 +414,11 @@ def train_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = 
     return T.Compose(preprocess_transforms(task, config) + augment_transforms(task, config, cache_crop_indices))
 
 
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """MetaTensor -> Tensor: metadata tracking costs time in every op of a training step."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
 def eval_transforms(task: Task, config: DataConfig, with_label: bool = True) -> T.Compose:
     """Preprocessing only: whole volumes for validation and inference."""
     return T.Compose(preprocess_transforms(task, config, with_label=with_label))
-
-
-def as_numpy_label(label: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A label tensor (possibly a MetaTensor) as an integer numpy array."""
-    array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
-    return array.astype(np.int64)

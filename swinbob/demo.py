@@ -32,6 +32,7 @@ import numpy as np
 
 from swinbob import phantoms
 from swinbob.files import read_nifti, write_nifti
+from swinbob.logs import configure_logging
 from swinbob.solf.inject import Injection, inject
 
 log = logging.getLogger("swinbob.demo")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3, help="fine-tuning learning rate (cosine to 0, no warm-up)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     # Imported here so that ``--help`` stays fast.
     from swinbob.eval_cli import main as test_etta
     from swinbob.solf.pipeline import organ_filtering_entry

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swinbob.inference import WindowSettings, foreground, predict_logits
+from swinbob.outputs import foreground
+from swinbob.runtime import autocast
+from swinbob.window import WindowSettings, predict_logits
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
 BOX_MARGIN = 0.25
@@ -215,10 +217,6 @@ def crop_windows(image: torch.Tensor, starts: Sequence[Sequence[int]], roi: Sequ
     return torch.stack(crops)
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
 def marginal_entropy(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """Entropy in [0, 1] of the class distribution averaged over all voxels of ``logits`` (N, C, ...)."""
     logits = logits.float()
@@ -233,19 +231,6 @@ def etta_loss(logits: torch.Tensor, mode: str, diversity: float) -> torch.Tensor
     """Mean voxel entropy, minus ``diversity`` times the marginal entropy when it is positive."""
     loss = voxel_entropy(logits, mode).mean()
     return loss - diversity * marginal_entropy(logits, mode) if diversity else loss
-
-
-def window_entropy(
-    model: nn.Module,
-    image: torch.Tensor,
-    starts: Sequence[Sequence[int]],
-    roi: Sequence[int],
-    mode: str,
-    amp_dtype: torch.dtype | None = None,
-) -> float:
-    """Mean normalised entropy of ``model`` on the given windows (no gradients): the ETTA loss."""
-    with torch.no_grad(), _autocast(image.device, amp_dtype):
-        return float(voxel_entropy(model(crop_windows(image, starts, roi)), mode).mean())
 
 
 def adapt(
@@ -265,7 +250,7 @@ def adapt(
     history = []
     for _ in range(config.steps):
         starts = sample_window_starts(fg_coords, fg.shape, window.roi, config.windows, rng)
-        with torch.enable_grad(), _autocast(image.device, window.amp_dtype):
+        with torch.enable_grad(), autocast(image.device, window.amp_dtype):
             loss = etta_loss(model(crop_windows(image, starts, window.roi)), mode, config.diversity)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -296,7 +281,7 @@ def probabilities_and_entropy(logits: torch.Tensor, mode: str) -> tuple[torch.Te
     """Probabilities (C, ...) of one case's ``logits`` (C, ...) and their mean normalised entropy.
 
     One log-probability pass gives both, equal up to float rounding to
-    :func:`swinbob.inference.probabilities` and to the mean of :func:`voxel_entropy`.
+    :func:`swinbob.outputs.probabilities` and to the mean of :func:`voxel_entropy`.
     """
     logits = logits.float()
     if mode == "softmax":
@@ -366,7 +351,7 @@ def etta_predict(
     """Run ETTA for one case; ``image`` (1, C, X, Y, Z) on the model's device, ``source_logits`` (1, K, X, Y, Z).
 
     ``predict`` makes the adapted prediction of the box (default: the plain sliding window,
-    :func:`~swinbob.inference.predict_logits`; e.g. flip TTA to match how ``source_logits`` were made).
+    :func:`~swinbob.window.predict_logits`; e.g. flip TTA to match how ``source_logits`` were made).
 
     Returns the integrated probabilities (K, *box) for the adaptation box, or a fallback reason
     (no foreground, no normalisation parameters, entropy up, foreground collapse) in which case

@@ -24,14 +24,15 @@ from swinbob.data import find_datalist, load_datalist
 from swinbob.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
 from swinbob.etta import EttaConfig
 from swinbob.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
+from swinbob.errors import ConfigError
 from swinbob.files import (
     NiftiError, OutputError, check_writable_folder, folder_lock,
 )
-from swinbob.inference import (
-    Case, WindowSettings, datalist_cases, folder_cases, load_inference_model, stored_config,
-    stored_task, trained_preprocessing,
-)
+from swinbob.inference import load_inference_model, stored_config, stored_task, trained_preprocessing
+from swinbob.inputs import Case, datalist_cases, folder_cases
+from swinbob.window import WindowSettings
 from swinbob.limits import add_limit_args, apply_limit_args
+from swinbob.logs import formatter
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime import autocast_dtype, select_device, seed_everything
 from swinbob.tasks import AUTO, Task, get_task
@@ -41,7 +42,6 @@ from swinbob.viz import GifSettings
 log = logging.getLogger(__name__)
 
 
-ConfigError = cli.ConfigError
 EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed; "
               "2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
 
@@ -307,7 +307,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
 
 
 def _attach_log(handler: logging.Handler) -> logging.Handler:
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(formatter())
     logging.getLogger("swinbob").addHandler(handler)
     return handler
 

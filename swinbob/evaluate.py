@@ -36,10 +36,9 @@ from swinbob.files import (
     atomic_write_text, read_nifti, remove_stale_temp_files,
     resolve_inside, voxel_spacing,
 )
-from swinbob.inference import (
-    Case, WindowSettings, invert_labels, iterate_cases, map_labels,
-    predict_logits, probabilities, root_cause, to_labels, write_prediction,
-)
+from swinbob.inputs import Case, iterate_cases, root_cause
+from swinbob.outputs import invert_labels, map_labels, probabilities, to_labels, write_prediction
+from swinbob.window import WindowSettings, predict_logits
 from swinbob.interrupt import stop_on_signals
 from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.statistics import structure_statistics, write_probabilities

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -38,6 +38,12 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+GRID_ATOL_MM = 1e-3
+"""Affines of one grid (image and label, channels of a scan) may differ by float32 rounding of the
+header, not by a real shift."""
+GRID_RTOL = 1e-5
 
 
 class NiftiError(ValueError):
@@ -217,6 +223,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def nifti_stem(name: str) -> str | None:
+    """A NIfTI file name without its suffix (the case id of ``case.nii.gz``), or None for other files."""
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 def nifti_suffix(path: str | os.PathLike) -> str:
     """``.nii.gz`` or ``.nii`` (the suffix nibabel needs to pick the format)."""
     name = str(path)
@@ -226,6 +240,30 @@ def nifti_suffix(path: str | os.PathLike) -> str:
 def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     """Voxel size in mm along each array axis: the column norms of the affine's 3×3 part."""
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def same_grid(affine: np.ndarray, reference: np.ndarray) -> bool:
+    """Whether two affines place voxels at the same positions (within :data:`GRID_ATOL_MM`)."""
+    return bool(np.allclose(affine, reference, rtol=GRID_RTOL, atol=GRID_ATOL_MM))
+
+
+def check_finite(array: np.ndarray, files: Sequence[str], what: str = "image") -> None:
+    """Raise :class:`NiftiError` naming the file(s) if ``array`` holds NaN or Inf voxels.
+
+    ``files`` is what was loaded: one path, or one path per channel (stacked on axis 0), in which
+    case only the files with bad voxels are named. One NaN voxel makes a z-score normalised volume
+    all NaN (its mean is NaN), and organ statistics NaN: such scans are refused, never used.
+    """
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return
+    names = list(files) or ["(in-memory data)"]
+    if len(names) > 1 and array.shape[0] == len(names):
+        names = [f for f, channel in zip(names, bad) if channel.any()]
+    raise NiftiError(f"{', '.join(names)}: {what} contains {int(bad.sum())} NaN/Inf voxel(s); "
+                     "fix or remove the scan (NaN would spread through normalisation and the loss)")
 
 
 def check_affine(affine: np.ndarray, path: str | os.PathLike) -> None:

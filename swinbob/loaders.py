@@ -26,15 +26,13 @@ from monai.utils import MAX_SEED
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
-from swinbob.data import case_name, check_finite, load_datalist
-from swinbob.files import NiftiError, atomic_write_text, file_identity, load_nifti_header, read_nifti
+from swinbob.data import case_name, load_datalist
+from swinbob.files import (
+    NiftiError, atomic_write_text, check_finite, file_identity, load_nifti_header, read_nifti, same_grid,
+)
 from swinbob.tasks import LabelValueError, Task
 
 log = logging.getLogger(__name__)
-
-AFFINE_ATOL_MM = 1e-3
-"""Image and label affines may differ by float32 rounding of the header, not by a real shift."""
-AFFINE_RTOL = 1e-5
 
 
 class DatalistError(ValueError):
@@ -82,7 +80,7 @@ def _grid_problem(path: str, shape: tuple, affine: np.ndarray, ref: tuple[str, t
     ref_path, ref_shape, ref_affine = ref
     if shape != ref_shape:
         return f"{path}: grid shape {shape} differs from {ref_shape} of {ref_path}"
-    if not np.allclose(affine, ref_affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL_MM):
+    if not same_grid(affine, ref_affine):
         delta = float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max())
         return f"{path}: affine differs from that of {ref_path} (max difference {delta:.4g})"
     return None
@@ -98,7 +96,7 @@ def _image_grid(path: str, read_data: bool) -> tuple[tuple[int, ...], np.ndarray
         shape, affine = tuple(int(s) for s in header.shape), np.asarray(header.affine)
     else:
         data, affine = read_nifti(path, ndim=None)
-        check_finite(data, path)
+        check_finite(data, [path])
         shape = tuple(int(s) for s in data.shape)
     if len(shape) < 3:
         raise NiftiError(f"{path}: a {len(shape)}D image (shape {shape}); Swin-BOB needs 3D volumes")

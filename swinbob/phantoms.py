@@ -32,11 +32,9 @@ from scipy.spatial.transform import Rotation
 
 from swinbob.files import atomic_write_text, write_nifti
 from swinbob.labels import BRATS_LABELS_2021, BRATS_LABELS_2023, BTCV_LABELS, TOTALVIBE_LABELS, ids_by_name
+from swinbob.tasks import BRATS_CHANNELS, BTCV_CHANNELS, UKBOB_CHANNELS
 
 TASKS = ("ukbob", "btcv", "brats")
-UKBOB_CHANNELS = ("fat", "in_phase", "opposed_phase", "water")
-BTCV_CHANNELS = ("CT",)
-BRATS_CHANNELS = ("t1n", "t1c", "t2w", "t2f")
 DEFAULT_SHAPES = {"ukbob": (64, 64, 80), "btcv": (64, 64, 48), "brats": (64, 64, 64)}
 _CHANNELS = {"ukbob": UKBOB_CHANNELS, "btcv": BTCV_CHANNELS, "brats": BRATS_CHANNELS}
 NUM_FOLDS = 5

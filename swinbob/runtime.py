@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 
@@ -39,6 +40,11 @@ def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     raise ValueError(f"unknown --amp {amp!r}; choose bf16, fp16 or none")
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``amp_dtype`` on ``device``'s type, or no change for None (fp32)."""
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

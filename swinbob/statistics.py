@@ -17,12 +17,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd
+from monai.transforms import Compose
 from scipy import ndimage
 
 from swinbob.files import load_nifti_header, voxel_spacing, write_nifti
 from swinbob.metrics import class_mask
+from swinbob.outputs import invert_to_input
 
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
@@ -65,10 +65,7 @@ def write_probabilities(
     its label was taken from (softmax channels sum to 1). Outside the foreground crop, where the
     prediction is background, softmax tasks get background 1 and region tasks 0 everywhere.
     """
-    inverter = Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=True)
-    pred = MetaTensor(probs.detach().float().cpu())
-    inverted = inverter({"pred": pred, "image": preprocessed_image})["pred"]
-    array = (inverted.as_tensor() if hasattr(inverted, "as_tensor") else inverted).numpy()
+    array = invert_to_input(probs, preprocessed_image, preprocess).numpy()
     reference = load_nifti_header(reference_image)
     spatial = tuple(int(s) for s in reference.shape[:3])
     if tuple(array.shape[1:]) != spatial:

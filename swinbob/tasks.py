@@ -195,6 +195,10 @@ def _brats(et_label: int = 3) -> Task:
 
 
 TASK_NAMES = ("ukbob", "btcv", "brats")
+UKBOB_CHANNELS = _ukbob().channel_names
+"""UKBOB's Dixon images in the model's input order (SOLF's default, the phantoms'): the preset is the one source."""
+BTCV_CHANNELS = _btcv().channel_names
+BRATS_CHANNELS = _brats().channel_names
 AUTO = "auto"
 """``--task auto``: the task is read from the datalist's dataset.json (:mod:`swinbob.dataset_task`)."""
 

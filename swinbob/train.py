@@ -10,7 +10,6 @@ scheduler object; only the main rank writes files (checkpoints, TensorBoard, con
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -22,31 +21,29 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from monai.data import DataLoader, MetaTensor
+from monai.data import DataLoader
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from swinbob import fast
 from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-from swinbob.data import eval_transforms, train_transforms
+from swinbob.data import eval_transforms, plain_tensor, train_transforms
 from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
 from swinbob.files import OutputError, atomic_write_text, check_writable_folder, folder_lock, remove_stale_temp_files
-from swinbob.inference import sliding_window_logits
 from swinbob.interrupt import StopRequest, stop_on_signals
-from swinbob.labels import IGNORE_LABEL
 from swinbob.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
+from swinbob.logs import configure_logging
 from swinbob.losses import build_loss
-from swinbob.metrics import dice_from_masks, dice_per_class
 from swinbob.model import build_model
-from swinbob.runtime import autocast_dtype, seed_everything
-from swinbob.tasks import Task
-from swinbob.cli import ConfigError
+from swinbob.runtime import autocast, autocast_dtype, seed_everything
+from swinbob.errors import ConfigError
 from swinbob.dataset_task import DatasetJsonError
 from swinbob.files import NiftiError
 from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
 from swinbob.limits import apply_limit_args
 from swinbob.train_state import ResumeMismatch, ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
+from swinbob.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +99,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    """MetaTensor -> Tensor: metadata tracking costs time in every op of the step."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
-
-
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-
-
 def train_step(
     model: torch.nn.Module,
     batch: dict,
@@ -125,10 +113,10 @@ def train_step(
     NaN into all gradients). Reading that flag is the step's only wait for the GPU.
     """
     device = next(model.parameters()).device
-    image = _plain(batch["image"]).to(device, non_blocking=True)
-    label = _plain(batch["label"]).to(device, non_blocking=True)
+    image = plain_tensor(batch["image"]).to(device, non_blocking=True)
+    label = plain_tensor(batch["label"]).to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(device, amp_dtype):
+    with autocast(device, amp_dtype):
         logits = model(image)
     loss = loss_fn(logits.float(), label)
     scaler.scale(loss).backward()
@@ -138,55 +126,6 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     return loss.detach(), True
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------------------------
-
-def case_dice(logits: torch.Tensor, label: torch.Tensor, task: Task) -> torch.Tensor:
-    """Dice per scored class (NaN where absent from both) of one case's logits (1, C, ...)."""
-    if task.mode == "regions":
-        target = label[0]
-        return dice_from_masks(logits[0] > 0, target == 1, valid=target != IGNORE_LABEL)
-    return dice_per_class(logits[0].argmax(0), label[0, 0].long(), task.scored_classes)
-
-
-def validate(
-    model: torch.nn.Module,
-    loader: DataLoader | None,
-    task: Task,
-    roi: Sequence[int],
-    sw_batch_size: int = 4,
-    overlap: float = 0.5,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """Mean Dice per scored class over this rank's cases, summed over all ranks, plus ``mean``.
-
-    Each class is averaged over the cases where it is present in prediction or ground truth
-    (NaN Dice left out, as nnU-Net); ``mean`` averages the classes. Ranks hold disjoint shards
-    of the validation list, so every case counts exactly once.
-    """
-    device = next(model.parameters()).device
-    sums = torch.zeros(len(task.scored_classes), dtype=torch.float64, device=device)
-    counts = torch.zeros_like(sums)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for batch in loader or ():
-            image = _plain(batch["image"]).to(device, non_blocking=True)
-            logits = sliding_window_logits(model, image, tuple(roi), sw_batch_size, overlap, amp_dtype)
-            dice = case_dice(logits, _plain(batch["label"]).to(logits.device), task).to(device)
-            sums += torch.nan_to_num(dice.double(), nan=0.0)
-            counts += ~torch.isnan(dice)
-    model.train(was_training)
-    all_reduce_sum(sums)
-    all_reduce_sum(counts)
-    per_class = (sums / counts).tolist()  # 0/0 = NaN: class never present in any case
-    result = {task.class_names[c]: value for c, value in zip(task.scored_classes, per_class)}
-    present = [v for v in per_class if not math.isnan(v)]
-    result["mean"] = sum(present) / len(present) if present else float("nan")
-    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -493,18 +432,12 @@ def fit(run: TrainingRun) -> TrainState:
 # Entry points
 # ----------------------------------------------------------------------------------------------
 
-def configure_logging(verbose: bool) -> None:
-    """Timestamped messages on stderr; ranks other than the main one report warnings only."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("swinbob").setLevel(logging.INFO if verbose else logging.WARNING)
-
-
 def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
     """One process's whole run; returns an exit code (see :data:`EXIT_INTERRUPTED` and the others).
 
     Stop signals are caught during training only: before it, nothing is lost by stopping at once.
     """
-    configure_logging(ctx.is_main)
+    configure_logging(logging.INFO if ctx.is_main else logging.WARNING)  # other ranks: warnings only
     try:
         check_files(plan, ctx)
         run = setup(plan, ctx)
@@ -532,7 +465,7 @@ def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
 def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     """Parse upstream-compatible flags, check flags and datalist, and train; returns an exit code."""
     args = build_parser(default_task).parse_args(argv)
-    configure_logging(verbose=True)
+    configure_logging()
     try:
         apply_limit_args(args)
         plan = resolve_plan(args)

@@ -16,9 +16,10 @@ from typing import Any
 
 from swinbob.checkpoint import previous_checkpoint
 from swinbob.cli import (
-    ConfigError, HelpFormatter, add_data_args, add_model_args, add_task_args, check_settings, data_config, infer_overlap,
+    HelpFormatter, add_data_args, add_model_args, add_task_args, check_settings, data_config, infer_overlap,
     model_config, presets_epilog, resolve_task,
 )
+from swinbob.errors import ConfigError
 from swinbob.data import DataConfig
 from swinbob.loaders import load_splits
 from swinbob.model import ROI_MULTIPLE, ModelConfig
@@ -219,7 +220,7 @@ def check_task_flags(args: argparse.Namespace, task: Task) -> None:
 def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     """Fill task defaults into ``args``, check them, read the datalist, and return the plan.
 
-    Raises :class:`~swinbob.cli.ConfigError` (bad flags, before any file is read) or :class:`~swinbob.loaders.DatalistError` (bad datalist).
+    Raises :class:`~swinbob.errors.ConfigError` (bad flags, before any file is read) or :class:`~swinbob.loaders.DatalistError` (bad datalist).
     """
     check_settings(args)
     for name in ("batch_size", "optim_lr", "val_every", "nan_patience", "log_every", "max_steps_per_epoch", "num_samples",

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from swinbob.checkpoint import (
-    CheckpointError, extract_state_dict, load_checkpoint, make_checkpoint, previous_checkpoint, transfer_weights,
+    CheckpointError, extract_state_dict, load_checkpoint, load_exactly, make_checkpoint, previous_checkpoint,
+    transfer_weights,
 )
 from swinbob.data import DataConfig
 from swinbob.distributed import DistContext
@@ -154,13 +155,6 @@ def load_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
         return checkpoint, previous
 
 
-def load_model_exactly(model: torch.nn.Module, checkpoint: dict[str, Any], source: str) -> None:
-    """Load every weight of ``model`` from ``checkpoint``; anything missing or misshapen is an error."""
-    report = transfer_weights(model, extract_state_dict(checkpoint), source=source)
-    if report.missing or report.shape_mismatch:
-        raise CheckpointError(f"{source} does not fit this model (other task or flags?):\n{report.summary()}")
-
-
 class ResumeMismatch(CheckpointError):
     """``--resume`` with settings the checkpoint cannot continue (another optimizer): exit status 2."""
 
@@ -200,7 +194,7 @@ def restore_training(
     if "optimizer" not in checkpoint or "epoch" not in checkpoint:
         raise CheckpointError(f"{source} is not a full training state (no optimizer/epoch); use --checkpoint to start from its weights")
     check_same_optimizer(checkpoint["optimizer"], optimizer, source, type(optimizer).__name__.lower())
-    load_model_exactly(model, checkpoint, source)
+    load_exactly(model, checkpoint, source, "other task or flags?")
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])

@@ -1,6 +1,8 @@
 """Shared test configuration: GPU tests skip themselves on machines without CUDA, and the
 fault-injection suite prints its summary table at the end of the session."""
 
+import logging
+
 import pytest
 import torch
 
@@ -40,3 +42,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_swinbob_log_level():
+    """Entry points run in-process (here or in a module's fixture) set the ``swinbob`` logger's level
+    (``--log_level WARNING``); each test starts from the default, so that ``caplog`` sees what it asks for."""
+    logging.getLogger("swinbob").setLevel(logging.NOTSET)

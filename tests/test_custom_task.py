@@ -24,8 +24,9 @@ from swinbob.train import main as train
 from swinbob.viz import LEGEND_WIDTH, _legend
 
 from custom_data import MRI_NAMES, write_dataset
+from tiny import TINY_FLAGS, tiny_config
 
-TINY = ["--feature_size=12", "--roi_x=32", "--roi_y=32", "--roi_z=64", "--workers=0"]
+TINY = [*TINY_FLAGS, "--workers=0"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -110,24 +111,24 @@ def test_nnunet_regions_and_ignore_label_parse_into_a_region_task(tmp_path):
 
 
 def test_ordered_regions_write_the_last_region_on_top():
-    from swinbob.inference import ordered_regions_to_labels
+    from swinbob.outputs import ordered_regions_to_labels
     regions = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
     regions[0, :3], regions[1, 1:3], regions[2, 2] = True, True, True
     assert ordered_regions_to_labels(regions, (1, 2, 3)).flatten().tolist() == [1, 2, 3, 0]
 
 
 def test_fine_tuning_swinbob_starts_matching_head_rows_from_its_own_and_logs_them(tmp_path, caplog):
-    from swinbob.model import ModelConfig, build_model
+    from swinbob.model import build_model
     from swinbob.train_state import init_head_rows, source_class_names
 
     torch.manual_seed(0)
-    swinbob = build_model(ModelConfig(in_channels=1, out_channels=73, feature_size=12, roi=(32, 32, 64)))
+    swinbob = build_model(tiny_config(1, 73))
     (tmp_path / "pretrained").mkdir()
     checkpoint = {"state_dict": swinbob.state_dict(), "epoch": 3, "best_acc": 0.5}  # upstream format, no names
     torch.save(checkpoint, tmp_path / "pretrained" / "swinbob.pt")
     names = source_class_names(checkpoint)
     assert names[5] == "liver" and names[1] == "spleen"
-    target = build_model(ModelConfig(in_channels=1, out_channels=4, feature_size=12, roi=(32, 32, 64)))
+    target = build_model(tiny_config(1, 4))
     rows = init_head_rows(target, checkpoint["state_dict"], names, ["background", "liver", "spleen", "lesion"])
     assert rows == [("background", 0, 0), ("liver", 5, 1), ("spleen", 1, 2)]
     head = target.state_dict()["out.conv.conv.weight"]
@@ -214,7 +215,7 @@ def test_a_datasets_own_ignore_label_is_neither_trained_on_nor_scored(tmp_path):
 
     from swinbob.data import DataConfig, eval_transforms
     from swinbob.evaluate import _read_label
-    from swinbob.inference import Case
+    from swinbob.inputs import Case
     from swinbob.labels import IGNORE_LABEL
     from swinbob.tasks import get_task
 

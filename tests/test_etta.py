@@ -9,6 +9,7 @@ from swinbob.etta import (
     EttaConfig,
     adapt,
     adaptation_box,
+    crop_windows,
     episode,
     etta_predict,
     foreground_fraction,
@@ -17,14 +18,21 @@ from swinbob.etta import (
     probabilities_and_entropy,
     sample_window_starts,
     voxel_entropy,
-    window_entropy,
 )
-from swinbob.inference import WindowSettings, foreground, predict_logits, probabilities
-from swinbob.model import ModelConfig, build_model
+from swinbob.model import build_model
+from swinbob.outputs import foreground, probabilities
+from swinbob.window import WindowSettings, predict_logits
+from tiny import WIDE_ROI, tiny_config
 
 ROI = (16, 16, 16)
 WINDOW = WindowSettings(ROI, sw_batch_size=2, overlap=0.25)
 CONFIG = EttaConfig(steps=3, lr=5e-2, windows=2, seed=0)
+
+
+def window_entropy(model: nn.Module, image: torch.Tensor, starts, roi, mode: str) -> float:
+    """Mean normalised entropy of ``model`` on the given windows (no gradients): the ETTA loss."""
+    with torch.no_grad():
+        return float(voxel_entropy(model(crop_windows(image, starts, roi)), mode).mean())
 
 
 class TinyNormNet(nn.Module):
@@ -74,7 +82,7 @@ def test_only_affine_normalisation_parameters_are_selected():
 
 
 def test_swin_unetr_tunes_exactly_its_layernorms():
-    model = build_model(ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32)))
+    model = build_model(tiny_config(roi=WIDE_ROI))
     selected = {n for n, _ in norm_parameters(model)}
     layernorms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, nn.LayerNorm)
                   for p, _ in mod.named_parameters(recurse=False)}
@@ -226,7 +234,7 @@ def test_invalid_settings_are_refused(bad):
 @pytest.mark.gpu
 def test_gpu_bf16_etta_on_swin_unetr_is_episodic():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32))).cuda().eval()
+    model = build_model(tiny_config(roi=WIDE_ROI)).cuda().eval()
     image = torch.rand(1, 1, 80, 48, 40, device="cuda")
     window = WindowSettings((64, 32, 32), 4, 0.5, amp_dtype=torch.bfloat16)
     before = snapshot(model)

@@ -11,10 +11,11 @@ from swinbob.data import NormalizeForegroundd, otsu_threshold, shift_augment_tra
 from swinbob.etta import (
     EttaConfig, affine_instance_norms, etta_loss, etta_predict, marginal_entropy, norm_parameters,
 )
-from swinbob.inference import WindowSettings, predict_logits
-from swinbob.model import ModelConfig, build_model
+from swinbob.window import WindowSettings, predict_logits
+from swinbob.model import build_model
 from swinbob.shifts import HELD_OUT_SHIFTS, SHIFTS, TUNING_SHIFTS, apply_shift
 from swinbob.tta import flip_subsets, flip_tta_logits
+from tiny import WIDE_ROI, tiny_config
 
 ROI = (16, 16, 16)
 WINDOW = WindowSettings(ROI, sw_batch_size=2, overlap=0.25)
@@ -119,7 +120,7 @@ def test_new_options_stay_episodic_and_deterministic(trained):
 
 
 def test_decoder_instance_norms_become_adaptable_only_for_the_episode():
-    model = build_model(ModelConfig(1, 3, feature_size=12, roi=(64, 32, 32))).eval()
+    model = build_model(tiny_config(1, 3, roi=WIDE_ROI)).eval()
     names = {n for n, _ in model.state_dict().items()}
     before = {n for n, _ in norm_parameters(model)}
     x = torch.randn(1, 1, 64, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -12,13 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from swinbob import inference
+from swinbob import window
 from swinbob.data import DataConfig
-from swinbob.eval_cli import ConfigError, parse_label_map
+from swinbob.errors import ConfigError
+from swinbob.eval_cli import parse_label_map
 from swinbob.evaluate import NO_ETTA, Case, EvalSettings, predict_case, run_evaluation
-from swinbob.inference import WindowSettings, folder_cases, predict_logits, regions_to_labels
+from swinbob.inputs import folder_cases
+from swinbob.outputs import regions_to_labels
+from swinbob.window import WindowSettings, predict_logits
 from swinbob.tasks import Intensity, get_task
 from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
+from tiny import WIDE_ROI, tiny_config
 
 SHAPE = (37, 45, 29)
 # Stored as (i -> -y, j -> +z, k -> -x): not RAS, anisotropic; RAS spacing is BTCV's (1.5, 1.5, 2.0),
@@ -230,6 +234,24 @@ def test_multichannel_folder_cases_are_grouped_in_channel_order(tmp_path):
     assert "missing t1c" in cases[1].image[1]  # reported as that case's failure, not the run's
 
 
+def test_nnunet_channel_indices_name_the_tasks_channels_in_order(tmp_path):
+    for name in ("B-1_0003", "B-1_0000", "B-1_0002", "B-1_0001", "B-1_0004", "B-2_0000"):  # 0004: no 5th channel
+        (tmp_path / f"{name}.nii.gz").touch()
+    cases = folder_cases(tmp_path, ("t1n", "t1c", "t2w", "t2f"))
+    assert [c.name for c in cases] == ["B-1", "B-2"]
+    assert [Path(p).name for p in cases[0].image] == ["B-1_0000.nii.gz", "B-1_0001.nii.gz", "B-1_0002.nii.gz",
+                                                      "B-1_0003.nii.gz"]
+    assert "missing t1c" in cases[1].image[1]
+    (tmp_path / "B-1-t1n.nii.gz").touch()  # the same channel by name and by index
+    with pytest.raises(ValueError, match="two t1n files for case 'B-1'"):
+        folder_cases(tmp_path, ("t1n", "t1c", "t2w", "t2f"))
+    single = tmp_path / "ct"
+    single.mkdir()
+    for name in ("img0001_0000", "img0002"):
+        (single / f"{name}.nii.gz").touch()
+    assert [c.name for c in folder_cases(single, ("CT",))] == ["img0001", "img0002"]
+
+
 @pytest.mark.parametrize("with_label", [True, False])
 def test_gif_has_the_requested_frames_duration_and_panels(tmp_path, with_label):
     labels = phantom_labels(0)
@@ -251,7 +273,7 @@ def test_gif_panels_keep_the_physical_aspect_ratio():
 def test_cuda_oom_during_accumulation_is_retried_on_the_cpu(monkeypatch, caplog):
     model, image = IntensityOracle(), torch.rand(1, 1, 40, 36, 30)
     expected = predict_logits(model, image, WindowSettings((32, 32, 32), 2, 0.25))
-    real = inference.sliding_window_inference
+    real = window.sliding_window_inference
     calls = []
 
     def out_of_memory_on_gpu(*args, device=None, **kwargs):
@@ -260,9 +282,9 @@ def test_cuda_oom_during_accumulation_is_retried_on_the_cpu(monkeypatch, caplog)
             raise torch.OutOfMemoryError("injected")
         return real(*args, device=device, **kwargs)
 
-    monkeypatch.setattr(inference, "sliding_window_inference", out_of_memory_on_gpu)
-    monkeypatch.setattr(inference, "accumulation_device", lambda *a: torch.device("cuda"))
-    with caplog.at_level(logging.WARNING, logger="swinbob.inference"):
+    monkeypatch.setattr(window, "sliding_window_inference", out_of_memory_on_gpu)
+    monkeypatch.setattr(window, "accumulation_device", lambda *a: torch.device("cuda"))
+    with caplog.at_level(logging.WARNING, logger="swinbob.window"):
         logits = predict_logits(model, image, WindowSettings((32, 32, 32), 2, 0.25))
     assert calls == ["cuda", "cpu"]
     assert torch.equal(logits, expected)
@@ -288,29 +310,29 @@ def test_out_of_memory_during_etta_keeps_the_source_prediction(tmp_path, monkeyp
 @pytest.mark.parametrize("free_gib, expected", [(64, "cuda"), (0.01, "cpu")])
 def test_accumulation_goes_to_the_cpu_when_the_volume_does_not_fit(monkeypatch, free_gib, expected):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
-    device = inference.accumulation_device(torch.device("cuda"), 14, (300, 300, 200), (96, 96, 96))
+    device = window.accumulation_device(torch.device("cuda"), 14, (300, 300, 200), (96, 96, 96))
     assert device.type == expected
 
 
 @pytest.mark.gpu
 def test_gpu_accumulates_on_the_gpu_and_survives_an_injected_oom(monkeypatch, caplog):
-    from swinbob.model import ModelConfig, build_model
+    from swinbob.model import build_model
 
-    model = build_model(ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32))).cuda().eval()
+    model = build_model(tiny_config(roi=WIDE_ROI)).cuda().eval()
     image = torch.rand(1, 1, 70, 40, 36, device="cuda")
     settings = WindowSettings((64, 32, 32), 2, 0.25, amp_dtype=torch.bfloat16)
     with torch.no_grad():
         on_gpu = predict_logits(model, image, settings)
     assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
-    real = inference.sliding_window_inference
+    real = window.sliding_window_inference
 
     def out_of_memory_on_gpu(*args, device=None, **kwargs):
         if torch.device(device).type == "cuda":
             raise torch.OutOfMemoryError("injected")
         return real(*args, device=device, **kwargs)
 
-    monkeypatch.setattr(inference, "sliding_window_inference", out_of_memory_on_gpu)
-    with caplog.at_level(logging.WARNING, logger="swinbob.inference"), torch.no_grad():
+    monkeypatch.setattr(window, "sliding_window_inference", out_of_memory_on_gpu)
+    with caplog.at_level(logging.WARNING, logger="swinbob.window"), torch.no_grad():
         on_cpu = predict_logits(model, image, settings)
     assert on_cpu.device.type == "cpu" and "retrying with CPU accumulation" in caplog.text
     assert torch.allclose(on_cpu, on_gpu.cpu(), atol=1e-4)
@@ -321,7 +343,7 @@ def test_checkpoint_config_gives_the_architecture_and_the_trained_preprocessing(
     from swinbob.inference import stored_config, trained_preprocessing
     from swinbob.model import ModelConfig
 
-    model = ModelConfig(1, 14, feature_size=12, roi=(64, 32, 32)).to_dict()
+    model = tiny_config(roi=WIDE_ROI).to_dict()
     run = {"task": "btcv", "spacing": [1.75, 3.5, 4.0],
            "intensity": {"kind": "window", "a_min": -100.0, "a_max": 200.0, "b_min": 0.0, "b_max": 1.0}}
     config = {**model, **run} if layout == "top_level" else {"model": model, **run}

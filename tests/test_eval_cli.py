@@ -15,13 +15,14 @@ from swinbob.checkpoint import make_checkpoint
 from swinbob.etta import EttaConfig
 from swinbob.eval_cli import build_parser, main, setup
 from swinbob.model import ModelConfig, build_model
+from tiny import WIDE_ROI, tiny_config, tiny_flags
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE_FLAGS = ["--feature_size=12", "--roi_x=64", "--roi_y=32", "--roi_z=32"]  # 32^3 leaves a 1-voxel bottleneck
 UPSTREAM = ("--json_list=./data/BTCV/dataset_0.json --data_dir=./data/BTCV/ --feature_size=48 --infer_overlap=0.5 "
             "--pretrained_model_name=model_final.pt --generate_gifs --gif_frames 120 --gif_downsample 2 "
             "--gif_duration 0.7").split()
-TINY = ModelConfig(in_channels=1, out_channels=14, feature_size=12, roi=(64, 32, 32))
+TINY = tiny_config(roi=WIDE_ROI)
+SIZE_FLAGS = list(tiny_flags(WIDE_ROI))  # one window holds a whole btcv_folder volume
 
 
 def upstream_checkpoint(path: Path, config: ModelConfig = TINY) -> None:
@@ -119,7 +120,7 @@ def test_brats_script_writes_labels_in_the_input_space(tmp_path, monkeypatch):
     nib.save(nib.Nifti1Image(label, affine), case_dir / "BraTS-GLI-00001-000-seg.nii.gz")
     seg = "BraTS-GLI-00001-000/BraTS-GLI-00001-000-seg.nii.gz"
     (tmp_path / "data" / "folds.json").write_text(json.dumps({"training": [{"image": files, "label": seg, "fold": 0}]}))
-    upstream_checkpoint(tmp_path / "pretrained_models" / "model_final.pt", ModelConfig(4, 3, feature_size=12, roi=(64, 32, 32)))
+    upstream_checkpoint(tmp_path / "pretrained_models" / "model_final.pt", tiny_config(4, 3, roi=WIDE_ROI))
     monkeypatch.chdir(tmp_path)
     argv = ["--json_list=folds.json", "--data_dir=./data/", "--fold=0", "--no_etta", "--save_predictions", "--workers=0", *SIZE_FLAGS]
     assert run_script(REPO / "BRATS" / "test_etta.py", argv) == 0

@@ -22,6 +22,7 @@ from swinbob.data import DataConfig
 from swinbob.dataset_task import task_from_dataset
 from swinbob.model import ModelConfig, build_model
 from swinbob.train_state import run_config
+from tiny import TINY_FEATURE_SIZE, TINY_ROI
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["UKBOB/main.py", "BTCV/main.py", "BRATS/main.py"]
@@ -62,7 +63,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("exit_codes")
     datalist = write_dataset(root / "data", "MRI")
     task = task_from_dataset(datalist, spacing=(2, 2, 2.5))
-    config = ModelConfig.from_task(task, feature_size=12, roi=(32, 32, 64))
+    config = ModelConfig.from_task(task, feature_size=TINY_FEATURE_SIZE, roi=TINY_ROI)
     checkpoint = make_checkpoint(build_model(config), run_config(task, config, DataConfig.from_task(task)))
     (root / "models").mkdir()
     torch.save(checkpoint, root / "models" / "model.pt")

@@ -198,7 +198,7 @@ def test_trained_model_scores_the_same_dice_through_fast_bf16_and_reference_fp32
     per class within 0.005."""
     from monai.inferers import sliding_window_inference
 
-    from swinbob.inference import WindowSettings, predict_logits
+    from swinbob.window import WindowSettings, predict_logits
     from swinbob.losses import MaskedDiceCELoss
     from swinbob.metrics import dice_per_class
     from swinbob.phantoms import btcv_case

@@ -27,21 +27,22 @@ import torch
 
 import swinbob.eval_cli as eval_cli
 import swinbob.evaluate as evaluate
-import swinbob.inference as inference
+import swinbob.window as window
 from faults_report import handled, record_fault, record_input, refused
 from swinbob.checkpoint import make_checkpoint, save_checkpoint
 from swinbob.data import DataConfig
 from swinbob.files import stale_temp_files
-from swinbob.model import ModelConfig, build_model
+from swinbob.model import build_model
 from swinbob.phantoms import write_cohort
 from swinbob.tasks import get_task
 from swinbob.train_state import run_config
+from tiny import tiny_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 BTCV = get_task("btcv")
-MODEL = ModelConfig(in_channels=1, out_channels=14, feature_size=12, roi=(32, 32, 64))
+MODEL = tiny_config()
 DATA = DataConfig.from_task(BTCV, spacing=(4.0, 4.0, 4.0))
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -120,11 +121,11 @@ def _files(root: Path) -> set[str]:
 def test_a_cuda_oom_while_summing_windows_on_the_gpu_retries_on_the_cpu_with_a_warning(monkeypatch, caplog):
     torch.manual_seed(1)
     model, image = build_model(MODEL).eval(), torch.rand(1, 1, 40, 36, 70)
-    settings = inference.WindowSettings(MODEL.roi, sw_batch_size=2)
+    settings = window.WindowSettings(MODEL.roi, sw_batch_size=2)
     with torch.no_grad():
-        expected = inference.predict_logits(model, image, settings)
+        expected = window.predict_logits(model, image, settings)
 
-    real_window, attempts = inference._sliding_window, []
+    real_window, attempts = window._sliding_window, []
 
     def window_on_a_full_gpu(model, image, settings, compute, accumulate):
         attempts.append(accumulate.type)
@@ -132,10 +133,10 @@ def test_a_cuda_oom_while_summing_windows_on_the_gpu_retries_on_the_cpu_with_a_w
             raise _cuda_oom()
         return real_window(model, image, settings, compute, accumulate)
     # As on a GPU whose free memory looked sufficient: auto accumulation picks the GPU first.
-    monkeypatch.setattr(inference, "accumulation_device", lambda *args: torch.device("cuda"))
-    monkeypatch.setattr(inference, "_sliding_window", window_on_a_full_gpu)
+    monkeypatch.setattr(window, "accumulation_device", lambda *args: torch.device("cuda"))
+    monkeypatch.setattr(window, "_sliding_window", window_on_a_full_gpu)
     with torch.no_grad():
-        logits = inference.predict_logits(model, image, settings)
+        logits = window.predict_logits(model, image, settings)
     warned = "retrying with CPU accumulation" in caplog.text
     same = logits.device.type == "cpu" and torch.equal(logits, expected)
     record_fault("CUDA out of memory while summing windows on the GPU (simulated): CPU accumulation",
@@ -146,7 +147,7 @@ def test_a_cuda_oom_while_summing_windows_on_the_gpu_retries_on_the_cpu_with_a_w
 def test_a_cuda_oom_during_etta_keeps_the_source_prediction(monkeypatch, caplog):
     torch.manual_seed(2)
     model, image = build_model(MODEL).eval(), torch.rand(1, 40, 36, 70)
-    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=inference.WindowSettings(MODEL.roi),
+    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=window.WindowSettings(MODEL.roi),
                                      output_dir=Path("unused"), methods=(evaluate.NO_ETTA, evaluate.ETTA))
 
     def etta_on_a_full_gpu(*args, **kwargs):
@@ -277,7 +278,7 @@ def test_case_names_that_would_escape_the_output_dir_fail_alone(tmp_path, cohort
     image = str(cohort / "imagesTr" / "img0001.nii.gz")
     absolute = str(tmp_path / "absolute")
     cases = [evaluate.Case(name, (image,)) for name in ("../../escaped", absolute, "fine")]
-    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=inference.WindowSettings(MODEL.roi),
+    settings = evaluate.EvalSettings(task=BTCV, data=DATA, window=window.WindowSettings(MODEL.roi),
                                      output_dir=tmp_path / "out" / "run", methods=(evaluate.NO_ETTA,))
     torch.manual_seed(3)
     summary = evaluate.run_evaluation(build_model(MODEL), cases, settings)
@@ -331,7 +332,7 @@ def _brats_inputs(root: Path, files: dict[str, tuple[str, ...]]) -> Path:
 @pytest.fixture(scope="module")
 def brats_model_dir(tmp_path_factory) -> Path:
     folder, brats = tmp_path_factory.mktemp("brats_model"), get_task("brats")
-    config = ModelConfig(in_channels=4, out_channels=3, feature_size=12, roi=(32, 32, 64))
+    config = tiny_config(4, 3)
     save_checkpoint(folder / "model.pt", make_checkpoint(build_model(config), run_config(brats, config, DataConfig.from_task(brats))))
     return folder
 

@@ -37,12 +37,12 @@ from swinbob.data import DataConfig, eval_transforms, load_datalist
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.labels import IGNORE_LABEL
 from swinbob.loaders import entry_problems
-from swinbob.phantoms import UKBOB_CHANNELS, PhantomCase, ukbob_case, write_cohort
+from swinbob.phantoms import PhantomCase, ukbob_case, write_cohort
 from swinbob.solf.cases import make_task, measure_case
 from swinbob.solf.features import measure_organs, validate_labels
 from swinbob.solf.outputs import CleanTask, clean_case
 from swinbob.solf.pipeline import organ_filtering_entry
-from swinbob.tasks import get_task
+from swinbob.tasks import UKBOB_CHANNELS, get_task
 
 pytestmark = pytest.mark.faults
 
@@ -515,7 +515,8 @@ def test_a_file_name_that_is_not_utf8_stops_solf_before_any_work(tmp_path):
     status = organ_filtering_entry(["--input_dir", str(labels), "--output_dir", str(tmp_path / "out"), "--workers", "1",
                                     "--no_figure", "--log_level", "ERROR", "--min_population", "3"])
     assert status == 2 and not (tmp_path / "out" / "features").exists()
-    from swinbob.solf.cases import ConfigError, discover_cases
+    from swinbob.errors import ConfigError
+    from swinbob.solf.cases import discover_cases
     with pytest.raises(ConfigError, match=r"scan_\\udcff\.nii\.gz.*not valid UTF-8") as error:
         discover_cases(labels)
     record_input("paths", "file name with invalid UTF-8 bytes -> SOLF", refused(error.value, strip=tmp_path)

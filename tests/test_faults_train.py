@@ -42,12 +42,12 @@ from swinbob.files import stale_temp_files
 from swinbob.interrupt import FORWARDED_STOP, forward_stop_signals, remember_forwarded_stops, stop_on_signals
 from swinbob.phantoms import write_cohort
 from swinbob.train_state import load_resume_checkpoint
+from tiny import TINY_TRAIN_FLAGS
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS = 2, 2
-TINY = ("--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4", "--space_z=4")
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -121,7 +121,7 @@ def cohort(tmp_path_factory) -> Path:
 def _args(cohort: Path, logdir: Path, *extra: str) -> list[str]:
     return [f"--json_list={cohort / 'dataset.json'}", f"--data_dir={cohort}", f"--logdir={logdir}", "--workers=0",
             "--num_samples=1", f"--max_epochs={EPOCHS}", f"--max_steps_per_epoch={STEPS}", "--warmup_epochs=1",
-            "--optim_lr=1e-3", "--deterministic", *TINY, *extra]
+            "--optim_lr=1e-3", "--deterministic", *TINY_TRAIN_FLAGS, *extra]
 
 
 def _train(cohort: Path, logdir: Path, *extra: str) -> int:
@@ -358,26 +358,20 @@ def _resume_for_one_more_epoch(cohort, reference, logdir) -> tuple[int, dict[str
     return _train(cohort, logdir, "--resume", f"--max_epochs={EPOCHS + 1}", "--nan_patience=2"), before
 
 
-def test_persistent_nan_stops_the_run_and_leaves_the_last_good_checkpoints_byte_equal(
-        cohort, reference, tmp_path, monkeypatch, caplog):
-    _poisoning_step(monkeypatch, set(range(1, 100)))
+@pytest.mark.parametrize("steps, what, fault, error", [
+    (set(range(1, 100)), "image", "NaN in every training batch (persistent): run stops, checkpoints untouched",
+     "2 consecutive non-finite losses (--nan_patience 2)"),
+    ({1}, "weights", "a weight turned NaN by an optimizer step: nothing saved, run stops",
+     "weights became NaN/Inf in epoch 3; kept the previous last.pt"),
+], ids=["persistent_nan_batches", "nan_weights"])
+def test_a_diverged_run_stops_and_leaves_the_last_good_checkpoints_byte_equal(
+        cohort, reference, tmp_path, monkeypatch, caplog, steps, what, fault, error):
+    _poisoning_step(monkeypatch, steps, what=what)
     status, before = _resume_for_one_more_epoch(cohort, reference, tmp_path / "run")
     message = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     unchanged = [name for name, data in before.items() if (tmp_path / "run" / name).read_bytes() == data]
-    record_fault("NaN in every training batch (persistent): run stops, checkpoints untouched",
-                 survived=status == train.EXIT_DIVERGED and len(unchanged) == 2, data_lost=2 - len(unchanged))
-    assert status == train.EXIT_DIVERGED and "2 consecutive non-finite losses (--nan_patience 2)" in message
-    assert unchanged == ["last.pt", "last.prev.pt"]
-
-
-def test_nan_weights_are_never_checkpointed_and_the_run_stops(cohort, reference, tmp_path, monkeypatch, caplog):
-    _poisoning_step(monkeypatch, {1}, what="weights")
-    status, before = _resume_for_one_more_epoch(cohort, reference, tmp_path / "run")
-    message = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    unchanged = [name for name, data in before.items() if (tmp_path / "run" / name).read_bytes() == data]
-    record_fault("a weight turned NaN by an optimizer step: nothing saved, run stops",
-                 survived=status == train.EXIT_DIVERGED and len(unchanged) == 2, data_lost=2 - len(unchanged))
-    assert status == train.EXIT_DIVERGED and "weights became NaN/Inf in epoch 3; kept the previous last.pt" in message
+    record_fault(fault, survived=status == train.EXIT_DIVERGED and len(unchanged) == 2, data_lost=2 - len(unchanged))
+    assert status == train.EXIT_DIVERGED and error in message
     assert unchanged == ["last.pt", "last.prev.pt"]
 
 

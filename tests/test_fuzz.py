@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from faults_report import record_input
 from swinbob.checkpoint import CheckpointError
-from swinbob.eval_cli import ConfigError, parse_label_map
+from swinbob.errors import ConfigError
+from swinbob.eval_cli import parse_label_map
 from swinbob.inference import stored_task
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.limits import limit

@@ -19,12 +19,12 @@ import torch
 from faults_report import record_fault
 from swinbob.checkpoint import load_checkpoint
 from swinbob.phantoms import write_cohort
+from tiny import TINY_TRAIN_FLAGS
 
 pytestmark = pytest.mark.faults
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-TRAIN = ("--task=btcv", "--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4",
-         "--space_z=4", "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=3",
+TRAIN = ("--task=btcv", *TINY_TRAIN_FLAGS, "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=3",
          "--max_steps_per_epoch=2", "--val_every=10", "--optim_lr=1e-3", "--deterministic", "--device=cpu")
 
 

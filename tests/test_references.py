@@ -13,7 +13,7 @@ from monai.networks.nets.swin_unetr import PatchMerging, PatchMergingV2
 
 from swinbob import fast
 from swinbob.data import LabelsToRegionsd
-from swinbob.inference import WindowSettings, predict_logits
+from swinbob.window import WindowSettings, predict_logits
 from swinbob.labels import IGNORE_LABEL
 from swinbob.model import ModelConfig, build_model
 from swinbob.tasks import get_task

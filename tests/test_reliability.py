@@ -2,8 +2,9 @@
 
 1 stale cached training data · 2 transient SOLF failures remembered as permanent · 3 two runs in
 one output folder · 4 SOLF workers orphaned by a SIGTERM · 5 resources spent on untrusted files ·
-6 quadratic evaluation bookkeeping · 7 tracebacks instead of messages · 8 silent skips and
-coercions. Each test records its attack in the fault report (tests/faults_report.py).
+6 quadratic evaluation bookkeeping (5 and 6 in test_reliability_resources.py) · 7 tracebacks
+instead of messages · 8 silent skips and coercions. Each test records its attack in the fault
+report (tests/faults_report.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -26,14 +26,13 @@ import pytest
 import torch
 
 import swinbob.eval_cli as eval_cli
-import swinbob.evaluate as evaluate
-import swinbob.inference as inference
 import swinbob.train as train
 from faults_report import handled, record_class, record_fault, record_input, refused
-from swinbob.checkpoint import CheckpointError, load_checkpoint
+from swinbob.checkpoint import CheckpointError
 from swinbob.data import DataConfig, eval_transforms
+from swinbob.errors import ConfigError
 from swinbob.files import NiftiError, atomic_write_text, folder_lock, load_nifti_header, write_nifti
-from swinbob.inference import Case, WindowSettings
+from swinbob.inputs import folder_cases, root_cause
 from swinbob.loaders import DatalistError, load_splits, make_dataset
 from swinbob.phantoms import write_cohort
 from swinbob.solf import outputs as solf_outputs
@@ -42,12 +41,12 @@ from swinbob.tasks import get_task
 from swinbob.train_state import restore_training
 
 from test_eval_cli import btcv_folder
+from tiny import TINY_TRAIN_FLAGS, WIDE_ROI, tiny_flags
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
-TINY_TRAIN = ["--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4", "--space_z=4",
-              "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=1", "--max_steps_per_epoch=1"]
+TINY_TRAIN = [*TINY_TRAIN_FLAGS, "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=1", "--max_steps_per_epoch=1"]
 
 
 CLASS_OF = {
@@ -244,8 +243,8 @@ def test_evaluation_into_a_folder_in_use_is_refused_with_the_pid(tmp_path, monke
     folder = btcv_folder(tmp_path)
     out = tmp_path / "out"
     argv = ["--json_list", str(folder / "data" / "BTCV" / "dataset_0.json"), "--data_dir", str(folder / "data" / "BTCV"),
-            "--pretrained_dir", str(folder / "pretrained_models"), "--feature_size=12", "--roi_x=64", "--roi_y=32",
-            "--roi_z=32", "--no_etta", "--workers=0", "--output_dir", str(out)]
+            "--pretrained_dir", str(folder / "pretrained_models"), *tiny_flags(WIDE_ROI),
+            "--no_etta", "--workers=0", "--output_dir", str(out)]
     with folder_lock(out, "--output_dir"):  # run A holds it (flock: another open file, as another process)
         status = eval_cli.main(argv, default_task="btcv")
     message = _errors(caplog)
@@ -324,105 +323,6 @@ def test_sigterm_to_the_solf_main_process_alone_ends_its_workers_too(tmp_path):
         job.communicate(timeout=30)
     record_fault("SIGTERM to the SOLF main process only (2 pool workers)", survived=not hung and not left)
     assert not hung and left == []
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. Resources spent on untrusted files
-# ----------------------------------------------------------------------------------------------
-
-def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_building_it(tmp_path, monkeypatch):
-    path = tmp_path / "huge.pt"
-    torch.save({"config": {"in_channels": 1, "out_channels": 14, "feature_size": 1200, "roi": [64, 64, 64]},
-                "model": {"x": torch.zeros(1)}}, path)
-    assert path.stat().st_size < 4096
-
-    def no_build(config):
-        raise AssertionError(f"a network of feature_size {config.feature_size} was built")
-
-    monkeypatch.setattr(inference, "build_model", no_build)
-    fallback = inference.ModelConfig(1, 14, 12, (64, 64, 64))
-    with pytest.raises(CheckpointError) as caught:
-        inference.load_inference_model(path, fallback)
-    record_input("untrusted checkpoint", "1.8 KB checkpoint declaring feature_size 1200", refused(caught.value, strip=tmp_path))
-    assert "feature_size 1200 is larger than the limit 192 (--max_feature_size)" in str(caught.value)
-    assert str(path) in str(caught.value)
-
-
-def test_a_deflate_bomb_checkpoint_is_refused_from_its_zip_directory(tmp_path, monkeypatch):
-    path = tmp_path / "bomb.pt"
-    torch.save({"model": {"x": torch.zeros(1)}}, path)
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("bomb/data/99", "w", force_zip64=True) as member:
-            chunk = bytes(2**20)
-            for _ in range(64):  # 64 MiB of zeros deflate to ~64 KiB
-                member.write(chunk)
-    assert path.stat().st_size < 2**20
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("torch.load was called on a compression bomb")
-
-    monkeypatch.setattr(torch, "load", no_load)
-    with pytest.raises(CheckpointError) as caught:
-        load_checkpoint(path)
-    record_input("untrusted checkpoint", "deflate bomb (64 MiB in <1 MiB) -> load_checkpoint", refused(caught.value, strip=tmp_path))
-    assert "compression bomb" in str(caught.value) and str(path) in str(caught.value)
-
-
-def test_an_analyze_pair_whose_header_claims_2_gb_is_refused_from_the_header(tmp_path):
-    header = nib.AnalyzeHeader()
-    header.set_data_shape((1024, 1024, 512))
-    header.set_data_dtype(np.float32)
-    header.set_zooms((1.0, 1.0, 1.0))
-    (tmp_path / "big.hdr").write_bytes(header.binaryblock)
-    (tmp_path / "big.img").write_bytes(bytes(4096))
-    with pytest.raises(NiftiError) as caught:
-        load_nifti_header(tmp_path / "big.hdr")
-    record_input("untrusted image", "Analyze .hdr/.img claiming 2 GiB -> header check", refused(caught.value, strip=tmp_path))
-    assert "truncated" in str(caught.value) and "big.img has 4096" in str(caught.value)
-
-
-def test_the_voxel_limit_is_set_by_flag(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("SWINBOB_MAX_VOXELS", raising=False)
-    write_nifti(tmp_path / "labels" / "case.nii.gz", np.ones((20, 20, 20), np.uint8), AFFINE)
-    status = _solf(tmp_path / "labels", tmp_path / "out", "--max_voxels", "1000")
-    failures = json.loads((tmp_path / "out" / "report" / "failures.json").read_text())
-    os.environ.pop("SWINBOB_MAX_VOXELS", None)
-    assert status == 1 and "larger than 1000 voxels (--max_voxels)" in failures[0]["reason"]
-
-
-# ----------------------------------------------------------------------------------------------
-# 6. Linear evaluation bookkeeping
-# ----------------------------------------------------------------------------------------------
-
-def test_evaluation_appends_case_records_and_writes_the_summary_once(tmp_path, monkeypatch):
-    task = get_task("btcv")
-    settings = evaluate.EvalSettings(task=task, data=DataConfig.from_task(task), output_dir=tmp_path / "out",
-                                     window=WindowSettings((64, 64, 64), 1, 0.5, None, "cpu"), methods=(evaluate.NO_ETTA,))
-    cases = [Case(f"missing{i:03d}", (str(tmp_path / f"missing{i:03d}.nii.gz"),), str(tmp_path / "l.nii.gz")) for i in range(40)]
-    writes = []
-    real_write = evaluate.atomic_write_text
-    monkeypatch.setattr(evaluate, "atomic_write_text", lambda path, text: (writes.append(Path(path).name), real_write(path, text)))
-    summary = evaluate.run_evaluation(torch.nn.Identity(), cases, settings)
-    assert summary["cases"]["failed"] == 40 and len(summary["failures"]) == 40
-    assert writes == ["summary.json"]  # once, not once per case (quadratic: 8,000 cases took minutes)
-
-
-def test_an_interrupted_evaluation_still_writes_its_summary(tmp_path, monkeypatch):
-    task = get_task("btcv")
-    settings = evaluate.EvalSettings(task=task, data=DataConfig.from_task(task), output_dir=tmp_path / "out",
-                                     window=WindowSettings((64, 64, 64), 1, 0.5, None, "cpu"), methods=(evaluate.NO_ETTA,))
-    cases = [Case(f"c{i}", (str(tmp_path / f"c{i}.nii.gz"),), None) for i in range(5)]
-    real_run_one = evaluate._run_one
-
-    def stop_during_case_2(*args):
-        real_run_one(*args)
-        if args[2] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(evaluate, "_run_one", stop_during_case_2)
-    summary = evaluate.run_evaluation(torch.nn.Identity(), cases, settings)
-    written = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert written["interrupted"] == "SIGTERM" and written["cases"]["failed"] == 2 == summary["cases"]["failed"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,7 +412,7 @@ def test_label_maps_are_integers_and_inline_maps_are_never_file_names(text, expe
         assert len(text) > 255 and len(eval_cli.parse_label_map(text, task, 73)) == 30
         record_input("label map", "inline --label_map of 30 entries", handled("read as JSON, not as a file name"))
         return
-    with pytest.raises(eval_cli.ConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         eval_cli.parse_label_map(text, task, 73)
     record_input("label map", f"--label_map '{text}'", refused(caught.value))
     assert expected in str(caught.value)
@@ -523,7 +423,7 @@ def test_a_2d_image_is_named_before_it_reaches_the_network(tmp_path):
     task = get_task("btcv")
     with pytest.raises(RuntimeError) as caught:  # MONAI wraps it; evaluation reports the root cause
         eval_transforms(task, DataConfig.from_task(task), with_label=False)({"image": str(tmp_path / "flat.nii.gz")})
-    cause = inference.root_cause(caught.value)
+    cause = root_cause(caught.value)
     record_input("untrusted image", "2D image -> evaluation preprocessing", refused(cause, strip=tmp_path))
     assert f"NiftiError: {tmp_path / 'flat.nii.gz'}: a 2D image" in cause
 
@@ -577,7 +477,7 @@ def test_links_fifos_and_analyze_pairs_in_an_input_dir_are_named(tmp_path, caplo
     os.mkfifo(tmp_path / "pipe.nii.gz")
     (tmp_path / "pair.hdr").write_bytes(nib.AnalyzeHeader().binaryblock)
     caplog.set_level(logging.WARNING, logger="swinbob")
-    cases = {c.name: c for c in inference.folder_cases(tmp_path, ["image"])}
+    cases = {c.name: c for c in folder_cases(tmp_path, ["image"])}
     assert set(cases) == {"scan", "dangling", "pipe"}  # each becomes a case that fails with its reason
     reasons = {}
     for name in ("dangling", "pipe"):

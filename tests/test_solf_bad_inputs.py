@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from swinbob.phantoms import UKBOB_CHANNELS, write_cohort
+from swinbob.phantoms import write_cohort
 from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.tasks import UKBOB_CHANNELS
 
 pytestmark = pytest.mark.faults
 GOOD = 22

@@ -16,11 +16,12 @@ import pytest
 from scipy import ndimage
 
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
-from swinbob.phantoms import UKBOB_CHANNELS, write_cohort
+from swinbob.phantoms import write_cohort
 from swinbob.solf import pipeline
 from swinbob.solf.inject import fragment, swap
 from swinbob.solf.outputs import split_cases
 from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.tasks import UKBOB_CHANNELS
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CASES = 24

@@ -14,6 +14,7 @@ from swinbob.loaders import DatalistError, check_datalist, load_splits, shard
 from swinbob.phantoms import write_cohort
 from swinbob.tasks import get_task
 from swinbob.train import main
+from tiny import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 BTCV = get_task("btcv")
@@ -118,7 +119,7 @@ def test_training_cli_stops_on_a_bad_datalist_without_traceback(cohort, tmp_path
     Path(entries[1]["label"]).write_bytes(b"garbage")
     run = subprocess.run(
         [sys.executable, "main.py", f"--json_list={cohort / 'dataset.json'}", f"--data_dir={cohort}",
-         f"--logdir={tmp_path / 'run'}", "--roi_z=64", "--roi_x=32", "--roi_y=32", "--feature_size=12", "--max_epochs=1"],
+         f"--logdir={tmp_path / 'run'}", *TINY_FLAGS, "--max_epochs=1"],
         cwd=REPO / "BTCV", capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 2

@@ -16,6 +16,7 @@ from swinbob.loaders import shard
 from swinbob.losses import MaskedDiceCELoss
 from swinbob.phantoms import write_cohort
 from swinbob.train_cli import build_parser, resolve_plan
+from tiny import TINY_FLAGS
 
 GLOBAL_BATCH = 4
 
@@ -74,7 +75,7 @@ def test_two_gloo_ranks_give_the_gradients_and_update_of_one_process_on_the_glob
 def btcv_plan(tmp_path_factory):
     data = write_cohort("btcv", tmp_path_factory.mktemp("btcv"), 10, shape=(32, 32, 24), val_fraction=0.2).parent
     argv = [f"--json_list={data / 'dataset.json'}", f"--data_dir={data}", f"--logdir={data / 'runs'}", "--workers=0",
-            "--cache_rate=0", "--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--batch_size=2"]
+            "--cache_rate=0", *TINY_FLAGS, "--batch_size=2"]
     return resolve_plan(build_parser("btcv").parse_args(argv))
 
 

@@ -191,7 +191,7 @@ def test_validation_mean_dice_averages_only_classes_present_in_label_or_predicti
     predicted voxel of a class absent from the label does count, as a 0."""
     import dataclasses
 
-    from swinbob.train import validate
+    from swinbob.validation import validate
 
     task = dataclasses.replace(get_task("btcv"), label_map={0: "background", 1: "grey", 2: "white", 3: "csf"})
     shape = (32, 32, 64)

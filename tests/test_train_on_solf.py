@@ -19,6 +19,7 @@ from swinbob.phantoms import write_cohort
 from swinbob.solf.inject import swap
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.train_cli import build_parser, resolve_plan
+from tiny import TINY_FLAGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,8 +44,7 @@ def _argv(out: Path, logdir: Path) -> list[str]:
     """The README's way: --data_dir is the dataset.json's data_root (the log of SOLF prints it)."""
     data_root = (out / json.loads((out / "dataset.json").read_text())["data_root"]).resolve()
     return [f"--json_list={out / 'dataset.json'}", f"--data_dir={data_root}", f"--logdir={logdir}", "--workers=0",
-            "--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12", "--space_x=4", "--space_y=4",
-            "--space_z=5", "--num_samples=1", "--max_epochs=1", "--max_steps_per_epoch=3", "--val_every=1",
+            *TINY_FLAGS, "--space_x=4", "--space_y=4", "--space_z=5", "--num_samples=1", "--max_epochs=1", "--max_steps_per_epoch=3", "--val_every=1",
             "--warmup_epochs=0", "--save_checkpoint"]
 
 

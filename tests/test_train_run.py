@@ -21,9 +21,11 @@ from swinbob.model import ModelConfig, build_model
 from swinbob.phantoms import write_cohort
 from swinbob.runtime import seed_everything
 from swinbob.train_cli import build_parser, resolve_plan
+from swinbob.validation import validate
+from tiny import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--roi_x=32", "--roi_y=32", "--roi_z=64", "--feature_size=12"]
+TINY = list(TINY_FLAGS)
 # Coarse voxels: the whole phantom torso fits one ROI, so one window validates a case.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COARSE = ["--space_x=4", "--space_y=4", "--space_z=4"]
@@ -50,7 +52,7 @@ def upstream_ukbob_command(data: Path, logdir: Path, *extra: str) -> list[str]:
     """The README's UKBOB command; only sizes changed (plus a logdir outside the repository)."""
     return [
         sys.executable, "main.py", "--json_list=./dataset.json", f"--data_dir={data}/", "--val_every=5", "--use_checkpoint",
-        "--roi_x=32", "--roi_y=32", "--roi_z=64", "--in_channels=4", "--spatial_dims=3", "--feature_size=12",
+        *TINY_FLAGS, "--in_channels=4", "--spatial_dims=3",
         "--save_checkpoint", "--batch_size=1",
         "--max_epochs=1", "--max_steps_per_epoch=2", "--num_samples=1", "--space_x=4", "--space_y=4", "--space_z=5",
         f"--logdir={logdir}", *extra,
@@ -121,13 +123,13 @@ def test_two_process_gloo_run_validates_each_case_once(ukbob, tmp_path):
     model.load_state_dict(best["model"])
     _, val_loader = train.build_loaders(plan, DistContext())
     assert len(val_loader) == 3
-    metrics = train.validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
+    metrics = validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
     assert metrics["mean"] == pytest.approx(best["best_metric"], abs=1e-6)
 
 
 def _validate(plan, model) -> dict[str, float]:
     _, val_loader = train.build_loaders(plan, DistContext())
-    return train.validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
+    return validate(model, val_loader, plan.task, plan.model.roi, overlap=plan.overlap)
 
 
 def test_short_btcv_run_raises_validation_dice(btcv, tmp_path):

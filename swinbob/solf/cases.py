@@ -22,19 +22,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from swinbob.files import NiftiError, TransientReadError, read_nifti
+from swinbob.errors import ConfigError
+from swinbob.files import NIFTI_SUFFIXES, NiftiError, TransientReadError, check_finite, nifti_stem, read_nifti, same_grid
 from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
 
 FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-GRID_TOLERANCE_MM = 1e-3
-
-
-class ConfigError(ValueError):
-    """A problem with the run's configuration (flags, folders): the run stops with exit code 2."""
-
 
 @dataclass(frozen=True)
 class CaseTask:
@@ -51,11 +44,8 @@ class CaseTask:
 
 
 def case_id_of(path: Path) -> str | None:
-    """Case id of a NIfTI file name (suffix removed), or None for other files."""
-    for suffix in NIFTI_SUFFIXES:
-        if path.name.endswith(suffix) and not path.name.startswith("."):
-            return path.name[: -len(suffix)]
-    return None
+    """Case id of a NIfTI file name (suffix removed), or None for other and hidden files."""
+    return None if path.name.startswith(".") else nifti_stem(path.name)
 
 
 def is_text(name: str) -> bool:
@@ -188,7 +178,7 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
 def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
     """Volume (mm³) of the non-zero voxels of a body mask on the label grid."""
     mask, mask_affine = read_nifti(path, ndim=3)
-    if mask.shape != shape or not np.allclose(mask_affine, affine, atol=GRID_TOLERANCE_MM):
+    if mask.shape != shape or not same_grid(mask_affine, affine):
         raise NiftiError(f"{path}: body mask/label grid mismatch (shape {mask.shape}, label shape {shape})")
     return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(affine[:3, :3])))
 
@@ -204,13 +194,11 @@ def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> 
         data, image_affine = read_nifti(path, ndim=3)
         if data.shape != shape:
             raise NiftiError(f"{path}: image/label grid mismatch (image shape {data.shape}, label shape {shape})")
-        if not np.allclose(image_affine, affine, atol=GRID_TOLERANCE_MM):
+        if not same_grid(image_affine, affine):
             raise NiftiError(f"{path}: image/label grid mismatch (affines differ)")
         images[index] = data
         if data.dtype.kind not in "iub":  # integers are always finite in float32
-            bad = int(data.size - np.count_nonzero(np.isfinite(images[index])))
-            if bad:
-                raise NiftiError(f"{path}: image contains {bad} NaN/Inf voxel(s)")
+            check_finite(images[index], [path])
     return images
 
 

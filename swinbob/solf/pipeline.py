@@ -29,36 +29,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tqdm import tqdm
-
-from swinbob.files import OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
+from swinbob.errors import ConfigError
+from swinbob.files import NIFTI_SUFFIXES, OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
 from swinbob.limits import add_limit_args, apply_limit_args
-from swinbob.solf.cases import NIFTI_SUFFIXES, CaseTask, ConfigError, discover_inputs, failed_record, make_task, measure_case
+from swinbob.logs import configure_logging
+from swinbob.solf.cases import CaseTask, discover_inputs, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
 from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
+from swinbob.solf.pool import WORKER_DIED, available_cpus, parallel_map
 from swinbob.solf.rules import METHODS, RuleSet, RulesError, load_rules
 from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
                                 shard_log_path, write_features_csv, write_scans_csv)
+from swinbob.tasks import UKBOB_CHANNELS
 
 log = logging.getLogger("swinbob.solf")
 
 STAGES = ("features", "merge", "decide", "all")
-UKBOB_CHANNELS = ("fat", "in_phase", "opposed_phase", "water")
 
 
 @dataclass(frozen=True)
@@ -157,106 +151,6 @@ def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]
     tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
              for case, path in labels.items()}
     return tasks, skipped
-
-
-WORKER_DIED = ("a worker process died twice while processing it (killed by a signal, e.g. by the out-of-memory "
-               "killer); touch the file to have it measured again")
-
-
-def _pool_results(function: Callable[[Any], Any], items: list, workers: int) -> Iterator[tuple[Any, Any, bool]]:
-    """``(item, result, died)`` for every item, computed in a pool of ``workers`` processes.
-
-    At most two items per worker are in flight, so that when a worker dies (``SIGKILL``, the
-    out-of-memory killer) few items are suspects: the pool breaks, every in-flight item comes
-    back with ``died=True`` (which one killed the worker is not known), and the items not yet
-    started continue in a fresh pool.
-    """
-    queue = deque(items)
-    while queue:
-        suspects: list = []
-        waiting = len(queue)
-        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            running: dict = {}
-            try:
-                while queue or running:
-                    while queue and len(running) < 2 * workers:
-                        future = pool.submit(function, queue[0])  # raises if the pool broke: keep the item
-                        running[future] = queue.popleft()
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        item = running.pop(future)
-                        try:
-                            result = future.result()
-                        except BrokenProcessPool:
-                            suspects.append(item)
-                            continue
-                        yield item, result, False
-                    if suspects:
-                        break
-            except BrokenProcessPool:  # submit() into a pool that broke since the last wait()
-                pass
-            for future, item in running.items():  # a broken pool fails every pending future
-                try:
-                    yield item, future.result(), False
-                except BrokenProcessPool:
-                    suspects.append(item)
-        if len(queue) == waiting:  # not even one item could be started: do not loop forever
-            raise RuntimeError("the worker process pool broke before it could start any work")
-        for item in suspects:
-            yield item, None, True
-
-
-def die_with_parent(parent: int) -> None:
-    """Pool-worker initializer: end this worker when the main process ends, however it ends.
-
-    A ``SIGTERM`` to the main process alone (a job runner's ``terminate()``) kills it without
-    shutting the pool down; its workers would be re-parented and wait forever on their queue,
-    holding the caller's pipes open, so the caller hung. Linux delivers ``SIGTERM`` to a worker
-    whose parent dies (``PR_SET_PDEATHSIG``); elsewhere the pool's own shutdown has to do.
-    """
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
-def _alone(function: Callable[[Any], Any], item: Any, lost: Callable[[Any], Any] | None) -> Any:
-    """Retry an item whose worker died, alone in a fresh process; ``lost(item)`` if it dies again."""
-    for _, result, died in _pool_results(function, [item], 1):
-        if not died:
-            return result
-    if lost is None:
-        raise RuntimeError(WORKER_DIED)
-    return lost(item)
-
-
-def parallel_map(function: Callable[[Any], Any], items: list, workers: int, desc: str,
-                 lost: Callable[[Any], Any] | None = None) -> Iterator[Any]:
-    """Results of ``function`` over ``items`` as they complete, with a progress bar.
-
-    ``workers`` <= 1 runs in this process (easy to debug); otherwise a process pool, since the
-    work is numpy/scipy on whole volumes and decompression, which threads would serialise.
-    A worker that dies does not end the run: the items it may have held are retried one at a
-    time in fresh processes, and one that kills its process again yields ``lost(item)`` (a
-    failure record), so one scan that exhausts the memory cannot block every later run.
-    """
-    bar = tqdm(total=len(items), desc=desc, unit="scan", disable=None)
-    try:
-        if workers <= 1 or len(items) <= 1:
-            for item in items:
-                yield function(item)
-                bar.update()
-            return
-        for item, result, died in _pool_results(function, items, workers):
-            if died:
-                log.warning("a worker process died; retrying its scan alone in a fresh process")
-                result = _alone(function, item, lost)
-            yield result
-            bar.update()
-    finally:
-        bar.close()
 
 
 def _lost_scan(task: CaseTask) -> dict:
@@ -453,11 +347,6 @@ def _run_locked(config: SolfConfig, tasks: dict[str, CaseTask], skipped: dict[st
     return 0
 
 
-def available_cpus() -> int:
-    """CPUs this process may use (respects cgroup/affinity limits where the OS reports them)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``organ_filtering.py`` argument parser (upstream flags plus the pipeline's own)."""
     p = argparse.ArgumentParser(prog="organ_filtering.py", description="SOLF: clean TotalVibeSegmentator label maps "
@@ -516,7 +405,7 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
 def organ_filtering_entry(argv: list[str] | None = None) -> int:
     """Command-line entry point of ``UKBOB/filtering/organ_filtering.py``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     config = config_from_args(args)
     try:
         apply_limit_args(args)
