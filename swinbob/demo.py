@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +33,6 @@ from swinbob import phantoms
 from swinbob.files import read_nifti, write_nifti
 from swinbob.logs import configure_logging
 from swinbob.solf.inject import Injection, inject
-
-log = logging.getLogger("swinbob.demo")
 
 TINY_MODEL = ["--feature_size=12", "--roi_x=32", "--roi_y=32", "--roi_z=64"]
 INJECTED_KINDS = ("swap", "move", "shrink", "fragment")
