@@ -13,10 +13,11 @@ Stages (run in order; each reuses the previous ones' files under ``--work_dir``)
 
     python benchmarks/bench_mri_shift.py data                    # subjects as NIfTI + datalist
     python benchmarks/bench_mri_shift.py train --recipe old      # zscore_nonzero, reference augmentation
+    python benchmarks/bench_mri_shift.py train --recipe fg       # zscore_foreground alone (the MRI default)
     python benchmarks/bench_mri_shift.py train --recipe new      # zscore_foreground + --shift_augment
-    python benchmarks/bench_mri_shift.py tune --recipe new --etta_lr 1e-2 ...   # validation x tuning shifts
+    python benchmarks/bench_mri_shift.py tune --recipe fg --etta '{"lr": 0.01}'  # validation x tuning shifts
     python benchmarks/bench_mri_shift.py report                  # test x (clean + held-out), none/flip/ETTA/both
-    python benchmarks/bench_mri_shift.py all                     # everything above with the defaults
+    python benchmarks/bench_mri_shift.py all                     # data, old + fg trained and reported
 
 Training and evaluation drive the library the scripts use: ``swinbob.train`` (UKBOB/main.py's
 engine) with a three-class task built in :func:`gmwm_task`, and test_etta.py's per-case calls
@@ -65,8 +66,13 @@ with other jobs can train two models and evaluate every method in about an hour.
 CLASSES = {"grey_matter": (1,), "white_matter": (2,)}
 RECIPES = {
     "old": {"intensity": Intensity("zscore_nonzero"), "shift_augment": False},
+    "fg": {"intensity": Intensity("zscore_foreground"), "shift_augment": False},
     "new": {"intensity": Intensity("zscore_foreground"), "shift_augment": True},
 }
+"""old: the reference recipe; fg: the foreground z-score alone; new: foreground z-score + shift augmentation."""
+DEFAULT_STEPS = 90
+ALL_RECIPES = ("old", "fg")
+"""What ``all`` trains and reports: the reference recipe and the MRI default (``new`` is its own stage)."""
 
 
 def nilearn_file(name: str) -> Path:
@@ -139,9 +145,14 @@ def gmwm_task(recipe: str) -> Task:
     )
 
 
+def model_dir(work: Path, recipe: str, steps: int) -> Path:
+    """Where a recipe trained for ``steps`` lives (``model_<recipe>``, ``model_<recipe>_<steps>steps`` if not 90)."""
+    return work / (f"model_{recipe}" if steps == DEFAULT_STEPS else f"model_{recipe}_{steps}steps")
+
+
 def train_model(args: argparse.Namespace, datalist: Path) -> Path:
     """Train one recipe with the UKBOB/main.py engine; returns ``model_final.pt``."""
-    logdir = Path(args.work_dir) / f"model_{args.recipe}"
+    logdir = model_dir(Path(args.work_dir), args.recipe, args.steps)
     argv = ["--data_dir", str(datalist.parent), "--json_list", datalist.name, "--logdir", str(logdir),
             "--in_channels", "1", "--feature_size", "12", "--roi_x", "64", "--roi_y", "64", "--roi_z", "64",
             "--max_epochs", str(args.steps // args.train_subjects), "--val_every", str(args.steps // args.train_subjects),
@@ -161,8 +172,8 @@ def train_model(args: argparse.Namespace, datalist: Path) -> Path:
     return logdir / "model_final.pt"
 
 
-def load_model(work: Path, recipe: str) -> tuple[torch.nn.Module, Task]:
-    path = work / f"model_{recipe}" / "model_final.pt"
+def load_model(work: Path, recipe: str, steps: int) -> tuple[torch.nn.Module, Task]:
+    path = model_dir(work, recipe, steps) / "model_final.pt"
     fallback = ModelConfig(in_channels=1, out_channels=3, feature_size=12, roi=(64, 64, 64))
     model, _, _ = load_inference_model(path, fallback)
     return model.eval(), gmwm_task(recipe)
@@ -197,13 +208,16 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
             sources["flip"] = flip_tta_logits(model, x, WINDOW, "softmax", flip_axes, plain=sources["none"])
     if etta is None:
         return {tta: to_labels(logits[0], "softmax") for tta, logits in sources.items()}, {}
-    adapted: dict[str, torch.Tensor] = {}
+    adapted: dict[str, list[torch.Tensor]] = {"none": [], "flip": []}  # one per adapted state
 
     def predict_adapted(m: torch.nn.Module, image: torch.Tensor, window: WindowSettings) -> torch.Tensor:
-        adapted["none"] = predict_logits(m, image, window)
-        if flip_axes:
-            adapted["flip"] = flip_tta_logits(m, image, window, "softmax", flip_axes, plain=adapted["none"])
-        return adapted["flip" if flip_axes else "none"]
+        plain = predict_logits(m, image, window)
+        adapted["none"].append(plain[0])
+        if not flip_axes:
+            return plain
+        flipped = flip_tta_logits(m, image, window, "softmax", flip_axes, plain=plain)
+        adapted["flip"].append(flipped[0])
+        return flipped
 
     outcome = etta_predict(model, x, sources["flip" if flip_axes else "none"], "softmax", etta, WINDOW, predict_adapted)
     labels, records = {}, {}
@@ -212,9 +226,9 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
         labels[tta] = source
         name = "etta" if tta == "none" else "flip+etta"
         labels[name], records[name] = source.clone(), {"applied": False, "fallback": outcome.fallback, **outcome.info}
-        if tta in adapted and outcome.box is not None:
+        if adapted[tta] and outcome.box is not None:
             box = outcome.box
-            probs, info = integrate(logits[(0, slice(None), *box)], adapted[tta][0], "softmax", etta.collapse,
+            probs, info = integrate(logits[(0, slice(None), *box)], adapted[tta], "softmax", etta.collapse,
                                     sharpness=etta.sharpness)
             records[name] = {"applied": probs is not None, "fallback": info.get("fallback"), **info}
             if probs is not None:
@@ -289,15 +303,34 @@ def print_table(title: str, results: dict[str, dict[str, Any]]) -> None:
               f"{fmt(r['grey_matter_hd95_mm'], 1)} | {fmt(r['white_matter_hd95_mm'], 1)} | {' | '.join(etta)} | {r['seconds']:.1f} |")
 
 
+def etta_config(text: str) -> EttaConfig:
+    """``--etta`` JSON overrides of the default :class:`EttaConfig` (``states`` as a list)."""
+    overrides = json.loads(text)
+    if "states" in overrides:
+        overrides["states"] = tuple(overrides["states"])
+    return EttaConfig(**overrides)
+
+
+def print_drop(results: dict[str, dict[str, Any]]) -> None:
+    """Per method: clean mean Dice, the mean over the held-out shifts present and the drop between them."""
+    print("\n| method | clean | held-out mean | drop |\n|---|---|---|---|")
+    for method in dict.fromkeys(key.split("|")[1] for key in results):
+        shifted = [results[f"{s}|{method}"]["mean_dice"][0] for s in HELD_OUT_SHIFTS if f"{s}|{method}" in results]
+        if f"clean|{method}" in results and shifted:
+            clean = results[f"clean|{method}"]["mean_dice"][0]
+            print(f"| {method} | {clean:.4f} | {np.mean(shifted):.4f} | {clean - np.mean(shifted):.4f} |")
+
+
 def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     """ETTA settings ``--etta`` on the validation subjects under the tuning shifts (never the test ones)."""
     entries = json.loads(datalist.read_text())["validation"][: args.subjects]
     groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *TUNING_SHIFTS)), args.severity)
-    model, task = load_model(work, args.recipe)
-    etta = EttaConfig(**json.loads(args.etta))
+    model, task = load_model(work, args.recipe, args.steps)
+    etta = etta_config(args.etta)
     results = run_grid(model, task, groups, etta, None)
     print_table(f"tune {args.recipe} {etta}", results)
-    out = work / "tune" / f"{args.recipe}_{args.tag or 'default'}.json"
+    steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
+    out = work / "tune" / f"{args.recipe}{steps}_{args.tag or 'default'}.json"
     out.parent.mkdir(exist_ok=True)
     atomic_write_text(out, json.dumps({"etta": dataclasses.asdict(etta), "results": results}, indent=1))
 
@@ -306,12 +339,14 @@ def report(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     """Test subjects, clean and every held-out shift: none / flip / ETTA / flip+ETTA of one recipe."""
     entries = json.loads(datalist.read_text())["test"][: args.subjects]
     groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *HELD_OUT_SHIFTS)), args.severity)
-    model, task = load_model(work, args.recipe)
+    model, task = load_model(work, args.recipe, args.steps)
     tic = time.perf_counter()
-    etta = None if args.no_etta else EttaConfig(**json.loads(args.etta))
+    etta = None if args.no_etta else etta_config(args.etta)
     results = run_grid(model, task, groups, etta, FLIP_AXES)
     print_table(f"report {args.recipe} {etta} ({time.perf_counter() - tic:.0f} s)", results)
-    name = f"report_{args.recipe}{'_no_etta' if args.no_etta else ''}{'_' + args.tag if args.tag else ''}.json"
+    print_drop(results)
+    steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
+    name = f"report_{args.recipe}{steps}{'_no_etta' if args.no_etta else ''}{'_' + args.tag if args.tag else ''}.json"
     atomic_write_text(work / name, json.dumps({"etta": etta and dataclasses.asdict(etta), "results": results}, indent=1))
 
 
@@ -333,11 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stage", choices=["data", "train", "tune", "report", "all"])
     p.add_argument("--work_dir", default="/tmp/bench_mri_shift")
-    p.add_argument("--recipe", default="new", choices=list(RECIPES))
+    p.add_argument("--recipe", default="fg", choices=list(RECIPES))
     p.add_argument("--train_subjects", type=int, default=6)
     p.add_argument("--val_subjects", type=int, default=3)
     p.add_argument("--test_subjects", type=int, default=6)
-    p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (also picks the model of tune/report)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--severity", type=int, default=2)
     p.add_argument("--etta", default="{}", help="JSON of EttaConfig overrides for 'tune', e.g. '{\"lr\": 0.01}'")
@@ -353,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         write_subjects(work, args.train_subjects, args.val_subjects, args.test_subjects)
         print(f"subjects written to {datalist.parent} in {time.perf_counter() - tic:.1f} s")
     if args.stage in ("train", "all"):
-        for recipe in (["old", "new"] if args.stage == "all" else [args.recipe]):
+        for recipe in (ALL_RECIPES if args.stage == "all" else [args.recipe]):
             tic = time.perf_counter()
             train_model(argparse.Namespace(**{**vars(args), "recipe": recipe}), datalist)
             print(f"recipe {recipe}: trained in {time.perf_counter() - tic:.1f} s")
@@ -362,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "report":
         report(args, work, datalist)
     if args.stage == "all":
-        for recipe in ("old", "new"):
+        for recipe in ALL_RECIPES:
             report(argparse.Namespace(**{**vars(args), "recipe": recipe}), work, datalist)
     return 0
 

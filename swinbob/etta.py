@@ -39,6 +39,10 @@ from swinbob.runtime import autocast
 from swinbob.window import WindowSettings, predict_logits
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+}
 BOX_MARGIN = 0.25
 """The adapted sliding window covers the source foreground's bounding box grown by this share of
 the ROI on every side (clipped to the volume), so organs that the adapted model grows are kept
@@ -93,6 +97,13 @@ class EttaConfig:
     sharpness: float = 1.0
     """Integration weights are proportional to mean entropy ** -sharpness (1: inverse entropy, as
     InTEnt weights its states; large: the lower-entropy prediction alone)."""
+    states: tuple[int, ...] = ()
+    """InTEnt-style integration over several adapted states: the adapted model also predicts the box
+    after each of these step counts (each below ``steps``), and every state that passes the fallback
+    tests is averaged with the source, weighted as above. Empty: the final state only. Each state
+    costs one more adapted sliding window over the box and keeps its logits until the integration."""
+    optimizer: str = "adam"
+    """``adam``, or ``sgd`` (momentum 0.9, as TENT uses) for the adaptation steps."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.windows < 1:
@@ -103,6 +114,10 @@ class EttaConfig:
             raise ValueError(f"ETTA collapse threshold must be in (0, 1], got {self.collapse}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"ETTA window overlap must be in [0, 1), got {self.overlap}")
+        if any(not 0 < k < self.steps for k in self.states) or len(set(self.states)) != len(self.states):
+            raise ValueError(f"ETTA states must be distinct step counts in [1, steps={self.steps}), got {self.states}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"ETTA optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.diversity < 0 or self.sharpness < 0 or not 0.0 <= self.min_entropy <= 1.0:
             raise ValueError(f"ETTA diversity and sharpness must be >= 0 and min_entropy in [0, 1], got "
                              f"{self.diversity}, {self.sharpness}, {self.min_entropy}")
@@ -241,9 +256,13 @@ def adapt(
     mode: str,
     config: EttaConfig,
     window: WindowSettings,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, object]]:
-    """Tune ``params`` in place (call inside :func:`episode`); returns per-step windows and losses."""
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    """Tune ``params`` in place (call inside :func:`episode`); returns per-step windows and losses.
+
+    ``after_step`` is called with the number of steps done after each step (to predict a state).
+    """
+    optimizer = OPTIMIZERS[config.optimizer](params, config.lr)
     scaler = torch.amp.GradScaler(image.device.type, enabled=window.amp_dtype == torch.float16)
     rng = np.random.default_rng(config.seed)
     fg_coords = torch.nonzero(fg)
@@ -257,6 +276,8 @@ def adapt(
         scaler.step(optimizer)
         scaler.update()
         history.append({"starts": starts, "loss": float(loss.detach())})
+        if after_step is not None:
+            after_step(len(history))
     return history
 
 
@@ -304,39 +325,58 @@ def foreground_fraction(fg: torch.Tensor) -> float:
 
 def integrate(
     source_logits: torch.Tensor,
-    adapted_logits: torch.Tensor,
+    adapted_logits: torch.Tensor | Sequence[torch.Tensor],
     mode: str,
     collapse: float,
     source_foreground: float | None = None,
     sharpness: float = 1.0,
 ) -> tuple[torch.Tensor | None, dict]:
-    """Entropy-weighted mean of two predictions (C, ...) or None (fallback) with the reason in ``info``.
+    """Entropy-weighted mean of the source and the adapted prediction(s) (C, ...), or None (fallback)
+    with the reason in ``info``.
 
-    Weights are proportional to each prediction's mean entropy ** -``sharpness``.
+    ``adapted_logits``: one prediction, or several adapted states (InTEnt-style, the last one is the
+    final state). A state takes part only if its mean entropy is below the source's and its foreground
+    did not shrink by more than ``collapse``; with none left the source stands, for the final state's
+    reason. Weights are proportional to each prediction's mean entropy ** -``sharpness``.
     ``source_foreground``: the source prediction's foreground fraction here, if the caller knows it.
-    Each prediction is read once for its probabilities and entropy (and the adapted one once more
-    for its foreground); the mean is formed in place in the adapted probabilities.
+    Each prediction is read once for its probabilities and entropy (and each adapted one once more
+    for its foreground); the mean is formed in place in the first kept state's probabilities.
     """
+    states = [adapted_logits] if isinstance(adapted_logits, torch.Tensor) else list(adapted_logits)
     if source_foreground is None:
         source_foreground = foreground_fraction(foreground(source_logits, mode))
-    fg_adapted = foreground_fraction(foreground(adapted_logits, mode))
-    probs_adapted, h_adapted = probabilities_and_entropy(adapted_logits, mode)
     probs_source, h_source = probabilities_and_entropy(source_logits, mode)
+    kept: list[tuple[torch.Tensor, float]] = []
+    entropies, reason = [], None
+    for logits in states:
+        fg_adapted = foreground_fraction(foreground(logits, mode))
+        probs, h_adapted = probabilities_and_entropy(logits, mode)
+        entropies.append(h_adapted)
+        if h_adapted >= h_source:
+            reason = "entropy did not decrease"
+        elif fg_adapted < (1.0 - collapse) * source_foreground:
+            reason = f"foreground collapsed ({source_foreground:.4f} -> {fg_adapted:.4f})"
+        else:
+            reason = None
+            kept.append((probs, h_adapted))
     info: dict[str, object] = {
-        "entropy_source": h_source, "entropy_adapted": h_adapted,
+        "entropy_source": h_source, "entropy_adapted": entropies[-1],
         "foreground_source": source_foreground, "foreground_adapted": fg_adapted,
     }
-    if h_adapted >= h_source:
-        info["fallback"] = "entropy did not decrease"
+    if len(states) > 1:
+        info["entropy_states"] = entropies
+        info["states_kept"] = len(kept)
+    if not kept:
+        info["fallback"] = reason
         return None, info
-    if fg_adapted < (1.0 - collapse) * source_foreground:
-        info["fallback"] = f"foreground collapsed ({source_foreground:.4f} -> {fg_adapted:.4f})"
-        return None, info
-    log_inverse = -sharpness * np.log(np.maximum([h_source, h_adapted], 1e-8))
+    log_inverse = -sharpness * np.log(np.maximum([h_source] + [h for _, h in kept], 1e-8))
     weights = np.exp(log_inverse - log_inverse.max())
     weights /= weights.sum()
-    info["weight_adapted"] = float(weights[1])
-    return probs_adapted.mul_(float(weights[1])).add_(probs_source, alpha=float(weights[0])), info
+    info["weight_adapted"] = float(weights[1:].sum())
+    mixed = kept[0][0].mul_(float(weights[1])).add_(probs_source, alpha=float(weights[0]))
+    for (probs, _), weight in zip(kept[1:], weights[2:]):
+        mixed.add_(probs, alpha=float(weight))
+    return mixed, info
 
 
 def etta_predict(
@@ -372,14 +412,20 @@ def etta_predict(
         params = [p for _, p in norm_parameters(model)]
         if not params:
             return EttaOutcome(fallback="model has no affine normalisation parameters")
+        box_window = dataclasses.replace(window, overlap=config.overlap)
+        box_image = image[(slice(None), slice(None), *box)]
+        adapted: list[torch.Tensor] = []
+
+        def predict_state(done: int) -> None:
+            if done in config.states or done == config.steps:
+                with torch.no_grad():
+                    adapted.append((predict or predict_logits)(model, box_image, box_window)[0].to(source_box.device))
+
         with episode(model, params):
-            history = adapt(model, image, fg.to(image.device), params, mode, config, window)
-            with torch.no_grad():
-                box_window = dataclasses.replace(window, overlap=config.overlap)
-                adapted = (predict or predict_logits)(model, image[(slice(None), slice(None), *box)], box_window)
+            history = adapt(model, image, fg.to(image.device), params, mode, config, window, predict_state)
     source_foreground = foreground_fraction(fg[box])
-    probs, info = integrate(source_box, adapted[0].to(source_box.device), mode, config.collapse, source_foreground,
-                            config.sharpness)
+    probs, info = integrate(source_box, adapted, mode, config.collapse,
+                            source_foreground, config.sharpness)
     info["losses"] = [step["loss"] for step in history]
     info["box"] = [[s.start, s.stop] for s in box]
     return EttaOutcome(box=box, probs=probs, fallback=info.get("fallback"), info=info)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from swinbob import cli, fast
 from swinbob.checkpoint import CheckpointError, load_checkpoint
 from swinbob.data import find_datalist, load_datalist
 from swinbob.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
-from swinbob.etta import EttaConfig
+from swinbob.etta import OPTIMIZERS, EttaConfig
 from swinbob.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
@@ -101,6 +101,11 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
                        help="adapt only cases whose source prediction has at least this mean normalised entropy")
     adapt.add_argument("--etta_sharpness", type=float, default=defaults.sharpness,
                        help="integration weights proportional to mean entropy ** -sharpness")
+    adapt.add_argument("--etta_states", type=int, nargs="+", default=list(defaults.states), metavar="STEPS",
+                       help="InTEnt-style: also predict after these step counts (< --etta_steps) and integrate "
+                            "every adapted state with the source, entropy-weighted")
+    adapt.add_argument("--etta_optimizer", default=defaults.optimizer, choices=sorted(OPTIMIZERS),
+                       help="optimizer of the adaptation steps (sgd: momentum 0.9)")
     adapt.add_argument("--tta", default="none", choices=TTA_CHOICES,
                        help="test-time augmentation: flip = mirror averaging over the 3 spatial axes (8 passes), "
                             "for the source and the ETTA-adapted predictions")
@@ -293,7 +298,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
         etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
                         args.etta_overlap, args.etta_diversity, args.etta_decoder_norms,
-                        args.etta_min_entropy, args.etta_sharpness),
+                        args.etta_min_entropy, args.etta_sharpness, tuple(args.etta_states), args.etta_optimizer),
         tta=args.tta,
         label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
         statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,

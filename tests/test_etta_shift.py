@@ -9,7 +9,7 @@ from torch import nn
 
 from swinbob.data import NormalizeForegroundd, otsu_threshold, shift_augment_transforms
 from swinbob.etta import (
-    EttaConfig, affine_instance_norms, etta_loss, etta_predict, marginal_entropy, norm_parameters,
+    EttaConfig, affine_instance_norms, etta_loss, etta_predict, integrate, marginal_entropy, norm_parameters,
 )
 from swinbob.window import WindowSettings, predict_logits
 from swinbob.model import build_model
@@ -117,6 +117,41 @@ def test_new_options_stay_episodic_and_deterministic(trained):
     _, again, info_again = adapted_labels(trained, x_b, config)
     assert torch.equal(alone, again) and info_alone == info_again
     assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
+
+
+def _state(confidence: float, fg_rows: int) -> torch.Tensor:
+    """Two-class logits (2, 10, 10, 1): background ``confidence``, foreground twice that on ``fg_rows`` rows."""
+    logits = torch.zeros(2, 10, 10, 1)
+    logits[0] = confidence
+    logits[1, :fg_rows] = 2 * confidence
+    return logits
+
+
+def test_integration_over_several_adapted_states_weights_each_kept_state_by_inverse_entropy():
+    src, mid, sharp = _state(1.0, 5), _state(2.0, 5), _state(3.0, 5)
+    mixed, info = integrate(src, [mid, _state(0.5, 5), sharp], "softmax", collapse=0.5)  # the 0.5 state: entropy up
+    h = [info["entropy_source"], info["entropy_states"][0], info["entropy_states"][2]]
+    w = np.array([1 / v for v in h]) / sum(1 / v for v in h)
+    expected = w[0] * src.softmax(0) + w[1] * mid.softmax(0) + w[2] * sharp.softmax(0)
+    assert info["states_kept"] == 2 and info["weight_adapted"] == pytest.approx(w[1] + w[2])
+    assert torch.allclose(mixed, expected, atol=1e-6) and "fallback" not in info
+    assert integrate(src, [mid], "softmax", 0.5)[1] == integrate(src, mid, "softmax", 0.5)[1]  # one state = the pair
+    none_kept, info = integrate(src, [_state(0.5, 5), _state(3.0, 1)], "softmax", collapse=0.5)
+    assert none_kept is None and "collapsed" in info["fallback"] and info["states_kept"] == 0
+
+
+def test_etta_states_and_sgd_predict_each_state_and_stay_episodic(trained):
+    x = as_input(apply_shift(phantom(17)[0], "bias_field", 3, seed=0) + np.float32(0.15))
+    config = EttaConfig(steps=4, lr=5e-2, windows=2, seed=0, states=(1, 2), optimizer="sgd")
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    _, first, info = adapted_labels(trained, x, config)
+    _, again, info_again = adapted_labels(trained, x, config)
+    assert len(info["entropy_states"]) == 3 and info["entropy_states"][-1] == info["entropy_adapted"]
+    assert torch.equal(first, again) and info == info_again
+    assert all(torch.equal(state[k], v) for k, v in trained.state_dict().items())
+    for bad in ({"states": (4,)}, {"states": (0,)}, {"states": (1, 1)}, {"optimizer": "rmsprop"}):
+        with pytest.raises(ValueError, match="states|optimizer"):
+            EttaConfig(steps=4, **bad)
 
 
 def test_decoder_instance_norms_become_adaptable_only_for_the_episode():
