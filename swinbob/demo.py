@@ -5,10 +5,10 @@
 2. SOLF cleans the labels (``UKBOB/filtering/organ_filtering.py``) and we check which injected
    errors it caught;
 3. a tiny Swin-BOB is pre-trained on the cleaned UKBOB set (``UKBOB/main.py``; a few steps: plumbing);
-4. "your own data": a labelled CT set with its own nnU-Net v2 style dataset.json (liver, spleen,
-   kidney_right, kidney_left), as a user would bring it;
-5. Swin-BOB is fine-tuned into it with ``--task auto`` (the task read from the dataset.json; head
-   rows of the four organs start from Swin-BOB's own);
+4. "your own data": a labelled CT set with its own nnU-Net v2 style dataset.json, as a user would
+   bring it: by default liver and spleen (``--organs`` adds kidney_right, kidney_left);
+5. Swin-BOB is fine-tuned into it with ``--task auto`` (the task read from the dataset.json; the
+   organs' head rows start from Swin-BOB's own);
 6. ``UKBOB/test_etta.py`` evaluates the held-out cases given only the checkpoint and the data, with
    and without ETTA: Dice/HD95 table, predictions in each input's space, statistics and GIFs.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -35,8 +34,6 @@ from swinbob.files import read_nifti, write_nifti
 from swinbob.logs import configure_logging
 from swinbob.solf.inject import Injection, inject
 
-log = logging.getLogger("swinbob.demo")
-
 TINY_MODEL = ["--feature_size=12", "--roi_x=32", "--roi_y=32", "--roi_z=64"]
 INJECTED_KINDS = ("swap", "move", "shrink", "fragment")
 NO_AUGMENTATION = ["--RandFlipd_prob=0", "--RandRotate90d_prob=0", "--RandScaleIntensityd_prob=0",
@@ -44,12 +41,14 @@ NO_AUGMENTATION = ["--RandFlipd_prob=0", "--RandRotate90d_prob=0", "--RandScaleI
 """The demo's scans share one orientation: a few CPU minutes go further without augmentation."""
 
 
-def _run(title: str, script: str, entry: Callable[[list[str]], int], argv: Sequence[str]) -> None:
-    """Print the equivalent command, run the entry point in-process and stop on failure."""
+def _run(title: str, script: str, entry: Callable[[list[str]], int], argv: Sequence[str]) -> float:
+    """Print the equivalent command, run the entry point in-process, stop on failure; return its seconds."""
     print(f"\n=== {title} ===\n$ python {script} {shlex.join(argv)}", flush=True)
+    start = time.perf_counter()
     status = entry(list(argv))
     if status != 0:
         raise SystemExit(f"demo stage '{title}' failed with exit status {status}")
+    return time.perf_counter() - start
 
 
 def ukbob_cohort(root: Path, num_cases: int, seed: int) -> list[Injection]:
@@ -79,20 +78,24 @@ def report_detection(clean_dir: Path, injections: list[Injection]) -> None:
             print(f"  {injection.case_id} {injection.kind:<9} label {organ:>2}: {row['decision']} ({row['reasons']})")
 
 
-DEMO_ORGANS = {"liver": "liver", "spleen": "spleen", "right_kidney": "kidney_right", "left_kidney": "kidney_left"}
-"""The demo's own label set (BTCV phantom name -> its dataset.json name): four large abdominal organs,
-named as TotalVibeSegmentator names them so that fine-tuning starts their head rows from Swin-BOB's."""
+DEMO_ORGANS = {"liver": "liver", "spleen": "spleen", "kidney_right": "right_kidney", "kidney_left": "left_kidney"}
+"""Organs the demo's own set can hold: dataset.json name (TotalVibeSegmentator's, so that fine-tuning
+starts their head rows from Swin-BOB's) -> BTCV phantom name."""
+DEFAULT_ORGANS = ("liver", "spleen")
+"""The two large organs: a whole-abdomen 32-voxel-wide patch resolves them, and they are learned in the
+demo's budget. The kidneys (~4 voxels across at 3.5 mm) are not (benchmarks/RESULTS.md)."""
 
 
-def own_dataset(root: Path, num_train: int, num_test: int, seed: int) -> Path:
-    """A user's own labelled CT set: BTCV phantoms relabelled to :data:`DEMO_ORGANS`, an nnU-Net v2
-    style dataset.json (names as keys), ``num_test`` held-out cases in ``validation``."""
+def own_dataset(root: Path, organs: Sequence[str], num_train: int, num_test: int, seed: int) -> Path:
+    """A user's own labelled CT set: BTCV phantoms with only ``organs`` (names of :data:`DEMO_ORGANS`)
+    labelled 1, 2, ... in that order, an nnU-Net v2 style dataset.json (names as keys), ``num_test``
+    held-out cases in ``validation``."""
     source = phantoms.write_cohort("btcv", root / "source", num_train + num_test, seed=seed, val_fraction=0.0, overwrite=True)
     content = json.loads(source.read_text())
     btcv_ids = {name: int(i) for i, name in content["labels"].items()}
     lut = np.zeros(256, np.uint8)
-    for new_id, btcv_name in enumerate(DEMO_ORGANS, start=1):
-        lut[btcv_ids[btcv_name]] = new_id
+    for new_id, organ in enumerate(organs, start=1):
+        lut[btcv_ids[DEMO_ORGANS[organ]]] = new_id
     entries = []
     for entry in content["training"]:
         label, affine = read_nifti(source.parent / entry["label"])
@@ -101,7 +104,7 @@ def own_dataset(root: Path, num_train: int, num_test: int, seed: int) -> Path:
         entries.append({"image": f"source/{entry['image']}", "label": f"labelsTr/{target.name}"})
     dataset = {
         "name": "demo_abdomen_ct", "channel_names": {"0": "CT"},
-        "labels": {"background": 0, **{name: i for i, name in enumerate(DEMO_ORGANS.values(), start=1)}},
+        "labels": {"background": 0, **{name: i for i, name in enumerate(organs, start=1)}},
         "training": entries[:num_train], "validation": entries[num_train:],
     }
     path = root / "dataset.json"
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ukbob_steps", type=int, default=10, help="pre-training steps of the tiny Swin-BOB (plumbing only)")
     parser.add_argument("--train_cases", type=int, default=10, help="cases of the own CT set used for fine-tuning")
     parser.add_argument("--test_cases", type=int, default=4, help="held-out cases of the own CT set")
+    parser.add_argument("--organs", nargs="+", choices=list(DEMO_ORGANS), default=list(DEFAULT_ORGANS),
+                        help="labels of the own CT set (default: %(default)s; the kidneys need more steps)")
     parser.add_argument("--finetune_epochs", type=int, default=12, help="epochs of one step per training case")
     parser.add_argument("--lr", type=float, default=3e-3, help="fine-tuning learning rate (cosine to 0, no warm-up)")
     parser.add_argument("--seed", type=int, default=0)
@@ -140,42 +145,47 @@ def main(argv: list[str] | None = None) -> int:
     from swinbob.solf.pipeline import organ_filtering_entry
     from swinbob.train import main as train
 
+    if len(set(args.organs)) != len(args.organs):
+        parser.error(f"--organs: each organ once, got {' '.join(args.organs)}")
     start = time.perf_counter()
+    seconds: dict[str, float] = {}
     out = args.out_dir.resolve()
     raw, clean = out / "ukbob_raw", out / "ukbob_clean"
     print(f"=== 1. synthetic UKBOB cohort: {args.ukbob_cases} scans, errors injected into {len(INJECTED_KINDS)} ===")
     injections = ukbob_cohort(raw, args.ukbob_cases, args.seed)
 
-    _run("2. SOLF label cleaning", "UKBOB/filtering/organ_filtering.py", organ_filtering_entry, [
+    seconds["UKBOB cohort"] = time.perf_counter() - start
+    seconds["SOLF"] = _run("2. SOLF label cleaning", "UKBOB/filtering/organ_filtering.py", organ_filtering_entry, [
         f"--input_dir={raw / 'labelsTr'}", f"--image_dir={raw / 'imagesTr'}", f"--output_dir={clean}",
         "--workers=2", "--val_fraction=0.15", "--overwrite"])
     report_detection(clean, injections)
     data_root = (clean / json.loads((clean / "dataset.json").read_text())["data_root"]).resolve()
 
     common = ["--workers=0", "--warmup_epochs=0", "--save_checkpoint", *TINY_MODEL]
-    _run("3. pre-train a tiny Swin-BOB on the cleaned UKBOB set", "UKBOB/main.py",
+    seconds["pre-training"] = _run("3. pre-train a tiny Swin-BOB on the cleaned UKBOB set", "UKBOB/main.py",
          lambda a: train(a, default_task="ukbob"), [
              f"--json_list={clean / 'dataset.json'}", f"--data_dir={data_root}", f"--logdir={out / 'runs' / 'ukbob'}",
              "--space_x=4", "--space_y=4", "--space_z=5", "--max_epochs=1",
              f"--max_steps_per_epoch={args.ukbob_steps}", "--optim_lr=2e-3", "--num_samples=2", *common])
 
-    own = own_dataset(out / "own_ct", args.train_cases, args.test_cases, args.seed + 1)
+    own = own_dataset(out / "own_ct", args.organs, args.train_cases, args.test_cases, args.seed + 1)
     print(f"\n=== 4. your own labelled set: {own} ({args.train_cases} training, {args.test_cases} held-out CT cases, "
-          f"labels {', '.join(DEMO_ORGANS.values())}) ===")
-    _run("5. fine-tune Swin-BOB into it, the task read from its dataset.json", "UKBOB/main.py",
+          f"labels {', '.join(args.organs)}) ===")
+    seconds["fine-tuning"] = _run("5. fine-tune Swin-BOB into it, the task read from its dataset.json", "UKBOB/main.py",
          lambda a: train(a, default_task="ukbob"), [
              "--task=auto", f"--json_list={own}", f"--data_dir={own.parent}", f"--logdir={out / 'runs' / 'own_ct'}",
              f"--pretrained_dir={out / 'runs' / 'ukbob'}", "--pretrained_model_name=model_final.pt",
              "--space_x=3.5", "--space_y=3.5", "--space_z=2", f"--max_epochs={args.finetune_epochs}", "--val_every=4",
              f"--optim_lr={args.lr}", "--lrschedule=cosine_anneal", "--num_samples=1", *NO_AUGMENTATION, *common])
 
-    _run("6. evaluate the held-out cases: checkpoint and data only", "UKBOB/test_etta.py",
+    seconds["evaluation"] = _run("6. evaluate the held-out cases: checkpoint and data only", "UKBOB/test_etta.py",
          lambda a: test_etta(a, default_task="ukbob"), [
              f"--json_list={own}", f"--data_dir={own.parent}", f"--pretrained_dir={out / 'runs' / 'own_ct'}",
              "--pretrained_model_name=model_final.pt", f"--output_dir={out / 'evaluation'}", "--compare_etta",
              "--generate_gifs", "--gif_frames=24", "--statistics", "--overwrite", "--workers=0"])
     dice = print_dice_table(out / "evaluation" / "summary.json")
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s (held-out mean Dice {dice:.3f}); everything is in {out}")
+    print("\nseconds per stage: " + ", ".join(f"{name} {value:.0f}" for name, value in seconds.items()))
+    print(f"demo finished in {time.perf_counter() - start:.0f} s (held-out mean Dice {dice:.3f}); everything is in {out}")
     return 0
 
 

@@ -238,8 +238,10 @@ def marginal_entropy(logits: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "softmax":
         mean = torch.softmax(logits, dim=1).transpose(0, 1).flatten(1).mean(dim=1).clamp_min(1e-8)
         return -(mean * mean.log()).sum() / math.log(logits.shape[1])
-    mean = torch.sigmoid(logits).transpose(0, 1).flatten(1).mean(dim=1).clamp(1e-8, 1 - 1e-8)
-    return -(mean * mean.log() + (1 - mean) * (1 - mean).log()).mean() / math.log(2.0)
+    # p and 1 - p averaged separately: in float32, 1 - 1e-8 rounds to 1 and a confident channel gave 0 * log 0 = NaN
+    mean_p = torch.sigmoid(logits).transpose(0, 1).flatten(1).mean(dim=1).clamp_min(1e-8)
+    mean_q = torch.sigmoid(-logits).transpose(0, 1).flatten(1).mean(dim=1).clamp_min(1e-8)
+    return -(mean_p * mean_p.log() + mean_q * mean_q.log()).mean() / math.log(2.0)
 
 
 def etta_loss(logits: torch.Tensor, mode: str, diversity: float) -> torch.Tensor:

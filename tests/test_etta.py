@@ -1,5 +1,7 @@
 """ETTA: what is tuned, that it lowers entropy and changes the prediction, and that it leaves no trace."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,11 @@ from swinbob.etta import (
     adaptation_box,
     crop_windows,
     episode,
+    etta_loss,
     etta_predict,
     foreground_fraction,
     integrate,
+    marginal_entropy,
     norm_parameters,
     probabilities_and_entropy,
     sample_window_starts,
@@ -392,11 +396,15 @@ def test_window_centres_without_foreground_are_spread_over_the_volume_and_every_
 @pytest.mark.parametrize("bad, message", [
     ({"steps": 0}, "at least one step and one window"), ({"windows": 0}, "at least one step and one window"),
     ({"lr": 0.0}, "learning rate must be positive, got 0.0"), ({"collapse": 1.5}, r"collapse threshold must be in \(0, 1\], got 1.5"),
+    ({"diversity": -0.1}, r"diversity and sharpness must be >= 0 and min_entropy in \[0, 1\], got -0.1, 1.0, 0.0"),
+    ({"sharpness": -0.1}, r"diversity and sharpness must be >= 0 and min_entropy in \[0, 1\], got 0.0, -0.1, 0.0"),
+    ({"min_entropy": 1.5}, r"diversity and sharpness must be >= 0 and min_entropy in \[0, 1\], got 0.0, 1.0, 1.5"),
 ])
 def test_invalid_settings_name_the_setting_and_value(bad, message):
     with pytest.raises(ValueError, match=message):
         EttaConfig(**bad)
     assert EttaConfig(collapse=1.0).collapse == 1.0  # the closed end of (0, 1]
+    assert EttaConfig(sharpness=0.0, min_entropy=1.0).min_entropy == 1.0  # closed ends: allowed
 
 
 def test_voxel_entropy_is_per_voxel_in_both_modes_and_a_bare_norm_layer_is_tunable():
@@ -406,3 +414,81 @@ def test_voxel_entropy_is_per_voxel_in_both_modes_and_a_bare_norm_layer_is_tunab
     assert torch.allclose(voxel_entropy(logits, "regions"), binary, atol=1e-6)
     assert voxel_entropy(logits, "softmax").shape == (2, 4, 5, 6)
     assert [n for n, _ in norm_parameters(nn.LayerNorm(4))] == ["weight", "bias"]
+
+
+def test_marginal_entropy_is_the_normalised_entropy_of_the_voxel_averaged_prediction():
+    """ETTA's diversity term against scipy: softmax, the entropy of the class distribution averaged
+    over every voxel of the batch / log C; regions, the mean over channels of the Bernoulli entropy
+    of the averaged sigmoid / log 2; 0 (finite) for a collapsed prediction; float32 from bf16."""
+    from scipy.stats import entropy
+
+    logits = 3.0 * torch.randn(2, 4, 3, 5, 6, generator=torch.Generator().manual_seed(5))
+    mean_softmax = torch.softmax(logits.double(), 1).transpose(0, 1).reshape(4, -1).mean(1).numpy()
+    assert float(marginal_entropy(logits, "softmax")) == pytest.approx(entropy(mean_softmax) / np.log(4), rel=1e-5)
+    mean_sigmoid = torch.sigmoid(logits.double()).transpose(0, 1).reshape(4, -1).mean(1).numpy()
+    regions = np.mean([entropy([p, 1 - p]) for p in mean_sigmoid]) / np.log(2)
+    assert float(marginal_entropy(logits, "regions")) == pytest.approx(regions, rel=1e-5)
+    collapsed = torch.full((1, 3, 4, 4, 4), -40.0)
+    collapsed[:, 0] = 40.0
+    for mode in ("softmax", "regions"):
+        assert 0.0 <= float(marginal_entropy(collapsed, mode)) < 1e-5
+    assert marginal_entropy(logits.to(torch.bfloat16), "softmax").dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["softmax", "regions"])
+def test_etta_loss_subtracts_the_weighted_marginal_entropy_only_when_diversity_is_set(mode):
+    logits = 2.0 * torch.randn(2, 3, 4, 5, 6, generator=torch.Generator().manual_seed(7))
+    mean_voxel = voxel_entropy(logits, mode).mean()
+    assert torch.equal(etta_loss(logits, mode, 0.0), mean_voxel)
+    expected = mean_voxel - 0.25 * marginal_entropy(logits, mode)
+    assert torch.allclose(etta_loss(logits, mode, 0.25), expected, rtol=0, atol=1e-7)
+    assert float(marginal_entropy(logits, mode)) > 0.5  # the term is not negligible here
+
+
+def test_min_entropy_keeps_a_confident_source_and_adapts_at_the_threshold():
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    box = adaptation_box(foreground(logits[0], "softmax"), ROI)
+    h = probabilities_and_entropy(logits[(0, slice(None), *box)], "softmax")[1]
+    assert 0 < h < 0.9
+    above = dataclasses.replace(CONFIG, min_entropy=h + 0.05)
+    kept = etta_predict(model, image, logits, "softmax", above, WINDOW)
+    assert not kept.applied and kept.info == {"entropy_source": h}
+    assert kept.fallback == f"source confident (entropy {h:.4f} < {h + 0.05:g})"
+    at = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, min_entropy=h), WINDOW)
+    assert not (at.fallback or "").startswith("source confident") and len(at.info["losses"]) == CONFIG.steps
+
+
+def test_diversity_enters_the_adaptation_loss():
+    """The recorded first loss is the ETTA loss on the first windows: lower by diversity x marginal entropy."""
+    model, image = make_model(), make_image(2)
+    logits = source(model, image)
+    plain = etta_predict(model, image, logits, "softmax", CONFIG, WINDOW).info["losses"][0]
+    diverse = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, diversity=1.0), WINDOW)
+    assert diverse.info["losses"][0] < plain - 0.05
+
+
+def test_decoder_norms_make_non_affine_instance_norms_adaptable_for_the_episode_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4), nn.ReLU(), nn.Conv3d(4, 3, 1)).eval()
+    image = make_image(2)
+    logits = source(model, image)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert etta_predict(model, image, logits, "softmax", CONFIG, WINDOW).fallback == \
+        "model has no affine normalisation parameters"
+    adapted = etta_predict(model, image, logits, "softmax", dataclasses.replace(CONFIG, decoder_norms=True), WINDOW)
+    assert len(adapted.info["losses"]) == CONFIG.steps  # it adapted the added scale and shift
+    assert model.state_dict().keys() == before.keys() and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_integration_sharpness_sets_the_weight_and_a_large_one_stays_finite():
+    src, better = _logits(1.0, 0.5), _logits(3.0, 0.5)
+    h_s, h_a = (integrate(src, better, "softmax", 0.5)[1][k] for k in ("entropy_source", "entropy_adapted"))
+    assert integrate(src, better, "softmax", 0.5, sharpness=0.0)[1]["weight_adapted"] == 0.5
+    two = integrate(src, better, "softmax", 0.5, sharpness=2.0)[1]["weight_adapted"]
+    assert two == pytest.approx(h_a ** -2 / (h_s ** -2 + h_a ** -2))
+    mixed, info = integrate(src, _logits(30.0, 0.5), "softmax", 0.5, sharpness=200.0)  # entropy ~1e-13 -> 1e-8
+    assert info["weight_adapted"] == 1.0 and torch.isfinite(mixed).all()
+    model, image = make_model(), make_image(2)
+    outcome = etta_predict(model, image, source(model, image), "softmax", dataclasses.replace(CONFIG, sharpness=0.0), WINDOW)
+    assert outcome.applied and outcome.info["weight_adapted"] == 0.5  # etta_predict passes the setting on

@@ -13,6 +13,7 @@ from swinbob.labels import IGNORE_LABEL
 from swinbob.metrics import (
     dice_per_class,
     hd95,
+    MetricsLog,
     json_ready,
     metrics_csv,
     score_case,
@@ -250,3 +251,16 @@ def test_summary_of_a_never_scored_class_and_the_report_formats():
     assert summary["hd95_mm"]["overall"] == {"mean": None, "std": None, "n": 0}
     assert metrics_csv(rows) == "case,method,class,dice,hd95_mm\na,etta,liver,0.123457,nan\n"
     assert json_ready({1: [0.5, float("inf")], "b": (float("nan"), 2)}) == {"1": [0.5, None], "b": [None, 2]}
+
+
+def test_metrics_log_creates_its_folders_writes_the_header_once_and_closes_twice_safely(tmp_path):
+    path = tmp_path / "runs" / "eval" / "metrics.csv"  # neither folder exists yet
+    rows = [{"case": f"c{i}", "method": "etta", "class": "liver", "dice": 0.5 + i / 10, "hd95_mm": float(i)} for i in range(3)]
+    log = MetricsLog(path)
+    log.append([])
+    assert not path.exists()  # nothing finished: no file
+    log.append(rows[:1])
+    log.append(rows[1:])
+    log.close()
+    log.close()
+    assert path.read_text(encoding="utf-8") == metrics_csv(rows)

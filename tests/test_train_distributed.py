@@ -156,3 +156,17 @@ def test_train_step_leaves_a_parameter_without_gradient_in_this_step_untouched()
     net.use_extra = False
     _, stepped = train.train_step(net, global_batch(), MaskedDiceCELoss(), optimizer, scaler)
     assert stepped and net.extra.weight.grad is None and torch.equal(net.extra.weight, before)
+
+
+@pytest.mark.gpu
+def test_train_step_moves_a_cpu_batch_to_the_model_s_gpu():
+    """The loader yields CPU (pinned) tensors; train_step must move them to the model's device
+    (on the CPU alone that move is a no-op, so only this test catches a missing one)."""
+    net = tiny_net().cuda()
+    before = net[0].weight.detach().clone()
+    batch = {k: v.pin_memory() for k, v in global_batch().items()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    loss, stepped = train.train_step(net, batch, MaskedDiceCELoss(), optimizer, scaler)
+    assert stepped and loss.device.type == "cuda" and torch.isfinite(loss)
+    assert not torch.equal(net[0].weight, before)  # the update happened on the GPU weights

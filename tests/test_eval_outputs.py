@@ -1,0 +1,287 @@
+"""The evaluation's optional outputs and its use of flip TTA and of an ETTA outcome, checked by
+what a user reads: probability maps, ``statistics.json``, GIFs, kept or replaced files, and the
+labels pasted from an adaptation (issue 16: these were the surviving mutants of ``predict_case``,
+``predict_case_outputs`` and ``evaluate_case``; tests/mutation_equivalents.md lists the rest).
+
+Models are oracles or fixed-logit modules, so every expected value is exact."""
+
+import dataclasses
+import json
+import logging
+
+import imageio.v3 as iio
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from scipy import ndimage
+from test_eval import NON_RAS, SHAPE, IntensityOracle, hu_of, settings_for, write_btcv_case
+from torch import nn
+
+from swinbob import evaluate
+from swinbob.etta import EttaOutcome
+from swinbob.evaluate import ETTA, NO_ETTA, Case, EvalSettings, predict_case_outputs, run_evaluation, scored_classes
+from swinbob.window import predict_logits
+from swinbob.data import DataConfig
+from swinbob.tasks import Intensity, Task, get_task
+from swinbob.viz import GifSettings, write_gif
+
+VOXEL_ML = 1.5 * 1.5 * 2.0 / 1000.0  # NON_RAS spacing
+GIF = GifSettings(frames=3, downsample=2, duration=0.1)
+
+
+class LesionOracle(nn.Module):
+    """Both regions of a two-region task wherever the (identity-windowed) intensity is above 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, :1] > 2.0, 10.0, -10.0).repeat(1, 2, 1, 1, 1)
+
+
+def _region_task(kind: str) -> Task:
+    if kind == "brats2021":  # ET is label 4
+        return get_task("brats", et_label=4)
+    # a dataset.json region task: region i writes region_labels[i], later regions over earlier ones
+    return Task(name="custom", channel_names=("t1",), label_map={0: "background", 1: "label_1", 2: "label_2"},
+                mode="regions", regions={"whole": (1, 2), "core": (2,)}, region_labels=(1, 2),
+                spacing=(1.5, 1.5, 2.0), intensity=Intensity("window", 0, 10, 0, 10))
+
+
+def _settings(task: Task, out, methods=(NO_ETTA,), **kw) -> EvalSettings:
+    settings = settings_for(task, out, **kw)
+    settings.methods = methods
+    return settings
+
+
+def _array(path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+@pytest.fixture
+def perfect_run(tmp_path):
+    """A perfect model on a labelled case and on the same image without a label, every optional output on
+    (about a second; per test, so that mutmut links each test to the functions it runs)."""
+    tmp = tmp_path
+    labelled = write_btcv_case(tmp / "data", "labelled", NON_RAS, 0)
+    unlabelled = Case("unlabelled", labelled.image, None)
+    settings = settings_for(get_task("btcv"), tmp / "out", save_probabilities=True, statistics=True, gif=GIF)
+    summary = run_evaluation(IntensityOracle(), [labelled, unlabelled], settings)
+    assert summary["cases"]["evaluated"] == 2 and summary["failures"] == []
+    return labelled, settings.output_dir
+
+
+def test_probability_maps_are_on_the_input_grid_and_give_the_written_labels(perfect_run):
+    case, out = perfect_run
+    truth = _array(case.label)
+    for name in ("labelled", "unlabelled"):
+        written = nib.load(out / "probabilities" / f"{name}.nii.gz")
+        probs = np.asarray(written.dataobj)
+        assert written.shape == (*SHAPE, 14) and written.get_data_dtype() == np.float32
+        assert np.array_equal(written.affine, NON_RAS)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)  # softmax channels, everywhere
+        assert np.array_equal(probs.argmax(-1), truth)
+        assert np.array_equal(probs.argmax(-1), _array(out / "predictions" / f"{name}.nii.gz"))
+        # the air border is outside the foreground crop: certain background there, not a model output
+        assert probs[0, 0, 0, 0] == 1.0 and not probs[0, 0, 0, 1:].any()
+
+
+def test_statistics_describe_the_primary_prediction_in_ml_hu_and_voxels(perfect_run):
+    case, out = perfect_run
+    truth = _array(case.label)
+    stats = json.loads((out / "statistics.json").read_text())
+    classes = scored_classes(get_task("btcv"))
+    assert set(stats) == {"labelled", "unlabelled"} and set(stats["labelled"]) == set(classes)
+    assert stats["unlabelled"] == stats["labelled"]  # from the prediction, not the label file
+    present = 0
+    for name, (label,) in classes.items():
+        mask, entry = truth == label, stats["labelled"][name]
+        assert entry["voxels"] == int(mask.sum())
+        assert entry["volume_ml"] == pytest.approx(mask.sum() * VOXEL_ML)
+        if mask.any():
+            present += 1
+            assert entry["mean_intensity"] == pytest.approx(hu_of(label))
+            assert entry["components"] == ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
+            assert entry["bbox"] == [[int(i.min()), int(i.max())] for i in np.nonzero(mask)]
+        else:
+            assert entry["mean_intensity"] is None and entry["bbox"] is None and entry["components"] == 0
+    assert present == 4
+
+
+def test_gifs_show_the_prediction_and_the_ground_truth_when_there_is_one(perfect_run, tmp_path):
+    case, out = perfect_run
+    tmp_path = tmp_path / "expected"
+    tmp_path.mkdir()
+    image, truth = _array(case.image[0]), _array(case.label)
+    names = dict(get_task("btcv").label_map)
+    widths = []
+    for name, label in (("labelled", truth), ("unlabelled", None)):
+        expected = iio.imread(write_gif(tmp_path / f"{name}.gif", image, truth, label, NON_RAS, names, GIF), index=None)
+        written = iio.imread(out / "gifs" / f"{name}.gif", index=None)
+        assert written.shape == expected.shape and np.array_equal(written, expected)
+        widths.append(written.shape[2])
+    assert written.shape[0] == GIF.frames and widths[0] > widths[1]  # a ground-truth panel only with a label
+
+
+def test_statistics_follow_the_label_map_and_probabilities_are_written_only_when_asked(tmp_path):
+    case = write_btcv_case(tmp_path / "data", "mapped", NON_RAS, 0)
+    oracle = IntensityOracle(73, remap={1: 1, 6: 5, 8: 18, 11: 18})  # a UKBOB-like label space
+    settings = settings_for(get_task("btcv"), tmp_path / "out", label_map={5: 6, 1: 1}, statistics=True,
+                            save_predictions=False)
+    run_evaluation(oracle, [case], settings)
+    stats = json.loads((tmp_path / "out" / "statistics.json").read_text())["mapped"]
+    truth = _array(case.label)
+    assert {name: entry["voxels"] for name, entry in stats.items()} == {
+        "spleen": int((truth == 1).sum()), "liver": int((truth == 6).sum())}
+    assert not (tmp_path / "out" / "probabilities").exists()
+
+
+def test_region_probability_maps_are_zero_outside_the_foreground_crop(tmp_path):
+    """Region tasks (sigmoid channels) get 0 outside the crop, where softmax tasks get background 1."""
+    task = _region_task("custom")
+    image = np.zeros(SHAPE, np.float32)
+    image[3:-3, 3:-3, 3:-3] = 1.0  # body; the zero border is cropped away
+    image[12:24, 15:30, 8:20] = 3.0  # lesion: both regions
+    nib.save(nib.Nifti1Image(image, NON_RAS), tmp_path / "scan.nii.gz")
+    settings = _settings(task, tmp_path / "out", save_probabilities=True)
+    settings.data = DataConfig(spacing=(1.5, 1.5, 2.0), intensity=Intensity("window", 0, 10, 0, 10), roi=(32, 32, 32))
+    summary = run_evaluation(LesionOracle(), [Case("scan", (str(tmp_path / "scan.nii.gz"),), None)], settings)
+    assert summary["failures"] == []
+    probs = _array(tmp_path / "out" / "probabilities" / "scan.nii.gz")
+    lesion = image == 3.0
+    assert probs.shape == (*SHAPE, 2) and not probs[image == 0].any()
+    assert (probs[lesion] > 0.99).all() and (probs[(image == 1.0)] < 0.01).all()
+    assert np.array_equal(_array(tmp_path / "out" / "predictions" / "scan.nii.gz"), 2 * lesion)  # core over whole
+
+
+def test_existing_outputs_are_kept_unless_overwrite_is_set(tmp_path, caplog):
+    case = write_btcv_case(tmp_path / "data", "case", NON_RAS, 0)
+    settings = settings_for(get_task("btcv"), tmp_path / "out", save_probabilities=True, gif=GIF)
+    out = settings.output_dir
+    files = [out / "predictions" / "case.nii.gz", out / "probabilities" / "case.nii.gz", out / "gifs" / "case.gif"]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"an earlier run")
+    with caplog.at_level(logging.WARNING, logger="swinbob.evaluate"):
+        summary = run_evaluation(IntensityOracle(), [case], settings)
+    assert summary["cases"]["evaluated"] == 1  # still scored
+    assert all(path.read_bytes() == b"an earlier run" for path in files)
+    assert all(f"{path} exists: kept (pass --overwrite to replace it)" in caplog.text for path in files)
+    settings.overwrite = True
+    run_evaluation(IntensityOracle(), [case], settings)
+    assert np.array_equal(_array(files[0]), _array(case.label))
+    assert nib.load(files[1]).shape == (*SHAPE, 14)
+    assert iio.imread(files[2], index=None).shape[0] == GIF.frames
+
+
+# ----------------------------------------------------------------------------------------------
+# predict_case_outputs: flip TTA and the use of an ETTA outcome
+# ----------------------------------------------------------------------------------------------
+
+class MirrorTestModel(nn.Module):
+    """Softmax logits that depend on position only: background 3; class 1 at 6 in the lower half of
+    z and 1 in the upper half; class 2 at 10 in the strip x < 8; everything else -20."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], 14, *x.shape[2:]), -20.0)
+        logits[:, 0] = 3.0
+        half = x.shape[-1] // 2
+        logits[:, 1, ..., :half], logits[:, 1, ..., half:] = 6.0, 1.0
+        logits[:, 2, :8] = 10.0
+        return logits
+
+
+def _flip_settings(tmp_path, **kw):
+    return _settings(get_task("btcv"), tmp_path, tta="flip", tta_axes=(2,), **kw)
+
+
+def test_flip_tta_averages_softmax_probabilities_over_the_configured_axes_only(tmp_path):
+    model, image = MirrorTestModel().eval(), torch.zeros(1, 32, 32, 32)
+    plain = predict_case_outputs(model, image, settings_for(get_task("btcv"), tmp_path))[0][NO_ETTA]
+    assert plain[8:, :, :16].eq(1).all() and plain[8:, :, 16:].eq(0).all() and plain[:8].eq(2).all()
+    flipped = predict_case_outputs(model, image, _flip_settings(tmp_path))[0][NO_ETTA]
+    # mirrored along z only: class 1 has mean softmax probability (0.953 + 0.119) / 2 = 0.536 > 0.464
+    # for background (a mean of sigmoids would pick background), and the x < 8 strip stays where it is
+    assert flipped[:8].eq(2).all() and flipped[8:].eq(1).all()
+
+
+def test_etta_adapts_with_the_same_tta_as_the_source_prediction(tmp_path, monkeypatch):
+    """An adaptation that leaves the model unchanged must reproduce the source labels, flip TTA included."""
+
+    def unchanged_model(model, image, logits, mode, config, window, predict=predict_logits):
+        return EttaOutcome(box=(slice(None),) * 3, probs=torch.softmax(predict(model, image, window), 1)[0])
+
+    monkeypatch.setattr(evaluate, "etta_predict", unchanged_model)
+    model, image = MirrorTestModel().eval(), torch.zeros(1, 32, 32, 32)
+    labels, record, _ = predict_case_outputs(model, image, _flip_settings(tmp_path, methods=(NO_ETTA, ETTA)))
+    assert labels[NO_ETTA][8:].eq(1).all() and torch.equal(labels[ETTA], labels[NO_ETTA])
+    assert record == {"applied": True, "fallback": None}
+
+
+def test_out_of_memory_during_etta_is_logged_and_recorded(tmp_path, monkeypatch, caplog):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("injected")
+
+    monkeypatch.setattr(evaluate, "etta_predict", no_memory)
+    model, image = MirrorTestModel().eval(), torch.zeros(1, 32, 32, 32)
+    with caplog.at_level(logging.WARNING, logger="swinbob.evaluate"):
+        labels, record, _ = predict_case_outputs(model, image, _settings(get_task("btcv"), tmp_path, methods=(ETTA,)))
+    assert caplog.messages == ["out of memory during ETTA: keeping the source prediction (try fewer --etta_windows)"]
+    assert record == {"applied": False, "fallback": "out of memory during adaptation"}
+    assert set(labels) == {ETTA} and labels[ETTA][8:, :, :16].eq(1).all()  # the source prediction
+
+
+class FixedLogits(nn.Module):
+    """The same logits for any input (one window covers the 32^3 test volume); it uses its
+    parameter, so an input on another device than the model fails as a real network would."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.logits = logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[None].to(x.device) + x[:, :1] * self.anchor  # a fresh tensor: MONAI weights it in place
+
+
+BOX = (slice(8, 24), slice(8, 24), slice(8, 24))
+
+
+@pytest.mark.parametrize("kind, device", [("brats2021", "cpu"), ("custom", "cpu"),
+                                          pytest.param("brats2021", "cuda", marks=pytest.mark.gpu)])
+def test_an_applied_adaptation_is_pasted_into_its_box_by_the_task_s_label_rule(tmp_path, monkeypatch, kind, device):
+    """On a GPU, ETTA's probabilities lie on the GPU while large volumes' source logits are summed
+    on the CPU (``accumulate="cpu"`` here): they are pasted across devices."""
+    task = _region_task(kind)
+    regions = len(task.regions)
+    logits = torch.full((regions, 32, 32, 32), -5.0)
+    logits[:, :4] = 5.0  # every region in the slab x < 4, outside the box
+    adapted = torch.full((regions, 16, 16, 16), 0.9)  # probabilities in the box
+    adapted[0] = 0.3  # TC / "whole": below 0.5 (absent), though above 0
+    adapted[-1] = 0.2
+    adapted[-1, :8] = 0.7  # ET / "core" in the box's lower half of x only
+    outcome = EttaOutcome(box=BOX, probs=adapted.to(device), info={"steps": 2})
+    monkeypatch.setattr(evaluate, "etta_predict", lambda *args: outcome)
+    settings = _settings(task, tmp_path, methods=(ETTA,), save_probabilities=True, device=torch.device(device))
+    settings.window = dataclasses.replace(settings.window, accumulate="cpu")
+    model = FixedLogits(logits).to(device)
+    labels, record, probs = predict_case_outputs(model, MetaTensor(torch.zeros(task.in_channels, 32, 32, 32)), settings)
+    assert set(labels) == {ETTA} and record == {"applied": True, "fallback": None, "steps": 2}
+    # BraTS: ET -> 4 over TC -> 1 over WT -> 2; custom: "core" -> 2 over "whole" -> 1
+    inner, outer = (4, 2) if kind == "brats2021" else (2, 0)
+    expected = torch.zeros(32, 32, 32, dtype=torch.int16)
+    expected[:4] = inner  # the source prediction outside the box
+    expected[8:16, 8:24, 8:24], expected[16:24, 8:24, 8:24] = inner, outer
+    assert torch.equal(labels[ETTA].cpu().to(torch.int16), expected)
+    probs = probs.cpu()
+    assert torch.equal(probs[(slice(None), *BOX)], adapted)
+    outside = torch.ones(32, 32, 32, dtype=torch.bool)
+    outside[BOX] = False
+    assert torch.allclose(probs[:, outside], torch.sigmoid(logits)[:, outside])
