@@ -29,6 +29,7 @@ from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validat
 FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
 
+
 @dataclass(frozen=True)
 class CaseTask:
     """Everything a worker process needs to measure one scan (plain, picklable values)."""
