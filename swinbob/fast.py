@@ -48,7 +48,6 @@ fused AdamW kernel is chosen by the training engine's ``build_optimizer``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -59,6 +58,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import swin_unetr as _swin
+
+from swinbob.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +393,7 @@ def pick_sw_batch_size(
 ) -> int:
     """The largest of ``candidates`` whose windows fit in ``fraction`` of the free GPU memory.
 
-    The memory of one window is measured by an eager forward of two windows of ``roi`` (``model``
+    The memory of one window is measured by an eager no-grad forward of two windows of ``roi`` (``model``
     unwrapped: compiled forwards need less, so the choice errs on the safe side). On the CPU the
     smallest candidate is returned without running anything.
     """
@@ -405,7 +406,7 @@ def pick_sw_batch_size(
     free, _total = torch.cuda.mem_get_info(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.no_grad(), autocast(device, amp_dtype):  # as evaluation runs its windows
         unwrap(model)(torch.zeros(2, in_channels, *roi, device=device))
     per_window = (torch.cuda.max_memory_allocated(device) - base) / 2
     torch.cuda.empty_cache()
@@ -439,7 +440,7 @@ def inference_net(
     net = accelerate(model, sdpa=False, cached_masks=False, channels_last=device.type == "cuda", compile="inference",
                      compile_mode=compile_mode(compile), fixed_batch=batch)
     tic = time.perf_counter()  # warm up as evaluation calls it (no_grad, the same autocast): one graph
-    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+    with torch.no_grad(), autocast(device, amp_dtype):
         net(torch.zeros(batch, in_channels, *roi, device=device))
     log.info("compiled the model for window batch %d in %.1f s (cache: %s)", batch, time.perf_counter() - tic,
              os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default folder"))
