@@ -12,10 +12,10 @@ DEMO_DIR ?= demo_output
 PYTEST_ARGS ?= -m "not slow and not gpu"
 
 # Mutants of the core computations (see [tool.mutmut] in pyproject.toml for the tests run).
-MUTATION_SCOPE ?= "swinbob.metrics*" "swinbob.losses*" "swinbob.etta*" "swinbob.solf.decide*" \
-	"swinbob.solf.features*" "swinbob.evaluate.x_predict_case*" "swinbob.evaluate.x_evaluate_case*" \
-	"swinbob.train.x_train_step*" "swinbob.train.x_build_loaders*" "swinbob.loaders.x_shard*" \
-	"swinbob.loaders.x_train_loader*" "swinbob.loaders.xǁEpochSampler*" "swinbob.loaders.xǁEpochBatchSampler*"
+MUTATION_SCOPE ?= "swinbob.infer.metrics*" "swinbob.train.losses*" "swinbob.infer.etta*" "swinbob.solf.decide*" \
+	"swinbob.solf.features*" "swinbob.infer.evaluate.x_predict_case*" "swinbob.infer.evaluate.x_evaluate_case*" \
+	"swinbob.train.engine.x_train_step*" "swinbob.train.engine.x_build_loaders*" "swinbob.data.loaders.x_shard*" \
+	"swinbob.data.loaders.x_train_loader*" "swinbob.data.loaders.xǁEpochSampler*" "swinbob.data.loaders.xǁEpochBatchSampler*"
 MUTATION_CHILDREN ?= 2
 
 .PHONY: install test demo mutation clean

@@ -1,4 +1,4 @@
-"""Evaluation bookkeeping cost: time :func:`swinbob.evaluate.run_evaluation` over N cases that all fail
+"""Evaluation bookkeeping cost: time :func:`swinbob.infer.evaluate.run_evaluation` over N cases that all fail
 (their image files do not exist), so that only the per-case records and the summary are timed.
 
 Before issue 13 the evaluation rewrote and fsynced ``summary.json`` and ``metrics.csv`` after every
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from swinbob import evaluate
-from swinbob.data import DataConfig
-from swinbob.inputs import Case
-from swinbob.window import WindowSettings
+from swinbob.infer import evaluate
+from swinbob.data.transforms import DataConfig
+from swinbob.data.inputs import Case
+from swinbob.infer.window import WindowSettings
 from swinbob.tasks import get_task
 
 

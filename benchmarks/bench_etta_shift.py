@@ -2,8 +2,8 @@
 
 1. Writes a clean synthetic BTCV cohort (seed 0) and a held-out, domain-shifted one (other anatomy,
    seed 1, ``DomainShift.preset(--shift)``: bias field, gamma, noise, intensity scale).
-2. Trains a small Swin-UNETR on the clean cohort with ``swinbob.train`` (the BTCV/main.py engine).
-3. Evaluates with ``swinbob.evaluate`` (the BTCV/test_etta.py engine) with ``--compare_etta`` on the
+2. Trains a small Swin-UNETR on the clean cohort with ``swinbob.train.engine`` (the BTCV/main.py engine).
+3. Evaluates with ``swinbob.infer.evaluate`` (the BTCV/test_etta.py engine) with ``--compare_etta`` on the
    clean validation cases (in-domain sanity check) and on every shifted case.
 4. Prints mean Dice / HD95 with and without ETTA (optionally for several ETTA learning rates on
    the shifted cohort: ``--etta_lrs``), per-organ Dice on the shifted cohort, how often ETTA fell
@@ -34,10 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swinbob import eval_cli, train  # noqa: E402
-from swinbob.etta import EttaConfig  # noqa: E402
+from swinbob.infer import cli as eval_cli  # noqa: E402
+from swinbob.train import engine as train  # noqa: E402
+from swinbob.infer.etta import EttaConfig  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
-from swinbob.phantoms import DomainShift, write_cohort  # noqa: E402
+from swinbob.data.phantoms import DomainShift, write_cohort  # noqa: E402
 
 MAJOR_ORGANS = ("spleen", "right_kidney", "left_kidney", "liver", "stomach", "aorta")
 

@@ -5,17 +5,17 @@ Reference: plain MONAI ``SwinUNETR`` and plain ``monai.inferers.sliding_window_i
 bf16 autocast (``ref_bf16_sw4``, ``ref_bf16_sw16``).
 
 Ours is the evaluation engine itself: ``test_etta.py``'s command line with its defaults, set up by
-:func:`swinbob.eval_cli.setup` as ``test_etta.py`` does (checkpoint loading, fused attention,
+:func:`swinbob.infer.cli.setup` as ``test_etta.py`` does (checkpoint loading, fused attention,
 cached masks; on a GPU also ``--compile auto`` = compiled behind a fixed window batch chosen from
-free memory, bf16), each volume predicted by :func:`swinbob.window.predict_logits` as
-:func:`swinbob.evaluate.predict_case` calls it. ``ours_eager`` adds ``--no_compile``,
+free memory, bf16), each volume predicted by :func:`swinbob.infer.window.predict_logits` as
+:func:`swinbob.infer.evaluate.predict_case` calls it. ``ours_eager`` adds ``--no_compile``,
 ``ours_sw4`` ``--sw_batch_size 4``, ``ours_cudagraphs`` ``--compile cudagraphs``. ETTA
-(``--etta``): :func:`swinbob.evaluate.predict_case` with the CLI's ETTA defaults over the same
+(``--etta``): :func:`swinbob.infer.evaluate.predict_case` with the CLI's ETTA defaults over the same
 call without ETTA, with the median seconds of each stage (source, adaptation, adapted window,
 integration, the rest); ``--etta_overlaps 0.5 0.25`` repeats it per adapted-window overlap.
 
-The network is first trained for ``--pretrain_steps`` steps (:func:`swinbob.train.train_step`)
-on crops of a :mod:`swinbob.phantoms` BTCV phantom so that its foreground, which sizes ETTA's
+The network is first trained for ``--pretrain_steps`` steps (:func:`swinbob.train.engine.train_step`)
+on crops of a :mod:`swinbob.data.phantoms` BTCV phantom so that its foreground, which sizes ETTA's
 adaptation box, is plausible, then saved as a training run saves ``model.pt``; reference and ours
 load these weights. Each variant's logits are compared with ``ref_fp32``'s (relative L2 error,
 argmax agreement) and its per-organ Dice on the phantom with ``ref_fp32``'s
@@ -54,7 +54,7 @@ REFERENCES = {"ref_fp32": (None, 4), "ref_bf16_sw4": (torch.bfloat16, 4), "ref_b
 
 def phantom_volume(shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A BTCV-like CT phantom (HU windowed to 0..1 as the task does) and its labels, (1, 1, X, Y, Z)."""
-    from swinbob.phantoms import btcv_case
+    from swinbob.data.phantoms import btcv_case
     case = btcv_case(0, 0, tuple(shape))
     image = np.clip((np.asarray(case.image, np.float32).reshape(shape) + 175.0) / 425.0, 0.0, 1.0)
     return (torch.from_numpy(image)[None, None].to(device),
@@ -63,12 +63,12 @@ def phantom_volume(shape, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 def pretrain(config, image: torch.Tensor, label: torch.Tensor, steps: int, device: torch.device) -> tuple[torch.nn.Module, float]:
     """A model of ``config`` trained ``steps`` engine steps on random crops (2 per step) of the phantom."""
-    from swinbob.distributed import DistContext
-    from swinbob.losses import build_loss
+    from swinbob.runtime.distributed import DistContext
+    from swinbob.train.losses import build_loss
     from swinbob.model import build_model
-    from swinbob.runtime import autocast_dtype
+    from swinbob.runtime.devices import autocast_dtype
     from swinbob.tasks import get_task
-    from swinbob.train import build_optimizer, train_step, wrap
+    from swinbob.train.engine import build_optimizer, train_step, wrap
     torch.manual_seed(0)
     model = build_model(config).to(device)
     net = wrap(model, "off", DistContext(device=device))
@@ -86,7 +86,7 @@ def pretrain(config, image: torch.Tensor, label: torch.Tensor, steps: int, devic
 
 def phantom_dice(logits: torch.Tensor, label: torch.Tensor) -> list[float]:
     """Dice of each organ of the phantom (labels 1..C-1; an organ absent from both counts 1)."""
-    from swinbob.metrics import dice_per_class
+    from swinbob.infer.metrics import dice_per_class
     dice = dice_per_class(logits.argmax(1)[0].cpu(), label[0, 0].long().cpu(), list(range(1, logits.shape[1])))
     return [round(float(d), 5) for d in dice.nan_to_num(1.0)]
 
@@ -107,7 +107,7 @@ def reference_call(name: str, weights: dict, args, image: torch.Tensor, overlap:
 
 def ours_call(name: str, paths: dict, image: torch.Tensor, device: torch.device):
     """``test_etta.py``'s set-up (flags of ``name``) and the call predict_case makes per volume."""
-    from swinbob.window import predict_logits
+    from swinbob.infer.window import predict_logits
     net, settings = evaluation_run(paths["checkpoint"], paths["inputs"], paths["outputs"] / name, device, OURS_FLAGS[name])
 
     def call():
@@ -123,7 +123,7 @@ def stage_timers(device: torch.device, spent: dict[str, float]):
     ``predict_case`` calls: ``evaluate.predict_logits`` (1st call: source, later ones: adapted
     windows), ``etta.adapt`` (adaptation, without the adapted predictions made inside it) and
     ``etta.integrate`` (integration); the device is synchronised around each call."""
-    from swinbob import etta, evaluate
+    from swinbob.infer import etta, evaluate
     targets = [(evaluate, "predict_logits"), (etta, "adapt"), (etta, "integrate")]
     originals = [getattr(module, name) for module, name in targets]
     nested: list[float] = []  # per active timed call: seconds of the timed calls inside it
@@ -154,7 +154,7 @@ def stage_timers(device: torch.device, spent: dict[str, float]):
 
 def time_etta(net: torch.nn.Module, settings, image: torch.Tensor, args, device: torch.device, overlap: float) -> dict:
     """``predict_case`` with ETTA (the CLI's settings, adapted-window ``overlap``) vs without, same network."""
-    from swinbob.evaluate import ETTA, NO_ETTA, predict_case
+    from swinbob.infer.evaluate import ETTA, NO_ETTA, predict_case
     with_etta = dataclasses.replace(settings, methods=(ETTA,), etta=dataclasses.replace(settings.etta, overlap=overlap))
     without = dataclasses.replace(settings, methods=(NO_ETTA,))
     stages: list[dict[str, float]] = []
@@ -195,7 +195,7 @@ def prepare(args, device: torch.device, image: torch.Tensor, label: torch.Tensor
     paths = {"checkpoint": save_weights(model, config, "btcv", work / "model.pt"), "inputs": work / "inputs",
              "outputs": work / "outputs"}
     write_nifti(paths["inputs"] / "phantom.nii.gz", image[0, 0].cpu().numpy(), np.diag([1.5, 1.5, 2.0, 1.0]))
-    from swinbob.fast import unwrap
+    from swinbob.runtime.fast import unwrap
     weights = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
     return weights, paths
 

@@ -1,9 +1,9 @@
 """Training loaders alone (no model), from the same NIfTI files: the configurations before issue 6
 (workers started every epoch, crop indices found on every sample), the seeded loader with
 persistent workers and a new iterator every epoch, and the engine's one stream of batches across
-epochs (:func:`swinbob.loaders.train_loader`, :func:`swinbob.loaders.batch_stream`, as
-:func:`swinbob.train.fit` runs them). ``--consume_ms`` holds each batch as a training step would.
-The files are a :mod:`swinbob.phantoms` BTCV cohort.
+epochs (:func:`swinbob.data.loaders.train_loader`, :func:`swinbob.data.loaders.batch_stream`, as
+:func:`swinbob.train.engine.fit` runs them). ``--consume_ms`` holds each batch as a training step would.
+The files are a :mod:`swinbob.data.phantoms` BTCV cohort.
 
     python benchmarks/bench_loader.py --device cpu --data_cases 12 --data_shape 160 160 96 \
         --roi 64 --workers 2 --loader_epochs 5 --consume_ms 100
@@ -30,7 +30,7 @@ from common import environment, parse_roi, phantom_cohort, print_table, write_js
 
 def pipeline_volumes(args) -> tuple[list[dict], float]:
     """The datalist entries of ``args.data_cases`` phantoms on disk (written first unless present)."""
-    from swinbob.loaders import load_splits
+    from swinbob.data.loaders import load_splits
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="swinbob_bench_"))
     tic = time.perf_counter()
     datalist = phantom_cohort("btcv", root, args.data_cases, args.data_shape)
@@ -43,7 +43,7 @@ def pipeline_volumes(args) -> tuple[list[dict], float]:
 class LoaderVariant:
     name: str
     cache_crop_indices: bool  # foreground/background indices cached for RandCropByPosNegLabeld
-    kind: str  # "stream": swinbob.loaders.train_loader; "per_epoch": seeded, a new iterator every epoch; "old"
+    kind: str  # "stream": swinbob.data.loaders.train_loader; "per_epoch": seeded, a new iterator every epoch; "old"
 
 
 LOADER_VARIANTS = {
@@ -77,7 +77,7 @@ def per_epoch_loader(dataset, batch_size: int, workers: int, seed: int = 0, pref
     from monai.data import DataLoader
     from torch.utils.data import Sampler
 
-    from swinbob.loaders import EpochSampler, SeededDataset
+    from swinbob.data.loaders import EpochSampler, SeededDataset
 
     class OneEpoch(Sampler):
         def __init__(self, samples: EpochSampler) -> None:
@@ -102,8 +102,8 @@ def per_epoch_epochs(loader, epochs: int):
 
 
 def stream_epochs(loader, epochs: int):
-    """Each epoch's batches of ``swinbob.loaders.train_loader``: ``len(loader)`` from one stream."""
-    from swinbob.loaders import batch_stream
+    """Each epoch's batches of ``swinbob.data.loaders.train_loader``: ``len(loader)`` from one stream."""
+    from swinbob.data.loaders import batch_stream
     stream = batch_stream(loader, 0)
     for _ in range(epochs):
         yield itertools.islice(stream, len(loader))
@@ -156,8 +156,8 @@ def loader_only(args) -> dict:
     With ``--consume_ms`` each batch is held that long, as by a training step; the in-memory
     reference is then the rate of those steps alone, and ``ratio`` the share of it each loader reaches.
     """
-    from swinbob.data import DataConfig, train_transforms
-    from swinbob.loaders import make_dataset, train_loader
+    from swinbob.data.transforms import DataConfig, train_transforms
+    from swinbob.data.loaders import make_dataset, train_loader
     from swinbob.tasks import get_task
     task = get_task("btcv")
     entries, written_s = pipeline_volumes(args)

@@ -4,7 +4,7 @@ Data (real MRI, nothing downloaded): the MNI152 2009c T1 template and its grey- 
 probability maps as shipped inside the ``nilearn`` wheel (``pip install .[bench]``). Random smooth
 deformations (a random affine within ±6° / ±6 % and a smooth displacement field of up to ~5 mm)
 resampled to a 3 mm grid make the subjects; labels are the argmax of (other, GM, WM) probabilities.
-Subjects split into train / validation / test. Shifts (:mod:`swinbob.shifts`) have severities
+Subjects split into train / validation / test. Shifts (:mod:`swinbob.data.shifts`) have severities
 1..3; the shift *types* split into a tuning group (bias field, Gaussian noise, blur), on which
 every ETTA setting was chosen with the validation subjects, and a held-out group (gamma, Rician
 noise, thick slices, global scaling) reported on the test subjects.
@@ -19,7 +19,7 @@ Stages (run in order; each reuses the previous ones' files under ``--work_dir``)
     python benchmarks/bench_mri_shift.py report                  # test x (clean + held-out), none/flip/ETTA/both
     python benchmarks/bench_mri_shift.py all                     # data, old + fg trained and reported
 
-Training and evaluation drive the library the scripts use: ``swinbob.train`` (UKBOB/main.py's
+Training and evaluation drive the library the scripts use: ``swinbob.train.engine`` (UKBOB/main.py's
 engine) with a three-class task built in :func:`gmwm_task`, and test_etta.py's per-case calls
 (``predict_logits``, ``flip_tta_logits``, ``etta_predict``, ``integrate``, ``score_case``; see
 :func:`predict_methods`) on each volume normalised as in training. Work files go to ``--work_dir``
@@ -43,21 +43,21 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swinbob import train  # noqa: E402
-from swinbob.data import intensity_transform  # noqa: E402
-from swinbob.distributed import launch  # noqa: E402
-from swinbob.etta import EttaConfig, etta_predict, integrate  # noqa: E402
+from swinbob.train import engine as train  # noqa: E402
+from swinbob.data.transforms import intensity_transform  # noqa: E402
+from swinbob.runtime.distributed import launch  # noqa: E402
+from swinbob.infer.etta import EttaConfig, etta_predict, integrate  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
-from swinbob.inference import load_inference_model  # noqa: E402
-from swinbob.logs import configure_logging  # noqa: E402
-from swinbob.outputs import to_labels  # noqa: E402
-from swinbob.window import WindowSettings, predict_logits  # noqa: E402
-from swinbob.tta import flip_tta_logits  # noqa: E402
-from swinbob.metrics import score_case  # noqa: E402
+from swinbob.infer.model_loading import load_inference_model  # noqa: E402
+from swinbob.runtime.logs import configure_logging  # noqa: E402
+from swinbob.infer.outputs import to_labels  # noqa: E402
+from swinbob.infer.window import WindowSettings, predict_logits  # noqa: E402
+from swinbob.infer.tta import flip_tta_logits  # noqa: E402
+from swinbob.infer.metrics import score_case  # noqa: E402
 from swinbob.model import ModelConfig  # noqa: E402
-from swinbob.shifts import HELD_OUT_SHIFTS, TUNING_SHIFTS, apply_shift  # noqa: E402
+from swinbob.data.shifts import HELD_OUT_SHIFTS, TUNING_SHIFTS, apply_shift  # noqa: E402
 from swinbob.tasks import Intensity, Task  # noqa: E402
-from swinbob.train_cli import build_parser, resolve_plan  # noqa: E402
+from swinbob.train.cli import build_parser, resolve_plan  # noqa: E402
 
 SPACING = 3.0
 GRID = (64, 64, 64)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swinbob.files import write_nifti  # noqa: E402
 from swinbob.labels import TOTALVIBE_LABELS, ids_by_name  # noqa: E402
-from swinbob.phantoms import ukbob_case  # noqa: E402
+from swinbob.data.phantoms import ukbob_case  # noqa: E402
 from swinbob.solf.cases import make_task, measure_case  # noqa: E402
 from swinbob.solf.outputs import CleanTask, clean_case  # noqa: E402
 from swinbob.solf.features import CONNECTIVITY, MAIN_GEOMETRY, SHAPE_COLUMNS, face_areas, measure_organs  # noqa: E402

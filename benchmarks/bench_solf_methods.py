@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swinbob.labels import TOTALVIBE_LABELS  # noqa: E402
-from swinbob.phantoms import ukbob_case  # noqa: E402
+from swinbob.data.phantoms import ukbob_case  # noqa: E402
 from swinbob.solf.decide import KEPT, REJECTED, decide  # noqa: E402
 from swinbob.solf.features import measure_organs  # noqa: E402
 from swinbob.solf.inject import KINDS, Injection, inject  # noqa: E402

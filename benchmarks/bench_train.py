@@ -7,12 +7,12 @@ the model (``ref_bf16_compile``).
 
 Ours is the training engine itself: the training command line of the task (``BTCV/main.py`` for 14
 outputs, ``UKBOB/main.py`` for 73) with the CLI's defaults, resolved and set up by
-:func:`swinbob.train.setup` as ``main.py`` does (on a GPU: bf16, fused SDPA window attention,
+:func:`swinbob.train.engine.setup` as ``main.py`` does (on a GPU: bf16, fused SDPA window attention,
 cached shift masks, channels-last, ``--compile auto`` = compiled, fused AdamW, cuDNN autotuning),
-each step being :func:`swinbob.train.train_step`, the call of ``train_epoch`` (with its
+each step being :func:`swinbob.train.engine.train_step`, the call of ``train_epoch`` (with its
 finiteness check). ``ours_eager`` adds ``--no_compile``. The loss is not compiled: the engine has
 no switch for it, so the compiled loss of the earlier benchmark copy was dropped. Both sides train
-on the same crops of a :mod:`swinbob.phantoms` cohort, taken from the engine's own loader.
+on the same crops of a :mod:`swinbob.data.phantoms` cohort, taken from the engine's own loader.
 
     python benchmarks/bench_train.py                       # GPU: 96³, 4 patches, 14 and 73 outputs
     python benchmarks/bench_train.py --device cpu --feature_size 12 --roi 64 32 32 --steps 3 --warmup 1
@@ -77,8 +77,8 @@ def reference_step(variant: str, in_channels: int, out_channels: int, feature_si
 
 
 def engine_step(run) -> Callable[[Batch], torch.Tensor]:
-    """:func:`swinbob.train.train_step` on a :class:`swinbob.train.TrainingRun`, as ``train_epoch`` calls it."""
-    from swinbob.train import train_step
+    """:func:`swinbob.train.engine.train_step` on a :class:`swinbob.train.engine.TrainingRun`, as ``train_epoch`` calls it."""
+    from swinbob.train.engine import train_step
 
     def step(batch: Batch) -> torch.Tensor:
         return train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.amp_dtype)[0]
@@ -94,9 +94,9 @@ def engine_plan(args, task: str, datalist: Path, device: torch.device, variant: 
 
 def phantom_batch(plan, device: torch.device) -> Batch:
     """The first batch of the engine's training loader (phantom crops) on ``device``, as plain tensors."""
-    from swinbob.distributed import DistContext
-    from swinbob.loaders import batch_stream
-    from swinbob.train import build_loaders
+    from swinbob.runtime.distributed import DistContext
+    from swinbob.data.loaders import batch_stream
+    from swinbob.train.engine import build_loaders
     loader, _ = build_loaders(plan, DistContext(device=device))
     batch = next(batch_stream(loader, 0))
     return {key: plain(batch[key]).to(device) for key in ("image", "label")}
@@ -130,7 +130,7 @@ def time_steps(step: Callable[[Batch], torch.Tensor], batches: Iterator[Batch], 
 
 def data_pipeline(args, run, batch: Batch, device: torch.device) -> dict:
     """The engine's step fed by its own loader from NIfTI on disk vs the same run on ``batch``."""
-    from swinbob.loaders import batch_stream
+    from swinbob.data.loaders import batch_stream
     step = engine_step(run)
     in_memory = time_steps(step, repeat(batch), args.steps, args.warmup, device)
     disk = time_steps(step, batch_stream(run.train_loader, 1), args.data_steps, 2, device)
@@ -141,9 +141,9 @@ def data_pipeline(args, run, batch: Batch, device: torch.device) -> dict:
 
 def measure(args, out_channels: int, device: torch.device, payload: dict, json_path: str | None) -> None:
     """Every variant of ``args.variants`` for ``out_channels`` outputs (and the data pipeline)."""
-    from swinbob.distributed import DistContext
+    from swinbob.runtime.distributed import DistContext
     from swinbob.tasks import get_task
-    from swinbob.train import setup
+    from swinbob.train.engine import setup
     task = OUTPUT_TASKS[out_channels]
     pipeline = args.data_pipeline and task == "btcv"
     cases, shape = (args.data_cases, args.data_shape) if pipeline else (2, args.phantom_shape)

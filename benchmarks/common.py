@@ -3,9 +3,9 @@ reference network, phantom data, and the engine objects the "ours" variants run.
 
 The "ours" variants build nothing by hand: :func:`training_run` parses the training command line
 (``UKBOB/main.py`` / ``BTCV/main.py`` flags, the CLI's defaults unless given) and calls
-:func:`swinbob.train.setup`, as ``main.py`` does; :func:`evaluation_run` parses ``test_etta.py``'s
-flags and calls :func:`swinbob.eval_cli.setup`, as ``test_etta.py`` does. Their data are
-:mod:`swinbob.phantoms` cohorts written to disk as NIfTI.
+:func:`swinbob.train.engine.setup`, as ``main.py`` does; :func:`evaluation_run` parses ``test_etta.py``'s
+flags and calls :func:`swinbob.infer.cli.setup`, as ``test_etta.py`` does. Their data are
+:mod:`swinbob.data.phantoms` cohorts written to disk as NIfTI.
 
 Scripts import this module as ``common`` when run as ``python benchmarks/<script>.py`` (Python puts
 the script's folder on the path); the repository root must be importable (``PYTHONPATH=.`` or
@@ -150,9 +150,9 @@ def profile_table(fn: Callable[[], object], device: torch.device, out_dir: str |
 # ----------------------------------------------------------------------------------------------
 
 def phantom_cohort(task: str, root: Path, cases: int, shape: Sequence[int]) -> Path:
-    """A :mod:`swinbob.phantoms` cohort of ``task`` in ``root`` (all cases training ones), written
+    """A :mod:`swinbob.data.phantoms` cohort of ``task`` in ``root`` (all cases training ones), written
     unless ``root`` already holds one; returns its dataset.json."""
-    from swinbob.phantoms import write_cohort
+    from swinbob.data.phantoms import write_cohort
     datalist = root / "dataset.json"
     if not datalist.exists():
         write_cohort(task, root, cases, tuple(shape), val_fraction=0.0)
@@ -165,13 +165,13 @@ def roi_flags(roi: Sequence[int]) -> list[str]:
 
 def training_plan(task: str, datalist: Path, logdir: Path, roi: Sequence[int], feature_size: int, patches: int,
                   device: torch.device, workers: int, extra: Sequence[str] = ()):
-    """The :class:`swinbob.train_cli.TrainPlan` of the training command line of ``task`` on
+    """The :class:`swinbob.train.cli.TrainPlan` of the training command line of ``task`` on
     ``datalist`` (the CLI's defaults unless given in ``extra``), as ``main.py`` resolves it.
 
     ``patches`` per step = ``--batch_size`` volumes × the task's ``--num_samples`` crops.
     """
     from swinbob.tasks import get_task
-    from swinbob.train_cli import build_parser, resolve_plan
+    from swinbob.train.cli import build_parser, resolve_plan
     num_samples = get_task(task).num_samples
     if patches % num_samples:
         raise SystemExit(f"--batch must be a multiple of {task}'s {num_samples} crops per volume")
@@ -185,9 +185,9 @@ def save_weights(model: torch.nn.Module, config, task_name: str, path: Path) -> 
     """``model`` (built from ``config``, a :class:`swinbob.model.ModelConfig`) saved as a training run
     saves ``model.pt``: weights and the run's config, so that evaluation rebuilds it from the file."""
     from swinbob.checkpoint import make_checkpoint
-    from swinbob.data import DataConfig
+    from swinbob.data.transforms import DataConfig
     from swinbob.tasks import get_task
-    from swinbob.train_state import run_config
+    from swinbob.train.state import run_config
     task = get_task(task_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(make_checkpoint(model, run_config(task, config, DataConfig.from_task(task, roi=config.roi))), path)
@@ -195,10 +195,10 @@ def save_weights(model: torch.nn.Module, config, task_name: str, path: Path) -> 
 
 
 def evaluation_run(checkpoint: Path, input_dir: Path, output_dir: Path, device: torch.device, extra: Sequence[str] = ()):
-    """:func:`swinbob.eval_cli.setup` for ``test_etta.py`` with the CLI's defaults (unless ``extra``):
+    """:func:`swinbob.infer.cli.setup` for ``test_etta.py`` with the CLI's defaults (unless ``extra``):
     the loaded, accelerated (on a GPU: compiled, window batch from free memory, bf16) network, the
     cases of ``input_dir`` and the evaluation settings."""
-    from swinbob.eval_cli import build_parser, setup
+    from swinbob.infer.cli import build_parser, setup
     argv = [f"--pretrained_dir={checkpoint.parent}", f"--pretrained_model_name={checkpoint.name}",
             f"--input_dir={input_dir}", f"--output_dir={output_dir}", f"--device={device}", "--overwrite", *extra]
     net, _cases, settings, _context = setup(build_parser("btcv").parse_args(argv))

@@ -6,7 +6,7 @@ and the surviving mutants by name (each must be killed by a test or listed, with
 tests/mutation_equivalents.md). A timeout counts as killed, as mutmut's own score does; a mutant
 not run yet is reported as such, not counted.
 
-    python benchmarks/mutation_score.py "swinbob.metrics*" "swinbob.losses*"
+    python benchmarks/mutation_score.py "swinbob.infer.metrics*" "swinbob.train.losses*"
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def results(mutmut: str) -> dict[str, str]:
 
 
 def module_of(name: str) -> str:
-    """``swinbob.etta.x_adapt__mutmut_3`` -> ``swinbob.etta``."""
+    """``swinbob.infer.etta.x_adapt__mutmut_3`` -> ``swinbob.infer.etta``."""
     return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
 
 

@@ -13,10 +13,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from swinbob.data import DataConfig, find_datalist
-from swinbob.dataset_task import task_from_dataset
+from swinbob.data.transforms import DataConfig, find_datalist
+from swinbob.data.dataset_task import task_from_dataset
 from swinbob.errors import ConfigError
-from swinbob.fast import COMPILE_CHOICES
+from swinbob.runtime.fast import COMPILE_CHOICES
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
 
@@ -70,7 +70,7 @@ def sw_batch_value(text: str) -> int | str:
 
 
 def add_compile_args(group: argparse._ArgumentGroup) -> None:
-    """``--compile [auto|on|off|cudagraphs]``, ``--no_compile`` and ``--compile_cache`` (see :mod:`swinbob.fast`)."""
+    """``--compile [auto|on|off|cudagraphs]``, ``--no_compile`` and ``--compile_cache`` (see :mod:`swinbob.runtime.fast`)."""
     group.add_argument("--compile", nargs="?", const="on", default="auto", choices=COMPILE_CHOICES,
                        help="torch.compile the model: auto = on a GPU only; --compile alone = on; cudagraphs = "
                             "with CUDA graphs (not measured yet)")

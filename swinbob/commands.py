@@ -23,11 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "predict":
-        from swinbob.predict import main as run
+        from swinbob.infer.predict import main as run
     elif command == "train":
-        from swinbob.train import main as run
+        from swinbob.train.engine import main as run
     elif command == "evaluate":
-        from swinbob.eval_cli import main as run
+        from swinbob.infer.cli import main as run
     elif command == "solf":
         from swinbob.solf.pipeline import organ_filtering_entry as run
     else:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob import phantoms
+from swinbob.data import phantoms
 from swinbob.files import read_nifti, write_nifti
-from swinbob.logs import configure_logging
+from swinbob.runtime.logs import configure_logging
 from swinbob.solf.inject import Injection, inject
 
 TINY_MODEL = ["--feature_size=12", "--roi_x=32", "--roi_y=32", "--roi_z=64"]
@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     # Imported here so that ``--help`` stays fast.
-    from swinbob.eval_cli import main as test_etta
+    from swinbob.infer.cli import main as test_etta
     from swinbob.solf.pipeline import organ_filtering_entry
-    from swinbob.train import main as train
+    from swinbob.train.engine import main as train
 
     if len(set(args.organs)) != len(args.organs):
         parser.error(f"--organs: each organ once, got {' '.join(args.organs)}")

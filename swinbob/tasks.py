@@ -200,7 +200,7 @@ UKBOB_CHANNELS = _ukbob().channel_names
 BTCV_CHANNELS = _btcv().channel_names
 BRATS_CHANNELS = _brats().channel_names
 AUTO = "auto"
-"""``--task auto``: the task is read from the datalist's dataset.json (:mod:`swinbob.dataset_task`)."""
+"""``--task auto``: the task is read from the datalist's dataset.json (:mod:`swinbob.data.dataset_task`)."""
 
 
 def describe_presets() -> str:

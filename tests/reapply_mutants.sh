@@ -15,11 +15,11 @@ check() {  # file, sed expression, tests
     out=$($PY -m pytest -q -p no:warnings -p no:cacheprovider $3 2>&1 | tail -1); echo "$1 :: $out"; fi
   mv "$1.orig" "$1"
 }
-check swinbob/metrics.py 's/generate_binary_structure(3, 1)/generate_binary_structure(3, 3)/' "tests/test_metrics.py"
-check swinbob/losses.py 's|ce = ce_sum / valid.sum().clamp_min(1)|ce = ce_sum / valid.numel()|' "tests/test_train_losses.py -k valid_voxels"
-check swinbob/etta.py 's/if fg_adapted < (1.0 - collapse) \* source_foreground:/if fg_adapted < collapse * source_foreground:/' "tests/test_etta.py -k collapse"
-check swinbob/etta.py 's/    fg_coords = torch.nonzero(fg)$/    fg_coords = torch.nonzero(torch.ones_like(fg))/' "tests/test_etta.py -k centred"
-check swinbob/evaluate.py 's/        if outcome.applied:/        if False:/' "tests/test_etta_end_to_end.py"
+check swinbob/infer/metrics.py 's/generate_binary_structure(3, 1)/generate_binary_structure(3, 3)/' "tests/test_metrics.py"
+check swinbob/train/losses.py 's|ce = ce_sum / valid.sum().clamp_min(1)|ce = ce_sum / valid.numel()|' "tests/test_train_losses.py -k valid_voxels"
+check swinbob/infer/etta.py 's/if fg_adapted < (1.0 - collapse) \* source_foreground:/if fg_adapted < collapse * source_foreground:/' "tests/test_etta.py -k collapse"
+check swinbob/infer/etta.py 's/    fg_coords = torch.nonzero(fg)$/    fg_coords = torch.nonzero(torch.ones_like(fg))/' "tests/test_etta.py -k centred"
+check swinbob/infer/evaluate.py 's/        if outcome.applied:/        if False:/' "tests/test_etta_end_to_end.py"
 check swinbob/solf/decide.py 's/(blame_l | ~one_sided)/blame_l/; s/(blame_r | ~one_sided)/blame_r/' "tests/test_solf_decide.py"
-check swinbob/train.py 's/train_loader(train_ds, args.batch_size, args.workers, ctx.rank,/train_loader(train_ds, args.batch_size, args.workers, 0,/' "tests/test_train_distributed.py -k own_shard"
+check swinbob/train/engine.py 's/train_loader(train_ds, args.batch_size, args.workers, ctx.rank,/train_loader(train_ds, args.batch_size, args.workers, 0,/' "tests/test_train_distributed.py -k own_shard"
 echo "clean:"; $PY -m pytest -q -p no:warnings -p no:cacheprovider tests/test_metrics.py tests/test_train_losses.py tests/test_etta.py tests/test_etta_end_to_end.py tests/test_solf_decide.py tests/test_train_distributed.py -k "not two_gloo" 2>&1 | tail -1

@@ -44,10 +44,10 @@ def test_acceptance_lines(benchmarks, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_training_benchmark_runs_the_engine(benchmarks, tmp_path, monkeypatch):
-    """ours is swinbob.train.setup + train_step on the CLI's plan: its steps call the engine's."""
+    """ours is swinbob.train.engine.setup + train_step on the CLI's plan: its steps call the engine's."""
     import bench_train
 
-    from swinbob import train
+    from swinbob.train import engine as train
     calls = []
     original = train.train_step
     monkeypatch.setattr(train, "train_step", lambda *a, **k: calls.append(1) or original(*a, **k))

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from swinbob.dataset_task import DatasetJsonError, parse_labels, task_from_dataset
-from swinbob.eval_cli import main as evaluate
-from swinbob.inference import stored_task
+from swinbob.data.dataset_task import DatasetJsonError, parse_labels, task_from_dataset
+from swinbob.infer.cli import main as evaluate
+from swinbob.infer.model_loading import stored_task
 from swinbob.checkpoint import load_checkpoint
-from swinbob.train import main as train
+from swinbob.train.engine import main as train
 from swinbob.viz import LEGEND_WIDTH, _legend
 
 from custom_data import MRI_NAMES, write_dataset
@@ -111,7 +111,7 @@ def test_nnunet_regions_and_ignore_label_parse_into_a_region_task(tmp_path):
 
 
 def test_ordered_regions_write_the_last_region_on_top():
-    from swinbob.outputs import ordered_regions_to_labels
+    from swinbob.infer.outputs import ordered_regions_to_labels
     regions = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
     regions[0, :3], regions[1, 1:3], regions[2, 2] = True, True, True
     assert ordered_regions_to_labels(regions, (1, 2, 3)).flatten().tolist() == [1, 2, 3, 0]
@@ -119,7 +119,7 @@ def test_ordered_regions_write_the_last_region_on_top():
 
 def test_fine_tuning_swinbob_starts_matching_head_rows_from_its_own_and_logs_them(tmp_path, caplog):
     from swinbob.model import build_model
-    from swinbob.train_state import init_head_rows, source_class_names
+    from swinbob.train.state import init_head_rows, source_class_names
 
     torch.manual_seed(0)
     swinbob = build_model(tiny_config(1, 73))
@@ -179,7 +179,7 @@ def test_swinbob_predict_writes_each_input_geometry_probabilities_and_statistics
 
 
 def test_structure_statistics_count_components_and_boxes():
-    from swinbob.statistics import structure_statistics
+    from swinbob.infer.statistics import structure_statistics
 
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[1:3, 1:3, 1:3], labels[6:9, 6:8, 5:6] = 1, 1
@@ -192,8 +192,8 @@ def test_structure_statistics_count_components_and_boxes():
 
 @pytest.mark.parametrize("script", ["UKBOB/main.py", "BTCV/test_etta.py"])
 def test_help_shows_the_presets_actual_values(script, capsys):
-    from swinbob.eval_cli import build_parser as eval_parser
-    from swinbob.train_cli import build_parser as train_parser
+    from swinbob.infer.cli import build_parser as eval_parser
+    from swinbob.train.cli import build_parser as train_parser
 
     parser = train_parser("ukbob") if script.endswith("main.py") else eval_parser("btcv")
     text = parser.format_help()
@@ -213,9 +213,9 @@ def test_task_round_trips_through_its_plain_dict_and_json():
 def test_a_datasets_own_ignore_label_is_neither_trained_on_nor_scored(tmp_path):
     import dataclasses
 
-    from swinbob.data import DataConfig, eval_transforms
-    from swinbob.evaluate import _read_label
-    from swinbob.inputs import Case
+    from swinbob.data.transforms import DataConfig, eval_transforms
+    from swinbob.infer.evaluate import _read_label
+    from swinbob.data.inputs import Case
     from swinbob.labels import IGNORE_LABEL
     from swinbob.tasks import get_task
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from swinbob import demo
-from swinbob.dataset_task import parse_labels
+from swinbob.data.dataset_task import parse_labels
 from swinbob.files import read_nifti
 from swinbob.labels import BTCV_LABELS, ids_by_name
-from swinbob.phantoms import btcv_case
+from swinbob.data.phantoms import btcv_case
 
 
 def test_own_dataset_labels_exactly_the_chosen_organs_in_the_given_order(tmp_path):

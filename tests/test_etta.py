@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from swinbob.etta import (
+from swinbob.infer.etta import (
     EttaConfig,
     adapt,
     adaptation_box,
@@ -24,8 +24,8 @@ from swinbob.etta import (
     voxel_entropy,
 )
 from swinbob.model import build_model
-from swinbob.outputs import foreground, probabilities
-from swinbob.window import WindowSettings, predict_logits
+from swinbob.infer.outputs import foreground, probabilities
+from swinbob.infer.window import WindowSettings, predict_logits
 from tiny import WIDE_ROI, tiny_config
 
 ROI = (16, 16, 16)
@@ -254,7 +254,7 @@ def test_gpu_bf16_etta_on_swin_unetr_is_episodic():
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.6])
 def test_adapted_window_uses_the_configured_overlap(monkeypatch, overlap):
     """Only the adapted pass over the box runs at ``EttaConfig.overlap``; the caller's settings stand."""
-    import swinbob.etta as etta_module
+    import swinbob.infer.etta as etta_module
 
     calls: list[tuple[tuple[int, ...], WindowSettings]] = []
 
@@ -350,7 +350,7 @@ def test_etta_loss_is_the_mean_softmax_entropy_on_the_first_windows():
 
 
 def test_a_fallback_of_the_integration_is_reported_by_etta_predict(monkeypatch):
-    import swinbob.etta as etta_module
+    import swinbob.infer.etta as etta_module
 
     monkeypatch.setattr(etta_module, "integrate", lambda *a, **k: (None, {"fallback": "entropy did not decrease"}))
     model, image = make_model(), make_image(2)
@@ -363,7 +363,7 @@ def test_a_fallback_of_the_integration_is_reported_by_etta_predict(monkeypatch):
 
 
 def test_crop_windows_cuts_each_axis_at_its_start_and_zero_pads_past_the_border():
-    from swinbob.etta import crop_windows
+    from swinbob.infer.etta import crop_windows
 
     image = torch.arange(2 * 10 * 12 * 14, dtype=torch.float32).reshape(1, 2, 10, 12, 14) + 1
     roi = (8, 6, 4)  # decreasing, so that an axis cut with another axis's size shows

@@ -18,8 +18,8 @@ import torch
 from test_eval import AIR_HU, BODY_HU, NON_RAS, SHAPE, phantom_labels, rows_of, settings_for
 from torch import nn
 
-from swinbob.etta import EttaConfig
-from swinbob.evaluate import ETTA, NO_ETTA, Case, run_evaluation
+from swinbob.infer.etta import EttaConfig
+from swinbob.infer.evaluate import ETTA, NO_ETTA, Case, run_evaluation
 from swinbob.tasks import get_task
 
 LIVER = 6

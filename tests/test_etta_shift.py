@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from swinbob.data import NormalizeForegroundd, otsu_threshold, shift_augment_transforms
-from swinbob.etta import (
+from swinbob.data.transforms import NormalizeForegroundd, otsu_threshold, shift_augment_transforms
+from swinbob.infer.etta import (
     EttaConfig, affine_instance_norms, etta_loss, etta_predict, integrate, marginal_entropy, norm_parameters,
 )
-from swinbob.window import WindowSettings, predict_logits
+from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.model import build_model
-from swinbob.shifts import HELD_OUT_SHIFTS, SHIFTS, TUNING_SHIFTS, apply_shift
-from swinbob.tta import flip_subsets, flip_tta_logits
+from swinbob.data.shifts import HELD_OUT_SHIFTS, SHIFTS, TUNING_SHIFTS, apply_shift
+from swinbob.infer.tta import flip_subsets, flip_tta_logits
 from tiny import WIDE_ROI, tiny_config
 
 ROI = (16, 16, 16)

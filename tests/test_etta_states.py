@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from swinbob.etta import EttaConfig, integrate
+from swinbob.infer.etta import EttaConfig, integrate
 
 
 def _probs_logits(*voxels: tuple[float, float]) -> torch.Tensor:

@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from swinbob import window
-from swinbob.data import DataConfig
+from swinbob.infer import window
+from swinbob.data.transforms import DataConfig
 from swinbob.errors import ConfigError
-from swinbob.eval_cli import parse_label_map
-from swinbob.evaluate import NO_ETTA, Case, EvalSettings, predict_case, run_evaluation
-from swinbob.inputs import folder_cases
-from swinbob.outputs import regions_to_labels
-from swinbob.window import WindowSettings, predict_logits
+from swinbob.infer.cli import parse_label_map
+from swinbob.infer.evaluate import NO_ETTA, Case, EvalSettings, predict_case, run_evaluation
+from swinbob.data.inputs import folder_cases
+from swinbob.infer.outputs import regions_to_labels
+from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.tasks import Intensity, get_task
 from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
 from tiny import WIDE_ROI, tiny_config
@@ -284,7 +284,7 @@ def test_cuda_oom_during_accumulation_is_retried_on_the_cpu(monkeypatch, caplog)
 
     monkeypatch.setattr(window, "sliding_window_inference", out_of_memory_on_gpu)
     monkeypatch.setattr(window, "accumulation_device", lambda *a: torch.device("cuda"))
-    with caplog.at_level(logging.WARNING, logger="swinbob.window"):
+    with caplog.at_level(logging.WARNING, logger="swinbob.infer.window"):
         logits = predict_logits(model, image, WindowSettings((32, 32, 32), 2, 0.25))
     assert calls == ["cuda", "cpu"]
     assert torch.equal(logits, expected)
@@ -292,7 +292,7 @@ def test_cuda_oom_during_accumulation_is_retried_on_the_cpu(monkeypatch, caplog)
 
 
 def test_out_of_memory_during_etta_keeps_the_source_prediction(tmp_path, monkeypatch):
-    from swinbob import evaluate
+    from swinbob.infer import evaluate
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("injected")
@@ -332,7 +332,7 @@ def test_gpu_accumulates_on_the_gpu_and_survives_an_injected_oom(monkeypatch, ca
         return real(*args, device=device, **kwargs)
 
     monkeypatch.setattr(window, "sliding_window_inference", out_of_memory_on_gpu)
-    with caplog.at_level(logging.WARNING, logger="swinbob.window"), torch.no_grad():
+    with caplog.at_level(logging.WARNING, logger="swinbob.infer.window"), torch.no_grad():
         on_cpu = predict_logits(model, image, settings)
     assert on_cpu.device.type == "cpu" and "retrying with CPU accumulation" in caplog.text
     assert torch.allclose(on_cpu, on_gpu.cpu(), atol=1e-4)
@@ -340,7 +340,7 @@ def test_gpu_accumulates_on_the_gpu_and_survives_an_injected_oom(monkeypatch, ca
 
 @pytest.mark.parametrize("layout", ["top_level", "nested"])
 def test_checkpoint_config_gives_the_architecture_and_the_trained_preprocessing(layout):
-    from swinbob.inference import stored_config, trained_preprocessing
+    from swinbob.infer.model_loading import stored_config, trained_preprocessing
     from swinbob.model import ModelConfig
 
     model = tiny_config(roi=WIDE_ROI).to_dict()

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from swinbob.checkpoint import make_checkpoint
-from swinbob.etta import EttaConfig
-from swinbob.eval_cli import build_parser, main, setup
+from swinbob.infer.etta import EttaConfig
+from swinbob.infer.cli import build_parser, main, setup
 from swinbob.model import ModelConfig, build_model
 from tiny import WIDE_ROI, tiny_config, tiny_flags
 

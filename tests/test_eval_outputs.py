@@ -19,11 +19,11 @@ from scipy import ndimage
 from test_eval import NON_RAS, SHAPE, IntensityOracle, hu_of, settings_for, write_btcv_case
 from torch import nn
 
-from swinbob import evaluate
-from swinbob.etta import EttaOutcome
-from swinbob.evaluate import ETTA, NO_ETTA, Case, EvalSettings, predict_case_outputs, run_evaluation, scored_classes
-from swinbob.window import predict_logits
-from swinbob.data import DataConfig
+from swinbob.infer import evaluate
+from swinbob.infer.etta import EttaOutcome
+from swinbob.infer.evaluate import ETTA, NO_ETTA, Case, EvalSettings, predict_case_outputs, run_evaluation, scored_classes
+from swinbob.infer.window import predict_logits
+from swinbob.data.transforms import DataConfig
 from swinbob.tasks import Intensity, Task, get_task
 from swinbob.viz import GifSettings, write_gif
 
@@ -165,7 +165,7 @@ def test_existing_outputs_are_kept_unless_overwrite_is_set(tmp_path, caplog):
     for path in files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"an earlier run")
-    with caplog.at_level(logging.WARNING, logger="swinbob.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="swinbob.infer.evaluate"):
         summary = run_evaluation(IntensityOracle(), [case], settings)
     assert summary["cases"]["evaluated"] == 1  # still scored
     assert all(path.read_bytes() == b"an earlier run" for path in files)
@@ -231,7 +231,7 @@ def test_out_of_memory_during_etta_is_logged_and_recorded(tmp_path, monkeypatch,
 
     monkeypatch.setattr(evaluate, "etta_predict", no_memory)
     model, image = MirrorTestModel().eval(), torch.zeros(1, 32, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="swinbob.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="swinbob.infer.evaluate"):
         labels, record, _ = predict_case_outputs(model, image, _settings(get_task("btcv"), tmp_path, methods=(ETTA,)))
     assert caplog.messages == ["out of memory during ETTA: keeping the source prediction (try fewer --etta_windows)"]
     assert record == {"applied": False, "fallback": "out of memory during adaptation"}

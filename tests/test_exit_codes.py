@@ -18,10 +18,10 @@ import torch
 
 from custom_data import write_dataset
 from swinbob.checkpoint import make_checkpoint
-from swinbob.data import DataConfig
-from swinbob.dataset_task import task_from_dataset
+from swinbob.data.transforms import DataConfig
+from swinbob.data.dataset_task import task_from_dataset
 from swinbob.model import ModelConfig, build_model
-from swinbob.train_state import run_config
+from swinbob.train.state import run_config
 from tiny import TINY_FEATURE_SIZE, TINY_ROI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,9 +115,9 @@ def run_entry(entry: str, argv: list[str]) -> int:
 
 @pytest.mark.parametrize("entry, flags, expected", ROWS)
 def test_wrong_setting_exits_2_with_one_line_naming_it(entry, flags, expected, world, caplog, monkeypatch, tmp_path):
-    import swinbob.train
+    import swinbob.train.engine
 
-    monkeypatch.setattr(swinbob.train, "launch", lambda *a, **k: pytest.fail("training started despite a wrong setting"))
+    monkeypatch.setattr(swinbob.train.engine, "launch", lambda *a, **k: pytest.fail("training started despite a wrong setting"))
     caplog.set_level(logging.INFO)
     argv = _argv(entry, flags, world, tmp_path / "out")
     assert run_entry(entry, argv) == 2

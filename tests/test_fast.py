@@ -1,4 +1,4 @@
-"""The speed switches of swinbob.fast change speed, never what the network computes.
+"""The speed switches of swinbob.runtime.fast change speed, never what the network computes.
 
 Full-model gradients are compared in float64: in float32 MONAI's own shifted-window blocks are
 ill-conditioned for gradients (a 1e-7 relative perturbation of one block's output moves the
@@ -15,7 +15,7 @@ import pytest
 import torch
 from monai.networks.nets import swin_unetr as S
 
-from swinbob import fast
+from swinbob.runtime import fast
 from swinbob.model import ModelConfig, build_model
 
 # The smallest ROI Swin-UNETR trains on: at 32³ the bottleneck is 1³, which InstanceNorm refuses.
@@ -196,10 +196,10 @@ def test_trained_model_scores_the_same_dice_through_fast_bf16_and_reference_fp32
     per class within 0.005."""
     from monai.inferers import sliding_window_inference
 
-    from swinbob.window import WindowSettings, predict_logits
-    from swinbob.losses import MaskedDiceCELoss
-    from swinbob.metrics import dice_per_class
-    from swinbob.phantoms import btcv_case
+    from swinbob.infer.window import WindowSettings, predict_logits
+    from swinbob.train.losses import MaskedDiceCELoss
+    from swinbob.infer.metrics import dice_per_class
+    from swinbob.data.phantoms import btcv_case
 
     shape = (96, 64, 64)
     case = btcv_case(0, 0, shape)

@@ -9,8 +9,12 @@ import os
 import pytest
 import torch
 
-from swinbob import eval_cli, fast, predict, train, train_cli
-from swinbob.distributed import DistContext
+from swinbob.infer import cli as eval_cli, predict
+
+from swinbob.runtime import fast
+
+from swinbob.train import engine as train, cli as train_cli
+from swinbob.runtime.distributed import DistContext
 from swinbob.model import build_model
 from swinbob.tasks import get_task
 from tiny import WIDE_ROI as ROI

@@ -25,17 +25,17 @@ import numpy as np
 import pytest
 import torch
 
-import swinbob.eval_cli as eval_cli
-import swinbob.evaluate as evaluate
-import swinbob.window as window
+import swinbob.infer.cli as eval_cli
+import swinbob.infer.evaluate as evaluate
+import swinbob.infer.window as window
 from faults_report import handled, record_fault, record_input, refused
 from swinbob.checkpoint import make_checkpoint, save_checkpoint
-from swinbob.data import DataConfig
+from swinbob.data.transforms import DataConfig
 from swinbob.files import stale_temp_files
 from swinbob.model import build_model
-from swinbob.phantoms import write_cohort
+from swinbob.data.phantoms import write_cohort
 from swinbob.tasks import get_task
-from swinbob.train_state import run_config
+from swinbob.train.state import run_config
 from tiny import tiny_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]

@@ -4,7 +4,7 @@ below is written as a real file and fed to every consumer that reads such files:
 * ``nifti``: :func:`swinbob.files.read_nifti` (the one reader everything shares);
 * ``solf``: SOLF pass 1 on the scan (:func:`swinbob.solf.cases.measure_case`);
 * ``labels``: the task's label check used by training and evaluation (``Task.check_label_values``);
-* ``datalist``: the pre-training datalist check (``swinbob.loaders.entry_problems``);
+* ``datalist``: the pre-training datalist check (``swinbob.data.loaders.entry_problems``);
 * ``preprocess``: the MONAI chain training and evaluation feed the model (``data.eval_transforms``).
 
 Each answer must be a refusal whose message names the offending file and the problem, or a
@@ -33,11 +33,11 @@ import pytest
 import torch
 
 from faults_report import handled, record_input, refused
-from swinbob.data import DataConfig, eval_transforms, load_datalist
+from swinbob.data.transforms import DataConfig, eval_transforms, load_datalist
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.labels import IGNORE_LABEL
-from swinbob.loaders import entry_problems
-from swinbob.phantoms import PhantomCase, ukbob_case, write_cohort
+from swinbob.data.loaders import entry_problems
+from swinbob.data.phantoms import PhantomCase, ukbob_case, write_cohort
 from swinbob.solf.cases import make_task, measure_case
 from swinbob.solf.features import measure_organs, validate_labels
 from swinbob.solf.outputs import CleanTask, clean_case

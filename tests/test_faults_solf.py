@@ -28,7 +28,7 @@ import pytest
 
 from faults_report import record_fault
 from swinbob.files import stale_temp_files
-from swinbob.phantoms import write_cohort
+from swinbob.data.phantoms import write_cohort
 from swinbob.solf import pipeline
 from swinbob.solf.cases import measure_case
 from swinbob.solf.pipeline import organ_filtering_entry

@@ -13,7 +13,7 @@ only checked to stop with a loadable, resumable ``last.pt``: 2 ranks do not trai
 
 Faults that kill or signal the trainer run it in a subprocess started as ``python
 tests/test_faults_train.py FAULT TRAIN_ARGS``: the fault is installed there by patching, so the
-library carries no test hooks. Resumes run in-process (``swinbob.train.main``).
+library carries no test hooks. Resumes run in-process (``swinbob.train.engine.main``).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ import pytest
 import torch
 
 import swinbob.checkpoint as checkpoint
-import swinbob.train as train
+import swinbob.train.engine as train
 from faults_report import record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError, load_checkpoint
-from swinbob.distributed import exit_status
+from swinbob.runtime.distributed import exit_status
 from swinbob.files import stale_temp_files
-from swinbob.interrupt import FORWARDED_STOP, forward_stop_signals, remember_forwarded_stops, stop_on_signals
-from swinbob.phantoms import write_cohort
-from swinbob.train_state import load_resume_checkpoint
+from swinbob.runtime.interrupt import FORWARDED_STOP, forward_stop_signals, remember_forwarded_stops, stop_on_signals
+from swinbob.data.phantoms import write_cohort
+from swinbob.train.state import load_resume_checkpoint
 from tiny import TINY_TRAIN_FLAGS
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]

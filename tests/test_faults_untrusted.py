@@ -32,10 +32,10 @@ import torch
 
 from faults_report import handled, record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError, load_checkpoint
-from swinbob.data import load_datalist
+from swinbob.data.transforms import load_datalist
 from swinbob.files import resolve_inside
-from swinbob.loaders import DatalistError, load_splits
-from swinbob.phantoms import write_cohort
+from swinbob.data.loaders import DatalistError, load_splits
+from swinbob.data.phantoms import write_cohort
 from swinbob.solf.pipeline import organ_filtering_entry
 
 pytestmark = pytest.mark.faults

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from faults_report import record_input
 from swinbob.checkpoint import CheckpointError
 from swinbob.errors import ConfigError
-from swinbob.eval_cli import parse_label_map
-from swinbob.inference import stored_task
+from swinbob.infer.cli import parse_label_map
+from swinbob.infer.model_loading import stored_task
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
 from swinbob.limits import limit
-from swinbob.loaders import DatalistError, load_splits
+from swinbob.data.loaders import DatalistError, load_splits
 from swinbob.model import ModelConfig
 from swinbob.tasks import get_task
 

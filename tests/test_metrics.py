@@ -10,7 +10,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
 from swinbob.labels import IGNORE_LABEL
-from swinbob.metrics import (
+from swinbob.infer.metrics import (
     dice_per_class,
     hd95,
     MetricsLog,

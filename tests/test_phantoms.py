@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from swinbob import phantoms
+from swinbob.data import phantoms
 from swinbob.files import read_nifti, voxel_spacing
 from swinbob.labels import BTCV_LABELS, TOTALVIBE_LABELS, ids_by_name
-from swinbob.phantoms import DomainShift, brats_case, btcv_case, main, ukbob_case, write_cohort
+from swinbob.data.phantoms import DomainShift, brats_case, btcv_case, main, ukbob_case, write_cohort
 
 CASE_FUNCTIONS = {"ukbob": ukbob_case, "btcv": btcv_case, "brats": brats_case}
 TV = ids_by_name(TOTALVIBE_LABELS)

@@ -11,9 +11,9 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMerging, PatchMergingV2
 
-from swinbob import fast
-from swinbob.data import LabelsToRegionsd
-from swinbob.window import WindowSettings, predict_logits
+from swinbob.runtime import fast
+from swinbob.data.transforms import LabelsToRegionsd
+from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.labels import IGNORE_LABEL
 from swinbob.model import ModelConfig, build_model
 from swinbob.tasks import get_task

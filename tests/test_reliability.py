@@ -25,20 +25,20 @@ import numpy as np
 import pytest
 import torch
 
-import swinbob.eval_cli as eval_cli
-import swinbob.train as train
+import swinbob.infer.cli as eval_cli
+import swinbob.train.engine as train
 from faults_report import handled, record_class, record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError
-from swinbob.data import DataConfig, eval_transforms
+from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.errors import ConfigError
 from swinbob.files import NiftiError, atomic_write_text, folder_lock, load_nifti_header, write_nifti
-from swinbob.inputs import folder_cases, root_cause
-from swinbob.loaders import DatalistError, load_splits, make_dataset
-from swinbob.phantoms import write_cohort
+from swinbob.data.inputs import folder_cases, root_cause
+from swinbob.data.loaders import DatalistError, load_splits, make_dataset
+from swinbob.data.phantoms import write_cohort
 from swinbob.solf import outputs as solf_outputs
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.tasks import get_task
-from swinbob.train_state import restore_training
+from swinbob.train.state import restore_training
 
 from test_eval_cli import btcv_folder
 from tiny import TINY_TRAIN_FLAGS, WIDE_ROI, tiny_flags

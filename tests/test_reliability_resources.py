@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-import swinbob.evaluate as evaluate
-import swinbob.inference as inference
+import swinbob.infer.evaluate as evaluate
+import swinbob.infer.model_loading as inference
 from faults_report import record_input, refused
 from swinbob.checkpoint import CheckpointError, load_checkpoint
-from swinbob.data import DataConfig
+from swinbob.data.transforms import DataConfig
 from swinbob.files import NiftiError, load_nifti_header, write_nifti
-from swinbob.inputs import Case
+from swinbob.data.inputs import Case
 from swinbob.model import ModelConfig
 from swinbob.tasks import get_task
-from swinbob.window import WindowSettings
+from swinbob.infer.window import WindowSettings
 
 from test_reliability import AFFINE, _attack_class, _solf  # noqa: F401 - _attack_class: the class table
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from swinbob.phantoms import write_cohort
+from swinbob.data.phantoms import write_cohort
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.tasks import UKBOB_CHANNELS
 

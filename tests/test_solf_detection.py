@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from swinbob.files import write_nifti
-from swinbob.phantoms import ukbob_case
+from swinbob.data.phantoms import ukbob_case
 from swinbob.solf.inject import KINDS, MATCHING_REASONS, Injection, inject
 from swinbob.solf.pipeline import organ_filtering_entry
 

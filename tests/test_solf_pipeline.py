@@ -16,7 +16,7 @@ import pytest
 from scipy import ndimage
 
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
-from swinbob.phantoms import write_cohort
+from swinbob.data.phantoms import write_cohort
 from swinbob.solf import pipeline
 from swinbob.solf.inject import fragment, swap
 from swinbob.solf.outputs import split_cases

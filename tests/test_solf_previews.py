@@ -11,7 +11,7 @@ from PIL import Image
 
 from swinbob.files import write_nifti
 from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
-from swinbob.phantoms import ukbob_case
+from swinbob.data.phantoms import ukbob_case
 from swinbob.solf.inject import swap
 from swinbob.solf.pipeline import organ_filtering_entry
 from swinbob.solf.previews import centre_index, preview_name

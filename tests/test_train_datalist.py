@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from swinbob.loaders import DatalistError, check_datalist, load_splits, shard
-from swinbob.phantoms import write_cohort
+from swinbob.data.loaders import DatalistError, check_datalist, load_splits, shard
+from swinbob.data.phantoms import write_cohort
 from swinbob.tasks import get_task
-from swinbob.train import main
+from swinbob.train.engine import main
 from tiny import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import swinbob.train as train
-from swinbob.distributed import DistContext, launch
+import swinbob.train.engine as train
+from swinbob.runtime.distributed import DistContext, launch
 from swinbob.labels import IGNORE_LABEL
-from swinbob.loaders import shard
-from swinbob.losses import MaskedDiceCELoss
-from swinbob.phantoms import write_cohort
-from swinbob.train_cli import build_parser, resolve_plan
+from swinbob.data.loaders import shard
+from swinbob.train.losses import MaskedDiceCELoss
+from swinbob.data.phantoms import write_cohort
+from swinbob.train.cli import build_parser, resolve_plan
 from tiny import TINY_FLAGS
 
 GLOBAL_BATCH = 4
@@ -99,7 +99,7 @@ def _with(plan, **options):
 def test_build_loaders_training_and_validation_settings(btcv_plan):
     """What build_loaders hands on: transforms, cache settings, seed, step cap, validation shard, workers, pinning."""
     from monai.data import CacheDataset, Dataset
-    from swinbob.loaders import batch_stream
+    from swinbob.data.loaders import batch_stream
     val_entries = btcv_plan.val_entries
     assert len(val_entries) == 2
     loader, val = train.build_loaders(_with(btcv_plan, seed=7, max_steps_per_epoch=1), DistContext())
@@ -110,7 +110,7 @@ def test_build_loaders_training_and_validation_settings(btcv_plan):
     assert tuple(batch["image"].shape[1:]) == (1, 32, 32, 64) == tuple(batch["label"].shape[1:])  # training ROI crops
     assert len(val) == 2 and val.num_workers == 0
     case = next(iter(val))
-    from swinbob.data import eval_transforms
+    from swinbob.data.transforms import eval_transforms
     whole = eval_transforms(btcv_plan.task, btcv_plan.data)(val_entries[0])  # validation: the whole preprocessed volume
     assert case["image"].shape[1:] == whole["image"].shape and case["label"].shape[1:] == whole["label"].shape
     for rank in range(2):  # each rank validates its own validation case

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from swinbob.data import DataConfig, train_transforms
-from swinbob.loaders import EpochBatchSampler, EpochSampler, batch_stream, load_splits, make_dataset, train_loader
-from swinbob.phantoms import write_cohort
+from swinbob.data.transforms import DataConfig, train_transforms
+from swinbob.data.loaders import EpochBatchSampler, EpochSampler, batch_stream, load_splits, make_dataset, train_loader
+from swinbob.data.phantoms import write_cohort
 from swinbob.tasks import get_task
 
 CASES = 5

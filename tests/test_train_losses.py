@@ -8,9 +8,9 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 
 from swinbob.labels import IGNORE_LABEL
-from swinbob.losses import MaskedDiceCELoss, MaskedRegionLoss, build_loss, masked_soft_dice_loss
+from swinbob.train.losses import MaskedDiceCELoss, MaskedRegionLoss, build_loss, masked_soft_dice_loss
 from swinbob.tasks import get_task
-from swinbob.train import learning_rate, train_step
+from swinbob.train.engine import learning_rate, train_step
 
 
 def _labels(num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -191,7 +191,7 @@ def test_validation_mean_dice_averages_only_classes_present_in_label_or_predicti
     predicted voxel of a class absent from the label does count, as a 0."""
     import dataclasses
 
-    from swinbob.validation import validate
+    from swinbob.train.validation import validate
 
     task = dataclasses.replace(get_task("btcv"), label_map={0: "background", 1: "grey", 2: "white", 3: "csf"})
     shape = (32, 32, 64)

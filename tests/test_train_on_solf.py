@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-import swinbob.train as train
+import swinbob.train.engine as train
 from swinbob.checkpoint import load_checkpoint
-from swinbob.distributed import DistContext
+from swinbob.runtime.distributed import DistContext
 from swinbob.labels import IGNORE_LABEL
-from swinbob.phantoms import write_cohort
+from swinbob.data.phantoms import write_cohort
 from swinbob.solf.inject import swap
 from swinbob.solf.pipeline import organ_filtering_entry
-from swinbob.train_cli import build_parser, resolve_plan
+from swinbob.train.cli import build_parser, resolve_plan
 from tiny import TINY_FLAGS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

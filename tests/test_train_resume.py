@@ -5,9 +5,9 @@ import logging
 import pytest
 import torch
 
-import swinbob.train as train
+import swinbob.train.engine as train
 from swinbob.checkpoint import load_checkpoint
-from swinbob.phantoms import write_cohort
+from swinbob.data.phantoms import write_cohort
 
 from test_train_run import btcv_args
 

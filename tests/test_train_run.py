@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import swinbob.train as train
+import swinbob.train.engine as train
 from swinbob.checkpoint import load_checkpoint
-from swinbob.distributed import DistContext
+from swinbob.runtime.distributed import DistContext
 from swinbob.model import ModelConfig, build_model
-from swinbob.phantoms import write_cohort
-from swinbob.runtime import seed_everything
-from swinbob.train_cli import build_parser, resolve_plan
-from swinbob.validation import validate
+from swinbob.data.phantoms import write_cohort
+from swinbob.runtime.devices import seed_everything
+from swinbob.train.cli import build_parser, resolve_plan
+from swinbob.train.validation import validate
 from tiny import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob.dataset_task import DatasetJsonError, parse_labels
+from swinbob.data.dataset_task import DatasetJsonError, parse_labels
 from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
 
 PRESETS: dict[str, dict[int, str]] = {"totalvibe": TOTALVIBE_LABELS, "totalsegmentator": TOTALSEGMENTATOR_LABELS}
@@ -66,7 +66,7 @@ def _as_int(value: object, where: str) -> int:
 
 def labels_from_mapping(mapping: dict, where: str) -> dict[int, str]:
     """``{id: name}`` from a ``labels`` block in either direction (nnU-Net v2 or Decathlon), read by
-    the same parser as ``--task auto`` (:func:`swinbob.dataset_task.parse_labels`); background is
+    the same parser as ``--task auto`` (:func:`swinbob.data.dataset_task.parse_labels`); background is
     added when the block leaves it out."""
     if not isinstance(mapping, dict) or not mapping:
         raise LabelSetError(f"{where}: expected a non-empty 'labels' mapping")

@@ -38,7 +38,7 @@ from pathlib import Path
 from swinbob.errors import ConfigError
 from swinbob.files import NIFTI_SUFFIXES, OutputError, check_writable_folder, disk_full, folder_lock, remove_stale_temp_files
 from swinbob.limits import add_limit_args, apply_limit_args
-from swinbob.logs import configure_logging
+from swinbob.runtime.logs import configure_logging
 from swinbob.solf.cases import CaseTask, discover_inputs, failed_record, make_task, measure_case
 from swinbob.solf.decide import decide
 from swinbob.solf.labelsets import LabelSetError, load_label_set

@@ -16,7 +16,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
 
-from swinbob.data import plain_tensor
+from swinbob.data.transforms import plain_tensor
 from swinbob.files import load_nifti_header, write_nifti
 
 

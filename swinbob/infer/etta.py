@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swinbob.outputs import foreground
-from swinbob.runtime import autocast
-from swinbob.window import WindowSettings, predict_logits
+from swinbob.infer.outputs import foreground
+from swinbob.runtime.devices import autocast
+from swinbob.infer.window import WindowSettings, predict_logits
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -304,7 +304,7 @@ def probabilities_and_entropy(logits: torch.Tensor, mode: str) -> tuple[torch.Te
     """Probabilities (C, ...) of one case's ``logits`` (C, ...) and their mean normalised entropy.
 
     One log-probability pass gives both, equal up to float rounding to
-    :func:`swinbob.outputs.probabilities` and to the mean of :func:`voxel_entropy`.
+    :func:`swinbob.infer.outputs.probabilities` and to the mean of :func:`voxel_entropy`.
     """
     logits = logits.float()
     if mode == "softmax":
@@ -393,7 +393,7 @@ def etta_predict(
     """Run ETTA for one case; ``image`` (1, C, X, Y, Z) on the model's device, ``source_logits`` (1, K, X, Y, Z).
 
     ``predict`` makes the adapted prediction of the box (default: the plain sliding window,
-    :func:`~swinbob.window.predict_logits`; e.g. flip TTA to match how ``source_logits`` were made).
+    :func:`~swinbob.infer.window.predict_logits`; e.g. flip TTA to match how ``source_logits`` were made).
 
     Returns the integrated probabilities (K, *box) for the adaptation box, or a fallback reason
     (no foreground, no normalisation parameters, entropy up, foreground collapse) in which case

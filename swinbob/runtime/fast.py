@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import swin_unetr as _swin
 
-from swinbob.runtime import autocast
+from swinbob.runtime.devices import autocast
 
 log = logging.getLogger(__name__)
 

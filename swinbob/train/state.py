@@ -23,12 +23,12 @@ from swinbob.checkpoint import (
     CheckpointError, extract_state_dict, load_checkpoint, load_exactly, make_checkpoint, previous_checkpoint,
     transfer_weights,
 )
-from swinbob.data import DataConfig
-from swinbob.distributed import DistContext
+from swinbob.data.transforms import DataConfig
+from swinbob.runtime.distributed import DistContext
 from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.model import ModelConfig
 from swinbob.tasks import Task
-from swinbob.train_cli import TrainPlan
+from swinbob.train.cli import TrainPlan
 
 log = logging.getLogger(__name__)
 

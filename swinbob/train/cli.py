@@ -20,8 +20,8 @@ from swinbob.cli import (
     infer_overlap, model_config, presets_epilog, resolve_task,
 )
 from swinbob.errors import ConfigError
-from swinbob.data import DataConfig
-from swinbob.loaders import load_splits
+from swinbob.data.transforms import DataConfig
+from swinbob.data.loaders import load_splits
 from swinbob.model import ROI_MULTIPLE, ModelConfig
 from swinbob.tasks import AUTO, Task
 
@@ -221,7 +221,7 @@ def check_task_flags(args: argparse.Namespace, task: Task) -> None:
 def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     """Fill task defaults into ``args``, check them, read the datalist, and return the plan.
 
-    Raises :class:`~swinbob.errors.ConfigError` (bad flags, before any file is read) or :class:`~swinbob.loaders.DatalistError` (bad datalist).
+    Raises :class:`~swinbob.errors.ConfigError` (bad flags, before any file is read) or :class:`~swinbob.data.loaders.DatalistError` (bad datalist).
     """
     check_settings(args)
     for name in ("batch_size", "optim_lr", "val_every", "nan_patience", "log_every", "max_steps_per_epoch", "num_samples",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from swinbob.window import WindowSettings, predict_logits
+from swinbob.infer.window import WindowSettings, predict_logits
 
 TTA_CHOICES = ("none", "flip")
 EPS = 1e-6

@@ -1,8 +1,8 @@
 """The Swin-BOB training engine: a short loop of small functions.
 
-``main`` parses the upstream flags (:mod:`swinbob.train_cli`), checks everything it can before
-any process starts, and hands a :class:`~swinbob.train_cli.TrainPlan` to every process
-(:mod:`swinbob.distributed`). Each process checks its share of the datalist files, builds model,
+``main`` parses the upstream flags (:mod:`swinbob.train.cli`), checks everything it can before
+any process starts, and hands a :class:`~swinbob.train.cli.TrainPlan` to every process
+(:mod:`swinbob.runtime.distributed`). Each process checks its share of the datalist files, builds model,
 data and optimiser, restores state (``--resume``, ``--checkpoint`` or fine-tuning weights) and
 runs :func:`fit`. The learning rate is a pure function of training progress, so resuming needs no
 scheduler object; only the main rank writes files (checkpoints, TensorBoard, config.json).
@@ -26,24 +26,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from swinbob import fast
+from swinbob.runtime import fast
 from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-from swinbob.data import eval_transforms, plain_tensor, train_transforms
-from swinbob.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
+from swinbob.data.transforms import eval_transforms, plain_tensor, train_transforms
+from swinbob.runtime.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
 from swinbob.files import OutputError, atomic_write_text, check_writable_folder, folder_lock, remove_stale_temp_files
-from swinbob.interrupt import StopRequest, stop_on_signals
-from swinbob.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
-from swinbob.logs import configure_logging
-from swinbob.losses import build_loss
+from swinbob.runtime.interrupt import StopRequest, stop_on_signals
+from swinbob.data.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
+from swinbob.runtime.logs import configure_logging
+from swinbob.train.losses import build_loss
 from swinbob.model import build_model
-from swinbob.runtime import autocast, autocast_dtype, seed_everything
+from swinbob.runtime.devices import autocast, autocast_dtype, seed_everything
 from swinbob.errors import ConfigError
-from swinbob.dataset_task import DatasetJsonError
+from swinbob.data.dataset_task import DatasetJsonError
 from swinbob.files import NiftiError
-from swinbob.train_cli import TrainPlan, build_parser, resolve_plan
+from swinbob.train.cli import TrainPlan, build_parser, resolve_plan
 from swinbob.limits import apply_limit_args
-from swinbob.train_state import ResumeMismatch, ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
-from swinbob.validation import validate
+from swinbob.train.state import ResumeMismatch, ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
+from swinbob.train.validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def build_loaders(plan: TrainPlan, ctx: DistContext) -> tuple[DataLoader, DataLo
 
 def wrap(model: torch.nn.Module, compile_model: str | bool, ctx: DistContext, compile_cache: str | None = None) -> torch.nn.Module:
     """The network to train: compiled per ``--compile`` (``auto``: on a GPU; kernels cached on disk,
-    :func:`swinbob.fast.use_compile_cache`), DDP-wrapped when distributed.
+    :func:`swinbob.runtime.fast.use_compile_cache`), DDP-wrapped when distributed.
 
     Validation uses the bare model instead: ranks validate different numbers of cases, which
     DDP's forward (it expects ranks in step) must not see.
@@ -279,7 +279,7 @@ def interrupted(run: TrainingRun, where: str) -> TrainingInterrupted:
 
 def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict, batches: Iterator) -> float:
     """One epoch: the next ``len(run.train_loader)`` batches of ``batches`` (the run's
-    :func:`~swinbob.loaders.batch_stream`, positioned at the start of ``epoch``); returns the mean
+    :func:`~swinbob.data.loaders.batch_stream`, positioned at the start of ``epoch``); returns the mean
     loss over all ranks' finite steps.
 
     A stop signal saves ``last.pt`` after the current step (with ``epoch_rng``, the RNG states
@@ -493,5 +493,5 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
         return EXIT_BAD_DATA
 
 
-if __name__ == "__main__":  # python -m swinbob.train --task btcv ...
+if __name__ == "__main__":  # python -m swinbob.train.engine --task btcv ...
     raise SystemExit(main())

@@ -1,9 +1,9 @@
-"""Command line of the evaluation engine (:mod:`swinbob.evaluate`): ``test_etta.py``, ``predict``.
+"""Command line of the evaluation engine (:mod:`swinbob.infer.evaluate`): ``test_etta.py``, ``predict``.
 
 Parses the upstream ``test_etta.py`` flags plus ETTA, flip TTA, folder prediction and label
 mapping; resolves the task (the checkpoint's, a preset, or ``--task auto`` from dataset.json),
 checks every setting before any image is read (exit 2, one line), loads the model and runs
-:func:`swinbob.evaluate.run_evaluation`. Exit codes: :data:`EXIT_CODES`.
+:func:`swinbob.infer.evaluate.run_evaluation`. Exit codes: :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,27 @@ from typing import Any
 
 import torch
 
-from swinbob import cli, fast
+from swinbob import cli
+
+from swinbob.runtime import fast
 from swinbob.checkpoint import CheckpointError, load_checkpoint
-from swinbob.data import find_datalist, load_datalist
-from swinbob.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
-from swinbob.etta import OPTIMIZERS, EttaConfig
-from swinbob.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
+from swinbob.data.transforms import find_datalist, load_datalist
+from swinbob.data.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
+from swinbob.infer.etta import OPTIMIZERS, EttaConfig
+from swinbob.infer.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
     NiftiError, OutputError, check_writable_folder, folder_lock,
 )
-from swinbob.inference import load_inference_model, stored_config, stored_task, trained_preprocessing
-from swinbob.inputs import Case, datalist_cases, folder_cases
-from swinbob.window import WindowSettings
+from swinbob.infer.model_loading import load_inference_model, stored_config, stored_task, trained_preprocessing
+from swinbob.data.inputs import Case, datalist_cases, folder_cases
+from swinbob.infer.window import WindowSettings
 from swinbob.limits import add_limit_args, apply_limit_args
-from swinbob.logs import formatter
+from swinbob.runtime.logs import formatter
 from swinbob.model import ModelConfig, validate_roi
-from swinbob.runtime import autocast_dtype, select_device, seed_everything
+from swinbob.runtime.devices import autocast_dtype, select_device, seed_everything
 from swinbob.tasks import AUTO, Task, get_task
-from swinbob.tta import TTA_CHOICES
+from swinbob.infer.tta import TTA_CHOICES
 from swinbob.viz import GifSettings
 
 log = logging.getLogger(__name__)
@@ -195,7 +197,7 @@ def inference_setup(args: argparse.Namespace, model: torch.nn.Module, config: Mo
                     device: torch.device) -> tuple[torch.nn.Module, WindowSettings]:
     """The network to call on ``device`` and the sliding-window settings, from the runtime flags: on a
     GPU by default compiled behind a window batch chosen from free memory, in bf16
-    (:func:`swinbob.fast.inference_net`); on the CPU the eager model, window batch 4, fp32."""
+    (:func:`swinbob.runtime.fast.inference_net`); on the CPU the eager model, window batch 4, fp32."""
     amp_dtype, roi = autocast_dtype(device, args.amp), _roi(args, config.roi)
     net, sw_batch = fast.inference_net(model, device, roi, config.in_channels, amp_dtype, args.compile,
                                        args.sw_batch_size, args.compile_cache)

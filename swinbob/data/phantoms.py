@@ -6,7 +6,7 @@ UKBOB (4-channel Dixon MRI, TotalVibeSegmentator IDs 0..72), BTCV (CT in HU, 13 
 (4 MRI modalities, NCR/SNFH/ET). A case is fully determined by ``(seed, case_index)``: case 7 is
 the same whether 8 or 80 cases are written.
 
-Anatomy (``swinbob.anatomy``) is defined in world millimetres and rasterised through the affine of
+Anatomy (``swinbob.data.anatomy``) is defined in world millimetres and rasterised through the affine of
 each case (which is anisotropic, flipped and slightly rotated, as real scans are stored), so labels
 sit in the right place whatever the storage orientation. World space is NIfTI RAS+: +x points to the subject's
 RIGHT, +y anterior, +z superior (nibabel "Coordinate systems and affines"; ``aff2axcodes(eye(4))``
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob.anatomy import (
+from swinbob.data.anatomy import (
     BRATS_GEOMETRY,
     BTCV_FROM_TOTALVIBE,
     BTCV_GEOMETRY,
@@ -226,7 +226,7 @@ def write_cohort(task: str, out_dir: str | Path, num_cases: int, shape: tuple[in
     channels = {str(k): name for k, name in enumerate(_CHANNELS[task])}
     dataset = {
         "name": f"{task}_phantom",
-        "description": f"Synthetic {task} phantom cohort (swinbob.phantoms, seed {seed}, shape {list(shape)})",
+        "description": f"Synthetic {task} phantom cohort (swinbob.data.phantoms, seed {seed}, shape {list(shape)})",
         "tensorImageSize": "4D" if len(channels) > 1 else "3D",
         "modality": channels,
         "channel_names": channels,
@@ -241,7 +241,7 @@ def write_cohort(task: str, out_dir: str | Path, num_cases: int, shape: tuple[in
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m swinbob.phantoms", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m swinbob.data.phantoms", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--out_dir", required=True, type=Path)
     parser.add_argument("--num_cases", type=int, default=8)

@@ -26,7 +26,7 @@ from monai.utils import MAX_SEED
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
-from swinbob.data import case_name, load_datalist
+from swinbob.data.transforms import case_name, load_datalist
 from swinbob.files import (
     NiftiError, atomic_write_text, check_finite, file_identity, load_nifti_header, read_nifti, same_grid,
 )

@@ -4,7 +4,7 @@ Shapes (ellipsoids, capsules) are defined in RAS+ world mm and rasterised throug
 by a ``Canvas``; ``Geometry`` says how a task's scans are stored (field of view, flips, tilt). The
 painters fill a canvas with TotalVibeSegmentator IDs (torso) or BraTS tissue codes (brain), and the
 image functions turn a tissue map into Dixon MRI, CT in HU or the four BraTS modalities. Split from
-``swinbob.phantoms``, which builds cases and cohorts from these.
+``swinbob.data.phantoms``, which builds cases and cohorts from these.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from swinbob.data import plain_tensor
-from swinbob.distributed import all_reduce_sum
+from swinbob.data.transforms import plain_tensor
+from swinbob.runtime.distributed import all_reduce_sum
 from swinbob.labels import IGNORE_LABEL
-from swinbob.metrics import dice_from_masks, dice_per_class
+from swinbob.infer.metrics import dice_from_masks, dice_per_class
 from swinbob.tasks import Task
-from swinbob.window import sliding_window_logits
+from swinbob.infer.window import sliding_window_logits
 
 
 def case_dice(logits: torch.Tensor, label: torch.Tensor, task: Task) -> torch.Tensor:

@@ -11,7 +11,7 @@ Three ways in, one :func:`init_distributed`:
 The *local* rank picks the GPU; the global rank never is a CUDA index (an upstream multi-node bug).
 
 A SIGTERM or SIGINT sent to the ``--distributed`` launcher alone reaches its ranks as
-:data:`~swinbob.interrupt.FORWARDED_STOP` (see :mod:`swinbob.interrupt`): during training every
+:data:`~swinbob.runtime.interrupt.FORWARDED_STOP` (see :mod:`swinbob.runtime.interrupt`): during training every
 rank stops after the current step with ``last.pt`` saved, as if each had been signalled; a stop
 forwarded during set-up takes effect after the first step, one after training changes nothing.
 torchrun's agent passes signals on to its workers itself.
@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from swinbob.interrupt import forward_stop_signals, remember_forwarded_stops
-from swinbob.runtime import select_device
+from swinbob.runtime.interrupt import forward_stop_signals, remember_forwarded_stops
+from swinbob.runtime.devices import select_device
 
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 EXIT_GRACE_S = 10.0

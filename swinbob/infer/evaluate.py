@@ -1,13 +1,13 @@
 """Evaluation engine behind ``BTCV/test_etta.py`` and ``BRATS/test_etta.py``.
 
 Per case: preprocess (the training chain: RAS, task spacing, intensity, foreground crop), predict
-with a sliding window, optionally adapt with ETTA (:mod:`swinbob.etta`), map the labels back to
+with a sliding window, optionally adapt with ETTA (:mod:`swinbob.infer.etta`), map the labels back to
 the input image's grid with MONAI's inverse transforms, score them against the original label
 file (Dice, HD95 in mm), and write predictions, GIFs, ``metrics.csv`` and ``summary.json``.
 A case that fails is logged and listed in the summary; the run goes on. Every file is written
 atomically and an existing output is kept unless ``overwrite`` is set (``summary.json`` and the
 log describe the latest run). The command line (upstream flags plus ETTA, ``--input_dir``,
-``--label_map``, ``--compare_etta``) is :mod:`swinbob.eval_cli`; every step is a typed function.
+``--label_map``, ``--compare_etta``) is :mod:`swinbob.infer.cli`; every step is a typed function.
 
 Outputs in ``--output_dir`` (default ``./outputs/<exp_name>``): ``metrics.csv`` (case × method ×
 class: Dice, HD95 mm), ``summary.json`` (mean ± std per class and overall per method, failures,
@@ -30,21 +30,21 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 
-from swinbob.data import DataConfig, eval_transforms
-from swinbob.etta import EttaConfig, EttaOutcome, etta_predict
+from swinbob.data.transforms import DataConfig, eval_transforms
+from swinbob.infer.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
     atomic_write_text, read_nifti, remove_stale_temp_files,
     resolve_inside, voxel_spacing,
 )
-from swinbob.inputs import Case, iterate_cases, root_cause
-from swinbob.outputs import invert_labels, map_labels, probabilities, to_labels, write_prediction
-from swinbob.window import WindowSettings, predict_logits
-from swinbob.interrupt import stop_on_signals
-from swinbob.metrics import MetricsLog, json_ready, score_case, summarize
-from swinbob.statistics import structure_statistics, write_probabilities
+from swinbob.data.inputs import Case, iterate_cases, root_cause
+from swinbob.infer.outputs import invert_labels, map_labels, probabilities, to_labels, write_prediction
+from swinbob.infer.window import WindowSettings, predict_logits
+from swinbob.runtime.interrupt import stop_on_signals
+from swinbob.infer.metrics import MetricsLog, json_ready, score_case, summarize
+from swinbob.infer.statistics import structure_statistics, write_probabilities
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Task
-from swinbob.tta import flip_tta_logits
+from swinbob.infer.tta import flip_tta_logits
 from swinbob.viz import GifSettings, write_gif
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class EvalSettings:
     methods: tuple[str, ...] = (ETTA,)
     etta: EttaConfig = field(default_factory=EttaConfig)
     tta: str = "none"
-    """``flip``: mirror averaging (:mod:`swinbob.tta`) for the source prediction and ETTA's adapted one."""
+    """``flip``: mirror averaging (:mod:`swinbob.infer.tta`) for the source prediction and ETTA's adapted one."""
     tta_axes: tuple[int, ...] = (0, 1, 2)
     """Spatial axes mirrored by flip TTA (every subset of them is predicted)."""
     label_map: dict[int, int] | None = None

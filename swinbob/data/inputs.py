@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from monai.transforms import Compose
 
-from swinbob.data import case_name
+from swinbob.data.transforms import case_name
 from swinbob.files import load_nifti_header
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from swinbob.runtime import autocast
+from swinbob.runtime.devices import autocast
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ class MaskedRegionLoss(nn.Module):
     """Sigmoid Dice (+ ``bce_weight`` × BCE) over region channels such as BraTS TC/WT/ET.
 
     ``targets`` (B, R, ...) hold 0/1 per region and ``ignore_index`` where supervision is absent
-    (as written by :class:`~swinbob.data.LabelsToRegionsd`).
+    (as written by :class:`~swinbob.data.transforms.LabelsToRegionsd`).
     """
 
     def __init__(

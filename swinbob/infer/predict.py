@@ -5,7 +5,7 @@ preprocessing and network come from the checkpoint, every ``.nii``/``.nii.gz`` i
 (multi-channel tasks: ``<case>_<channel>.nii.gz``) gets ``OUT_DIR/predictions/<case>.nii.gz`` in
 its own geometry; ``--save_probabilities`` adds ``OUT_DIR/probabilities/<case>.nii.gz`` and
 ``--statistics`` ``OUT_DIR/statistics.json``. It runs the evaluation engine
-(:mod:`swinbob.evaluate`) on the folder, without ETTA unless ``--etta`` is given.
+(:mod:`swinbob.infer.evaluate`) on the folder, without ETTA unless ``--etta`` is given.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from swinbob import cli, eval_cli
+from swinbob import cli
+
+from swinbob.infer import cli as eval_cli
 
 log = logging.getLogger(__name__)
 

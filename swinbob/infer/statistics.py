@@ -21,8 +21,8 @@ from monai.transforms import Compose
 from scipy import ndimage
 
 from swinbob.files import load_nifti_header, voxel_spacing, write_nifti
-from swinbob.metrics import class_mask
-from swinbob.outputs import invert_to_input
+from swinbob.infer.metrics import class_mask
+from swinbob.infer.outputs import invert_to_input
 
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
