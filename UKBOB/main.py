@@ -8,7 +8,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swinbob.train.engine import main
+from swinbob.train.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], default_task="ukbob"))

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swinbob.infer import cli as eval_cli  # noqa: E402
-from swinbob.train import engine as train  # noqa: E402
+import swinbob.train.cli as train_cli  # noqa: E402
 from swinbob.infer.etta import EttaConfig  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
 from swinbob.data.phantoms import DomainShift, write_cohort  # noqa: E402
@@ -86,7 +86,7 @@ def train_model(args: argparse.Namespace, clean: Path, work: Path) -> Path:
             "--max_epochs", str(epochs), "--max_steps_per_epoch", str(min(num_train, args.steps)),
             "--val_every", str(epochs), "--num_samples", "1", "--optim_lr", str(args.lr), "--warmup_epochs", "1",
             "--save_checkpoint", "--seed", str(args.seed), "--log_every", "50", *geometry_flags(args)]
-    if train.main(argv, default_task="btcv") != 0:
+    if train_cli.main(argv, default_task="btcv") != 0:
         raise SystemExit("training failed")
     return work / "train" / "model_final.pt"
 

@@ -16,6 +16,7 @@ from typing import Any
 from swinbob.data.transforms import DataConfig, find_datalist
 from swinbob.data.dataset_task import task_from_dataset
 from swinbob.errors import ConfigError
+from swinbob.limits import DEFAULTS, HELP, set_limit
 from swinbob.runtime.fast import COMPILE_CHOICES
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
@@ -215,3 +216,18 @@ def infer_overlap(args: argparse.Namespace, task: Task) -> float:
     if not 0.0 <= overlap < 1.0:
         raise ConfigError(f"--infer_overlap must be in [0, 1), got {overlap}")
     return overlap
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """``--max_voxels``, ``--max_checkpoint_mb``, ``--max_feature_size``, ``--max_channels``."""
+    group = parser.add_argument_group("resource limits for untrusted files")
+    for name, default in DEFAULTS.items():
+        group.add_argument(f"--{name}", type=int, default=None, help=f"{HELP[name]} (default {default})")
+
+
+def apply_limit_args(args: argparse.Namespace) -> None:
+    """Set every limit given on the command line (raises ``ValueError`` for values below 1)."""
+    for name in DEFAULTS:
+        value = getattr(args, name, None)
+        if value is not None:
+            set_limit(name, value)

@@ -25,11 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "predict":
         from swinbob.infer.predict import main as run
     elif command == "train":
-        from swinbob.train.engine import main as run
+        from swinbob.train.cli import main as run
     elif command == "evaluate":
         from swinbob.infer.cli import main as run
     elif command == "solf":
-        from swinbob.solf.pipeline import organ_filtering_entry as run
+        from swinbob.solf.cli import organ_filtering_entry as run
     else:
         print(f"swinbob: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2

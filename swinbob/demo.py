@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     # Imported here so that ``--help`` stays fast.
     from swinbob.infer.cli import main as test_etta
-    from swinbob.solf.pipeline import organ_filtering_entry
-    from swinbob.train.engine import main as train
+    from swinbob.solf.cli import organ_filtering_entry
+    from swinbob.train.cli import main as train
 
     if len(set(args.organs)) != len(args.organs):
         parser.error(f"--organs: each organ once, got {' '.join(args.organs)}")

@@ -6,13 +6,12 @@ uncompressed size, a model's width); these limits refuse them from those numbers
 message naming the file, instead of allocating until the machine runs out of memory.
 
 Limits live in the environment (``SWINBOB_MAX_VOXELS`` ...) so that worker processes, spawned or
-forked, see what the command line set; :func:`add_limit_args` and :func:`apply_limit_args` give
-every entry point the same flags.
+forked, see what the command line set; :func:`swinbob.cli.add_limit_args` and
+:func:`swinbob.cli.apply_limit_args` give every entry point the same flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 DEFAULTS = {
@@ -48,18 +47,3 @@ def set_limit(name: str, value: int) -> None:
     if int(value) < 1:
         raise ValueError(f"--{name} must be at least 1, got {value}")
     os.environ[f"SWINBOB_{name.upper()}"] = str(int(value))
-
-
-def add_limit_args(parser: argparse.ArgumentParser) -> None:
-    """``--max_voxels``, ``--max_checkpoint_mb``, ``--max_feature_size``, ``--max_channels``."""
-    group = parser.add_argument_group("resource limits for untrusted files")
-    for name, default in DEFAULTS.items():
-        group.add_argument(f"--{name}", type=int, default=None, help=f"{HELP[name]} (default {default})")
-
-
-def apply_limit_args(args: argparse.Namespace) -> None:
-    """Set every limit given on the command line (raises ``ValueError`` for values below 1)."""
-    for name in DEFAULTS:
-        value = getattr(args, name, None)
-        if value is not None:
-            set_limit(name, value)

@@ -20,7 +20,7 @@ from swinbob.data.dataset_task import DatasetJsonError, parse_labels, task_from_
 from swinbob.infer.cli import main as evaluate
 from swinbob.infer.model_loading import stored_task
 from swinbob.checkpoint import load_checkpoint
-from swinbob.train.engine import main as train
+from swinbob.train.cli import main as train
 from swinbob.viz import LEGEND_WIDTH, _legend
 
 from custom_data import MRI_NAMES, write_dataset

@@ -115,9 +115,9 @@ def run_entry(entry: str, argv: list[str]) -> int:
 
 @pytest.mark.parametrize("entry, flags, expected", ROWS)
 def test_wrong_setting_exits_2_with_one_line_naming_it(entry, flags, expected, world, caplog, monkeypatch, tmp_path):
-    import swinbob.train.engine
+    import swinbob.train.cli
 
-    monkeypatch.setattr(swinbob.train.engine, "launch", lambda *a, **k: pytest.fail("training started despite a wrong setting"))
+    monkeypatch.setattr(swinbob.train.cli, "launch", lambda *a, **k: pytest.fail("training started despite a wrong setting"))
     caplog.set_level(logging.INFO)
     argv = _argv(entry, flags, world, tmp_path / "out")
     assert run_entry(entry, argv) == 2

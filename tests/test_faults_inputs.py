@@ -41,7 +41,7 @@ from swinbob.data.phantoms import PhantomCase, ukbob_case, write_cohort
 from swinbob.solf.cases import make_task, measure_case
 from swinbob.solf.features import measure_organs, validate_labels
 from swinbob.solf.outputs import CleanTask, clean_case
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.tasks import UKBOB_CHANNELS, get_task
 
 pytestmark = pytest.mark.faults

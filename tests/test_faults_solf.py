@@ -31,7 +31,7 @@ from swinbob.files import stale_temp_files
 from swinbob.data.phantoms import write_cohort
 from swinbob.solf import pipeline
 from swinbob.solf.cases import measure_case
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.store import ShardLog
 
 pytestmark = pytest.mark.faults

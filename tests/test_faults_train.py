@@ -35,6 +35,7 @@ import torch
 
 import swinbob.checkpoint as checkpoint
 import swinbob.train.engine as train
+import swinbob.train.cli as train_cli
 from faults_report import record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError, load_checkpoint
 from swinbob.runtime.distributed import exit_status
@@ -125,7 +126,7 @@ def _args(cohort: Path, logdir: Path, *extra: str) -> list[str]:
 
 
 def _train(cohort: Path, logdir: Path, *extra: str) -> int:
-    return train.main(_args(cohort, logdir, *extra), default_task="btcv")
+    return train_cli.main(_args(cohort, logdir, *extra), default_task="btcv")
 
 
 def _subprocess(fault: str, cohort: Path, logdir: Path, *extra: str) -> subprocess.Popen:
@@ -391,7 +392,7 @@ def test_the_pre_training_check_reads_images_and_lists_nan_voxels_and_truncated_
     truncated_image.write_bytes(content[: len(content) * 2 // 3])  # the header promises no more than gzip can hold
 
     argv = _args(data, tmp_path / "run")
-    assert train.main(argv, default_task="btcv") == train.EXIT_BAD_DATA
+    assert train_cli.main(argv, default_task="btcv") == train.EXIT_BAD_DATA
     message = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert "2 problem(s) found, nothing was trained" in message
     assert f"{nan_image}: image contains 1 NaN/Inf voxel(s)" in message
@@ -501,4 +502,4 @@ def test_sigterm_to_the_distributed_launcher_only_stops_every_rank_with_last_pt_
 
 if __name__ == "__main__":  # the fault runner: python tests/test_faults_train.py FAULT TRAIN_ARGS...
     install_fault(sys.argv[1])
-    sys.exit(train.main(sys.argv[2:], default_task="btcv"))
+    sys.exit(train_cli.main(sys.argv[2:], default_task="btcv"))

@@ -36,7 +36,7 @@ from swinbob.data.transforms import load_datalist
 from swinbob.files import resolve_inside
 from swinbob.data.loaders import DatalistError, load_splits
 from swinbob.data.phantoms import write_cohort
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 
 pytestmark = pytest.mark.faults
 

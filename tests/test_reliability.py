@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import swinbob.infer.cli as eval_cli
-import swinbob.train.engine as train
+import swinbob.train.cli as train_cli
 from faults_report import handled, record_class, record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError
 from swinbob.data.transforms import DataConfig, eval_transforms
@@ -36,7 +36,7 @@ from swinbob.data.inputs import folder_cases, root_cause
 from swinbob.data.loaders import DatalistError, load_splits, make_dataset
 from swinbob.data.phantoms import write_cohort
 from swinbob.solf import outputs as solf_outputs
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.tasks import get_task
 from swinbob.train.state import restore_training
 
@@ -270,7 +270,7 @@ def test_training_into_a_log_dir_in_use_is_refused(btcv, tmp_path, caplog):
     logdir = tmp_path / "run"
     argv = [f"--json_list={btcv / 'dataset.json'}", f"--data_dir={btcv}", f"--logdir={logdir}", *TINY_TRAIN]
     with folder_lock(logdir):
-        status = train.main(argv, default_task="btcv")
+        status = train_cli.main(argv, default_task="btcv")
     message = _errors(caplog)
     record_input("concurrent runs", "second training into one --logdir", refused(message, strip=tmp_path))
     assert status == 2 and f"--logdir {logdir} is in use by PID {os.getpid()}" in message
@@ -345,7 +345,7 @@ def test_a_read_only_log_dir_is_a_configuration_error(shared_tmp):
     read_only.mkdir()
     read_only.chmod(0o555)
     argv = [f"--json_list={data / 'dataset.json'}", f"--data_dir={data}", f"--logdir={read_only / 'run'}", *TINY_TRAIN]
-    status, messages = run_unprivileged(lambda: _collecting_main(train.main, argv, default_task="btcv"))
+    status, messages = run_unprivileged(lambda: _collecting_main(train_cli.main, argv, default_task="btcv"))
     record_input("unwritable outputs", "training --logdir inside a read-only folder", refused(messages, strip=shared_tmp))
     assert status == 2 and f"--logdir {read_only / 'run'} cannot be written" in messages
 

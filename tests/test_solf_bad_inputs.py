@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from swinbob.data.phantoms import write_cohort
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.tasks import UKBOB_CHANNELS
 
 pytestmark = pytest.mark.faults

@@ -29,7 +29,7 @@ import pytest
 from swinbob.files import write_nifti
 from swinbob.data.phantoms import ukbob_case
 from swinbob.solf.inject import KINDS, MATCHING_REASONS, Injection, inject
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 
 NUM_CASES, INJECTED_CASES, ERRORS_PER_CASE = 80, 30, 3
 PHANTOM_SEED, SHAPE = 7, (64, 64, 80)

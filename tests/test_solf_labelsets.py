@@ -15,7 +15,7 @@ from swinbob.labels import BTCV_LABELS, IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, T
 from swinbob.data.phantoms import btcv_case, ukbob_case
 from swinbob.solf.inject import fragment, inject, swap
 from swinbob.solf.labelsets import LabelSetError, load_label_set, mirror_name, remap_by_name, side_pairs
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.rules import RulesError, learn_component_rules, load_rules
 
 TS = {name: i for i, name in TOTALSEGMENTATOR_LABELS.items()}

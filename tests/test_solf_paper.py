@@ -24,7 +24,7 @@ from swinbob.files import write_nifti
 from swinbob.solf.cases import make_task, measure_case
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, decide
 from swinbob.solf.features import SHAPE_COLUMNS
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.rules import RulesError, load_rules
 from swinbob.solf.store import FeatureTable, build_table
 

@@ -20,7 +20,7 @@ from swinbob.data.phantoms import write_cohort
 from swinbob.solf import pipeline
 from swinbob.solf.inject import fragment, swap
 from swinbob.solf.outputs import split_cases
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.tasks import UKBOB_CHANNELS
 
 REPO = Path(__file__).resolve().parents[1]

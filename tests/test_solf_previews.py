@@ -13,7 +13,7 @@ from swinbob.files import write_nifti
 from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
 from swinbob.data.phantoms import ukbob_case
 from swinbob.solf.inject import swap
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.previews import centre_index, preview_name
 
 pytest.importorskip("matplotlib")

@@ -13,7 +13,7 @@ import pytest
 from swinbob.data.loaders import DatalistError, check_datalist, load_splits, shard
 from swinbob.data.phantoms import write_cohort
 from swinbob.tasks import get_task
-from swinbob.train.engine import main
+from swinbob.train.cli import main
 from tiny import TINY_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]

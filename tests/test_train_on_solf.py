@@ -12,12 +12,13 @@ import pytest
 import torch
 
 import swinbob.train.engine as train
+import swinbob.train.cli as train_cli
 from swinbob.checkpoint import load_checkpoint
 from swinbob.runtime.distributed import DistContext
 from swinbob.labels import IGNORE_LABEL
 from swinbob.data.phantoms import write_cohort
 from swinbob.solf.inject import swap
-from swinbob.solf.pipeline import organ_filtering_entry
+from swinbob.solf.cli import organ_filtering_entry
 from swinbob.train.cli import build_parser, resolve_plan
 from tiny import TINY_FLAGS
 
@@ -59,7 +60,7 @@ def test_a_short_run_trains_on_solf_output_with_ignored_voxels(solf_output, tmp_
     batches = [batch for _, batch in zip(range(len(loader)), train.batch_stream(loader, 0))]
     assert any((b["label"] == IGNORE_LABEL).any() for b in batches)  # the loss does see 255 voxels
     caplog.set_level(logging.INFO)
-    assert train.main(argv, default_task="ukbob") == 0
+    assert train_cli.main(argv, default_task="ukbob") == 0
     loss = [float(m.split("loss ")[1].split(",")[0]) for m in caplog.messages if "epoch 1/1: loss" in m]
     assert len(loss) == 1 and math.isfinite(loss[0]) and 0 < loss[0] < 10
     assert "validation after epoch 1: mean Dice" in caplog.text

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import swinbob.train.engine as train
+import swinbob.train.cli as train_cli
 from swinbob.checkpoint import load_checkpoint
 from swinbob.data.phantoms import write_cohort
 
@@ -29,7 +30,7 @@ def _argv(data, logdir, *extra):
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(btcv, tmp_path, monkeypatch):
-    assert train.main(_argv(btcv, tmp_path / "straight"), default_task="btcv") == 0
+    assert train_cli.main(_argv(btcv, tmp_path / "straight"), default_task="btcv") == 0
 
     real_save = train.save_epoch
 
@@ -40,10 +41,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(btcv, tmp_path, monk
 
     monkeypatch.setattr(train, "save_epoch", save_then_crash)
     with pytest.raises(Interrupted):
-        train.main(_argv(btcv, tmp_path / "split"), default_task="btcv")
+        train_cli.main(_argv(btcv, tmp_path / "split"), default_task="btcv")
     monkeypatch.setattr(train, "save_epoch", real_save)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
-    assert train.main(_argv(btcv, tmp_path / "split", "--resume"), default_task="btcv") == 0
+    assert train_cli.main(_argv(btcv, tmp_path / "split", "--resume"), default_task="btcv") == 0
 
     straight, resumed = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "split"))
     for key in ("epoch", "global_step", "best_metric", "skipped_steps"):
@@ -59,7 +60,7 @@ def test_consecutive_nan_losses_stop_the_run_without_a_checkpoint(btcv, tmp_path
     caplog.set_level(logging.INFO, logger="swinbob")
     monkeypatch.setattr(train, "build_loss", lambda *a, **k: (lambda logits, label: logits.mean() * float("nan")))
     argv = btcv_args(btcv, tmp_path / "nan", "--max_epochs=1", "--max_steps_per_epoch=3", "--nan_patience=2")
-    assert train.main(argv, default_task="btcv") == 3
+    assert train_cli.main(argv, default_task="btcv") == 3
     assert "2 consecutive non-finite losses" in caplog.text
     assert sum("update skipped" in r.getMessage() for r in caplog.records) == 2
     assert not (tmp_path / "nan" / "last.pt").exists()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import swinbob.train.engine as train
+import swinbob.train.cli as train_cli
 from swinbob.checkpoint import load_checkpoint
 from swinbob.runtime.distributed import DistContext
 from swinbob.model import ModelConfig, build_model
@@ -88,7 +89,7 @@ def test_finetuning_btcv_from_the_ukbob_checkpoint_reports_the_transfer(ukbob_ru
     caplog.set_level(logging.INFO, logger="swinbob")
     argv = btcv_args(btcv, tmp_path / "ft", "--max_epochs=1", "--max_steps_per_epoch=1",
                      f"--pretrained_dir={logdir}", "--pretrained_model_name=model.pt")
-    assert train.main(argv, default_task="btcv") == 0
+    assert train_cli.main(argv, default_task="btcv") == 0
     report = next(r.getMessage() for r in caplog.records if "loaded" in r.getMessage() and "tensors" in r.getMessage())
     loaded, total = map(int, report.split("loaded ")[1].split(" tensors")[0].split("/"))
     assert 0 < loaded < total and "out.conv.conv.weight" in report  # new 14-class head
@@ -103,7 +104,7 @@ def test_finetuning_brats_regions_from_the_ukbob_checkpoint(ukbob_run, tmp_path_
     # The phantom list keeps fold 0 apart as "validation"; fold 1 validates on a "training" case.
     argv = btcv_args(data, tmp_path / "brats", "--max_epochs=1", "--max_steps_per_epoch=1", "--fold=1", "--bce_weight=0.5",
                      "--save_checkpoint", f"--pretrained_dir={logdir}", "--pretrained_model_name=model.pt")
-    assert train.main(argv, default_task="brats") == 0
+    assert train_cli.main(argv, default_task="brats") == 0
     assert "re-initialised (shape differs): out.conv.conv.weight" in caplog.text  # 4 channels in: only the head differs
     assert "validation after epoch 1: mean Dice" in caplog.text and "TC " in caplog.text and "ET " in caplog.text
     best = load_checkpoint(tmp_path / "brats" / "model.pt")
@@ -140,7 +141,7 @@ def test_short_btcv_run_raises_validation_dice(btcv, tmp_path):
     plan = resolve_plan(build_parser("btcv").parse_args(argv))
     seed_everything(plan.options.seed)  # the run's initial weights
     start = _validate(plan, build_model(plan.model))
-    assert train.main(argv, default_task="btcv") == 0
+    assert train_cli.main(argv, default_task="btcv") == 0
     best = load_checkpoint(tmp_path / "learn" / "model.pt")
     model = build_model(ModelConfig.from_dict(best["config"]))
     model.load_state_dict(best["model"])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from swinbob import cli
+from swinbob.cli import add_limit_args, apply_limit_args
 
 from swinbob.runtime import fast
 from swinbob.checkpoint import CheckpointError, load_checkpoint
@@ -33,7 +34,6 @@ from swinbob.files import (
 from swinbob.infer.model_loading import load_inference_model, stored_config, stored_task, trained_preprocessing
 from swinbob.data.inputs import Case, datalist_cases, folder_cases
 from swinbob.infer.window import WindowSettings
-from swinbob.limits import add_limit_args, apply_limit_args
 from swinbob.runtime.logs import formatter
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.runtime.devices import autocast_dtype, select_device, seed_everything

@@ -5,9 +5,10 @@ Pass 1 (:mod:`~swinbob.solf.features`, :mod:`~swinbob.solf.cases`, :mod:`~swinbo
 measures every organ of every scan; pass 2 (:mod:`~swinbob.solf.rules`,
 :mod:`~swinbob.solf.decide`, :mod:`~swinbob.solf.paper`, :mod:`~swinbob.solf.outputs`) keeps, cleans
 or rejects each organ (our rules, the paper's percentile vote, or both) and
-writes the cleaned training set; :mod:`~swinbob.solf.pipeline` runs the stages and the CLI.
+writes the cleaned training set; :mod:`~swinbob.solf.pipeline` runs the stages; :mod:`~swinbob.solf.cli` holds its flags.
 """
 
-from swinbob.solf.pipeline import SolfConfig, organ_filtering_entry, run_solf
+from swinbob.solf.cli import organ_filtering_entry
+from swinbob.solf.pipeline import SolfConfig, run_solf
 
 __all__ = ["SolfConfig", "organ_filtering_entry", "run_solf"]

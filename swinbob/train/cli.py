@@ -10,24 +10,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
+import functools
+import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from swinbob.checkpoint import previous_checkpoint
+from swinbob.data.dataset_task import DatasetJsonError
+from swinbob.files import NiftiError, OutputError, check_writable_folder, folder_lock
 from swinbob.cli import (
-    HelpFormatter, add_compile_args, add_data_args, add_model_args, add_task_args, check_settings, data_config,
+    HelpFormatter, apply_limit_args, add_compile_args, add_data_args, add_model_args, add_task_args, check_settings, data_config,
     infer_overlap, model_config, presets_epilog, resolve_task,
 )
 from swinbob.errors import ConfigError
-from swinbob.data.transforms import DataConfig
-from swinbob.data.loaders import load_splits
+from swinbob.data.loaders import DatalistError, load_splits
+from swinbob.runtime.distributed import launch
+from swinbob.runtime.logs import configure_logging
 from swinbob.model import ROI_MULTIPLE, ModelConfig
+from swinbob.train.plan import TrainOptions, TrainPlan, logdir_path
 from swinbob.tasks import AUTO, Task
+from swinbob.train import engine
 
 EXIT_CODES = ("exit codes: 0 finished; 1 run failure; 2 configuration error or datalist problems (all listed, nothing "
               "trained); 3 training diverged or a checkpoint is unusable; 4 stopped by SIGTERM/SIGINT after saving "
               "last.pt (run again with --resume)")
+log = logging.getLogger("swinbob.train.engine")
+
 SSL_WEIGHTS_NAME = "model_swinvit.pt"
 """File name of MONAI's self-supervised Swin-ViT weights, as the upstream scripts expect it."""
 
@@ -100,84 +109,6 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     add_data_args(parser)
     add_train_args(parser)
     return parser
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """The run's settings besides task, model and data: checked plain values, read below the entry
-    point instead of the argparse namespace (which never leaves :func:`resolve_plan`)."""
-
-    json_list: str
-    workers: int
-    data_check: str
-    cache_dir: str | None
-    use_normal_dataset: bool
-    cache_rate: float
-    batch_size: int
-    seed: int
-    max_steps_per_epoch: int | None
-    deterministic: bool
-    optim_name: str
-    momentum: float
-    squared_dice: bool
-    smooth_nr: float
-    smooth_dr: float
-    bce_weight: float
-    lrschedule: str
-    compile: str
-    compile_cache: str | None
-    nan_patience: int
-    log_every: int
-    save_checkpoint: bool
-    sw_batch_size: int
-    checkpoint: str | None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """Everything a training process needs, resolved and checked (picklable for spawning)."""
-
-    task: Task
-    model: ModelConfig
-    data: DataConfig
-    train_entries: list[dict[str, Any]]
-    val_entries: list[dict[str, Any]]
-    logdir: Path
-    max_epochs: int
-    val_every: int
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    overlap: float
-    amp: str
-    pretrained: Path | None
-    resume: Path | None
-    options: TrainOptions
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-type view written to ``<logdir>/config.json`` (flags and resolved values)."""
-        return {
-            "task": self.task.name, "class_names": self.task.class_names, "task_spec": self.task.to_dict(),
-            "model": self.model.to_dict(),
-            "data": {**dataclasses.asdict(self.data), "intensity": dataclasses.asdict(self.data.intensity)},
-            "num_train_cases": len(self.train_entries), "num_val_cases": len(self.val_entries),
-            "logdir": str(self.logdir), "max_epochs": self.max_epochs, "val_every": self.val_every,
-            "lr": self.lr, "weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
-            "overlap": self.overlap, "amp": self.amp,
-            "pretrained": str(self.pretrained) if self.pretrained else None,
-            "resume": str(self.resume) if self.resume else None,
-            "options": dataclasses.asdict(self.options),
-        }
-
-
-def logdir_path(logdir: str | None, task: Task) -> Path:
-    """Upstream puts runs under ``./runs/<logdir>``; absolute paths are taken as given."""
-    name = Path(logdir or task.name)
-    return name if name.is_absolute() else Path("runs") / name
 
 
 def pretrained_path(args: argparse.Namespace) -> Path | None:
@@ -259,5 +190,38 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
         amp="none" if args.noamp else args.amp,
         pretrained=None if resume else pretrained_path(args),
         resume=resume,
-        options=TrainOptions.from_args(args),
+        options=TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)}),
     )
+
+
+def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
+    """Parse upstream-compatible flags, check flags and datalist, and train; returns an exit code."""
+    args = build_parser(default_task).parse_args(argv)
+    configure_logging()
+    try:
+        apply_limit_args(args)
+        plan = resolve_plan(args)
+        for folder, flag in ((plan.logdir, "--logdir"), (args.cache_dir, "--cache_dir")):
+            if folder is not None:
+                check_writable_folder(folder, flag)
+    except (DatalistError, OutputError, ValueError) as exc:
+        log.error("%s", exc)
+        return engine.EXIT_BAD_DATA
+    except (ConfigError, DatasetJsonError, NiftiError) as exc:
+        log.error("configuration error: %s", exc)
+        return engine.EXIT_BAD_DATA
+    run = functools.partial(launch, engine.train_worker, plan, distributed=args.distributed, world_size=args.world_size,
+                            node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend,
+                            device_name=args.device)
+    if os.environ.get("RANK", "0") != "0" or args.rank != 0:
+        return run()  # only the process that writes the run folder (global rank 0) locks it
+    try:
+        with folder_lock(plan.logdir, "--logdir"):
+            return run()
+    except OutputError as exc:
+        log.error("%s", exc)
+        return engine.EXIT_BAD_DATA
+
+
+if __name__ == "__main__":  # python -m swinbob.train.cli --task btcv ...
+    raise SystemExit(main())

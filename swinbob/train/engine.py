@@ -1,7 +1,7 @@
 """The Swin-BOB training engine: a short loop of small functions.
 
-``main`` parses the upstream flags (:mod:`swinbob.train.cli`), checks everything it can before
-any process starts, and hands a :class:`~swinbob.train.cli.TrainPlan` to every process
+:mod:`swinbob.train.cli` parses the upstream flags, checks everything it can before any process
+starts, and hands a :class:`~swinbob.train.plan.TrainPlan` to :func:`train_worker` in every process
 (:mod:`swinbob.runtime.distributed`). Each process checks its share of the datalist files, builds model,
 data and optimiser, restores state (``--resume``, ``--checkpoint`` or fine-tuning weights) and
 runs :func:`fit`. The learning rate is a pure function of training progress, so resuming needs no
@@ -11,13 +11,11 @@ scheduler object; only the main rank writes files (checkpoints, TensorBoard, con
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,19 +27,15 @@ from tqdm import tqdm
 from swinbob.runtime import fast
 from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from swinbob.data.transforms import eval_transforms, plain_tensor, train_transforms
-from swinbob.runtime.distributed import DistContext, all_gather_objects, all_reduce_sum, launch
-from swinbob.files import OutputError, atomic_write_text, check_writable_folder, folder_lock, remove_stale_temp_files
+from swinbob.runtime.distributed import DistContext, all_gather_objects, all_reduce_sum
+from swinbob.files import atomic_write_text, remove_stale_temp_files
 from swinbob.runtime.interrupt import StopRequest, stop_on_signals
 from swinbob.data.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
 from swinbob.runtime.logs import configure_logging
 from swinbob.train.losses import build_loss
 from swinbob.model import build_model
 from swinbob.runtime.devices import autocast, autocast_dtype, seed_everything
-from swinbob.errors import ConfigError
-from swinbob.data.dataset_task import DatasetJsonError
-from swinbob.files import NiftiError
-from swinbob.train.cli import TrainPlan, build_parser, resolve_plan
-from swinbob.limits import apply_limit_args
+from swinbob.train.plan import TrainPlan
 from swinbob.train.state import ResumeMismatch, ResumePoint, TrainState, full_checkpoint, initial_state, restore_rng, rng_state, run_config
 from swinbob.train.validation import validate
 
@@ -462,36 +456,3 @@ def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
             log.warning("%s (exit code %d)", exc, EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     return 0
-
-
-def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
-    """Parse upstream-compatible flags, check flags and datalist, and train; returns an exit code."""
-    args = build_parser(default_task).parse_args(argv)
-    configure_logging()
-    try:
-        apply_limit_args(args)
-        plan = resolve_plan(args)
-        for folder, flag in ((plan.logdir, "--logdir"), (args.cache_dir, "--cache_dir")):
-            if folder is not None:
-                check_writable_folder(folder, flag)
-    except (DatalistError, OutputError, ValueError) as exc:
-        log.error("%s", exc)
-        return EXIT_BAD_DATA
-    except (ConfigError, DatasetJsonError, NiftiError) as exc:
-        log.error("configuration error: %s", exc)
-        return EXIT_BAD_DATA
-    run = functools.partial(launch, train_worker, plan, distributed=args.distributed, world_size=args.world_size,
-                            node_rank=args.rank, dist_url=args.dist_url, backend=args.dist_backend,
-                            device_name=args.device)
-    if os.environ.get("RANK", "0") != "0" or args.rank != 0:
-        return run()  # only the process that writes the run folder (global rank 0) locks it
-    try:
-        with folder_lock(plan.logdir, "--logdir"):
-            return run()
-    except OutputError as exc:
-        log.error("%s", exc)
-        return EXIT_BAD_DATA
-
-
-if __name__ == "__main__":  # python -m swinbob.train.engine --task btcv ...
-    raise SystemExit(main())

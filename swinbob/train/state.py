@@ -28,7 +28,7 @@ from swinbob.runtime.distributed import DistContext
 from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.model import ModelConfig
 from swinbob.tasks import Task
-from swinbob.train.cli import TrainPlan
+from swinbob.train.plan import TrainPlan
 
 log = logging.getLogger(__name__)
 
