@@ -12,6 +12,7 @@ commands:
   train      train or fine-tune (UKBOB/main.py flags; --task auto for your own dataset.json)
   evaluate   evaluate a checkpoint on a datalist, with ETTA (test_etta.py flags)
   solf       clean TotalVibeSegmentator labels (UKBOB/filtering/organ_filtering.py flags)
+  merge      combine the parts of a split prediction (--num_parts) into one folder's tables (OUT_DIR)
 """
 
 
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from swinbob.train.cli import main as run
     elif command == "evaluate":
         from swinbob.infer.cli import main as run
+    elif command == "merge":
+        from swinbob.infer.parts import merge_main as run
     elif command == "solf":
         from swinbob.solf.cli import organ_filtering_entry as run
     else:

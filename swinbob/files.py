@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -27,7 +27,7 @@ from swinbob.limits import limit
 MAX_DEFLATE_RATIO = 1032
 """Deflate (gzip) cannot expand data more than ~1032-fold, so a ``.nii.gz`` whose header promises
 more bytes than that is a truncated file or a lying header, refused before allocating them."""
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\..+)?")
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\..+)?")
 """Names :func:`atomic_write` gives its temporary files (``tempfile.mkstemp``: 8 random characters)."""
 
 
@@ -99,7 +99,8 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "output folder"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: str = LOCK_NAME) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: str = LOCK_NAME,
+                shared: bool = False, wait: bool = False) -> Iterator[Path]:
     """Hold an advisory lock (``fcntl.flock``) on ``folder`` while the block runs.
 
     Two runs writing into one folder would mix their outputs (predictions of one model, tables
@@ -107,6 +108,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: st
     with the PID of the first. The lock dies with its process (even after ``SIGKILL``), so a
     crashed run never leaves a folder locked; the lock file itself stays. ``name`` picks another
     lock file, for writers that may share a folder but not a part of it (one lock per SOLF shard).
+    ``shared``: any number of shared holders at once (the parts of a split prediction), none while
+    an exclusive one holds it. ``wait``: block until the lock is free instead of refusing.
     """
     folder = check_writable_folder(folder, what)
     try:
@@ -115,15 +118,16 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: st
     except OSError as exc:
         raise OutputError(exc.errno, f"{what} {folder} cannot be written ({exc.strerror or exc})") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
     except OSError as exc:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise OutputError(errno.EBUSY, f"{what} {folder} is in use by PID {holder} (another run is writing there); "
                           "wait for it to finish or choose another folder") from exc
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not shared:  # shared holders leave the PID of the last exclusive one alone
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder
     finally:
         os.close(fd)  # releases the lock
@@ -208,10 +212,13 @@ def stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _TEMP_NAME.fullmatch(p.name) and p.is_file())
 
 
-def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+def remove_stale_temp_files(folder: str | os.PathLike, names: Collection[str] | None = None) -> int:
     """Delete :func:`stale_temp_files` of ``folder``; return how many. Call it only while no other
-    process writes into ``folder``."""
+    process writes into ``folder``, or give ``names``: then only temporary files of those final
+    names go (a part of a split prediction cleans its own cases while the other parts write)."""
     stale = stale_temp_files(folder)
+    if names is not None:
+        stale = [p for p in stale if (m := _TEMP_NAME.fullmatch(p.name)) and m.group("name") in names]
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

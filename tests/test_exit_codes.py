@@ -52,6 +52,8 @@ TABLE = [
     (EVALUATE + PREDICT, ["MODEL=missing.pt"], "missing.pt"),
     (EVALUATE + PREDICT, ["MODEL=garbage.pt"], "garbage.pt"),
     (PREDICT, ["INPUT=nowhere"], "nowhere"),
+    (EVALUATE + PREDICT, ["--num_parts=2", "--part_id=2"], "--part_id"),
+    (EVALUATE + PREDICT, ["--part_id=0"], "--num_parts"),
 ]
 ROWS = [pytest.param(entry, flags, expected, id=f"{entry}:{' '.join(flags)}") for entries, flags, expected in TABLE
         for entry in entries]

@@ -9,10 +9,12 @@ checks every setting before any image is read (exit 2, one line), loads the mode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from swinbob.errors import ConfigError
 from swinbob.files import (
     NiftiError, OutputError, check_writable_folder, folder_lock,
 )
+from swinbob.infer.parts import Part, add_part_args, part_from_flags, select_part
 from swinbob.infer.model_loading import load_inference_model, stored_config, stored_task, trained_preprocessing
 from swinbob.data.inputs import Case, datalist_cases, folder_cases
 from swinbob.infer.window import WindowSettings
@@ -119,6 +122,7 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     cli.add_compile_args(run)
     run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
                      help="where window logits are summed (auto: GPU if the volume fits)")
+    add_part_args(run)
     add_limit_args(parser)
     return parser
 
@@ -278,6 +282,7 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
     """Resolve flags into a loaded model, the cases and the settings; raises :class:`ConfigError`."""
     cli.check_settings(args)
+    part = part_from_flags(args.num_parts, args.part_id)
     output_dir = Path(args.output_dir) if args.output_dir else Path("./outputs") / args.exp_name
     check_writable_folder(output_dir, "--output_dir")  # before minutes of model loading: read-only, below a file, ...
     path = Path(args.pretrained_dir) / args.pretrained_model_name
@@ -294,7 +299,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
                           f"{task.out_channels} ({', '.join(task.class_names[:6])}{', ...' if task.out_channels > 6 else ''}); "
                           'use the checkpoint trained for this task, or --label_map to score it zero-shot '
                           '(e.g. UKBOB liver -> BTCV liver: {"5": 6})')
-    device = select_device(args.device)
+    device = select_device(args.device, int(os.environ.get("LOCAL_RANK", "0") or 0))  # torchrun: one GPU per rank
     if args.input_dir:
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
@@ -306,6 +311,9 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         raise ConfigError(f"no cases found in {source}")
     check_unique_names(cases)
     check_previous_results(output_dir, args)
+    case_index = {case.name: i for i, case in enumerate(cases)}
+    if part is not None:
+        cases = [cases[i] for i in select_part([c.name for c in cases], part)]
     model, window = inference_setup(args, model, config, task, device)
     settings = EvalSettings(
         task=task, data=cli.data_config(args, task), window=window, output_dir=output_dir, methods=_methods(args),
@@ -316,13 +324,28 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
         statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
         gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
-        device=device,
+        device=device, part=part, case_index=case_index,
     )
     context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
                "sw_batch_size": window.sw_batch_size, "compile": args.compile, "overlap": window.overlap,
                "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
                "label_map": label_map, "class_names": task.class_names}
     return model, cases, settings, context
+
+
+@contextlib.contextmanager
+def output_locks(output_dir: Path, part: Part | None) -> Iterator[Path]:
+    """The locks of a run into ``output_dir``; yields the folder of its log. A single process holds
+    the folder; a part holds the folder shared with the other parts and its own part alone."""
+    if part is None:
+        with folder_lock(output_dir, "--output_dir"):
+            yield output_dir
+        return
+    with folder_lock(output_dir, "--output_dir", shared=True), \
+            folder_lock(output_dir, f"--output_dir ({part.name})", name=part.lock_name):
+        folder = part.folder(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
 
 
 def _attach_log(handler: logging.Handler) -> logging.Handler:
@@ -350,11 +373,11 @@ def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
             log.error("configuration error: %s", exc.code)
             return 2
         try:
-            with folder_lock(settings.output_dir, "--output_dir"):
+            with output_locks(settings.output_dir, settings.part) as log_folder:
                 check_previous_results(settings.output_dir, args)
-                handlers.append(_attach_log(logging.FileHandler(settings.output_dir / "evaluate.log")))
-                log.info("%d case(s), methods %s, device %s -> %s", len(cases), ", ".join(settings.methods),
-                         settings.device, settings.output_dir)
+                handlers.append(_attach_log(logging.FileHandler(log_folder / "evaluate.log")))
+                log.info("%s%d case(s), methods %s, device %s -> %s", f"{settings.part.name}: " if settings.part else "",
+                         len(cases), ", ".join(settings.methods), settings.device, settings.output_dir)
                 summary = run_evaluation(model, cases, settings, context)
         except (OutputError, ConfigError) as exc:
             log.error("configuration error: %s", exc)

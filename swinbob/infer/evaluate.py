@@ -37,6 +37,7 @@ from swinbob.files import (
     resolve_inside, voxel_spacing,
 )
 from swinbob.data.inputs import Case, iterate_cases, root_cause
+from swinbob.infer.parts import RECORDS, Journal, Part, journaled_cases, merge_parts, unfinished_parts
 from swinbob.infer.outputs import invert_labels, map_labels, probabilities, to_labels, write_prediction
 from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.runtime.interrupt import stop_on_signals
@@ -80,6 +81,11 @@ class EvalSettings:
     overwrite: bool = False
     workers: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    part: Part | None = None
+    """Part of a split run (:mod:`swinbob.infer.parts`): the cases given are this part's; tables go
+    to its journal and the folder's tables are merged when every part has ended."""
+    case_index: dict[str, int] = field(default_factory=dict)
+    """Position of each case in the whole run's input order (a part's merge orders cases by it)."""
 
     @property
     def primary(self) -> str:
@@ -234,10 +240,21 @@ def evaluate_case(
 # The run
 # ----------------------------------------------------------------------------------------------
 
-def is_done(case: Case, settings: EvalSettings) -> bool:
-    """An unlabelled case whose every prediction file already exists (skipped unless overwrite)."""
-    if settings.overwrite or case.label is not None:
+def is_done(case: Case, settings: EvalSettings, journaled: set[str] | None = None) -> bool:
+    """An unlabelled case whose every prediction file already exists (skipped unless overwrite).
+
+    In a part (``journaled``: the cases with a journal record) a case is done when it has a record
+    and, if unlabelled, its prediction files: a part killed after writing a prediction but before
+    recording it redoes that case, so that its metrics and statistics are never missing."""
+    if settings.overwrite:
         return False
+    if journaled is not None:
+        if case.name not in journaled:
+            return False
+    elif case.label is not None:
+        return False
+    if case.label is not None:
+        return True
     try:
         return all(settings.prediction_path(m, case).exists() for m in settings.methods)
     except CaseError:  # reported when the case runs
@@ -245,9 +262,10 @@ def is_done(case: Case, settings: EvalSettings) -> bool:
 
 
 def write_summary(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
-    """``summary.json`` (atomically), with mean ± std per method over ``rows``."""
+    """``summary.json`` (atomically), with mean ± std per method over ``rows``; a part's in its folder."""
     summary["metrics"] = {m: summarize([r for r in rows if r["method"] == m]) for m in settings.methods if rows}
-    atomic_write_text(settings.output_dir / "summary.json", json.dumps(json_ready(summary), indent=2) + "\n")
+    folder = settings.output_dir if settings.part is None else settings.part.folder(settings.output_dir)
+    atomic_write_text(folder / "summary.json", json.dumps(json_ready(summary), indent=2) + "\n")
 
 
 def run_evaluation(
@@ -264,10 +282,19 @@ def run_evaluation(
     """
     model.eval()
     preprocess = eval_transforms(settings.task, settings.data, with_label=False)
-    stale = sum(remove_stale_temp_files(folder) for folder in settings.output_folders())
+    part, journal, journaled = settings.part, None, None
+    if part is not None:  # only this part's own temporary files: the other parts are writing
+        own = {f"{c.name}{suffix}" for c in cases for suffix in (".nii.gz", ".gif")}
+        stale = sum(remove_stale_temp_files(folder, own) for folder in settings.output_folders())
+        stale += remove_stale_temp_files(part.folder(settings.output_dir))
+        (part.folder(settings.output_dir) / "summary.json").unlink(missing_ok=True)  # not ended until it ends again
+        journal = Journal(part.folder(settings.output_dir) / RECORDS, reset=settings.overwrite)
+        journaled = set() if settings.overwrite else journaled_cases(settings.output_dir)
+    else:
+        stale = sum(remove_stale_temp_files(folder) for folder in settings.output_folders())
     if stale:
         log.warning("removed %d temporary file(s) left by an interrupted run", stale)
-    skipped = [c.name for c in cases if is_done(c, settings)]
+    skipped = [c.name for c in cases if is_done(c, settings, journaled)]
     todo = [c for c in cases if c.name not in set(skipped)]
     for name in skipped:
         log.info("%s: predictions exist, skipped (pass --overwrite to redo)", name)
@@ -277,8 +304,11 @@ def run_evaluation(
         "cases": {"total": len(cases), "evaluated": 0, "failed": 0, "skipped": len(skipped)},
         "failures": [], "skipped": skipped, "etta": {},
     }
+    if part is not None:
+        summary["part"] = {"index": part.index, "count": part.count,
+                           "case_index": {c.name: settings.case_index.get(c.name, i) for i, c in enumerate(cases)}}
     rows: list[dict] = []
-    metrics_log = MetricsLog(settings.output_dir / "metrics.csv")
+    metrics_log = MetricsLog(settings.output_dir / "metrics.csv") if part is None else _JournalLog(journal)
     statistics: dict[str, Any] = {}
     started = time.perf_counter()
     stopped: str | BaseException | None = None
@@ -296,13 +326,28 @@ def run_evaluation(
         raise
     finally:
         metrics_log.close()
-        if statistics:  # once, like the summary: rewriting it per case would be quadratic
+        if statistics and part is None:  # once, like the summary: rewriting it per case would be quadratic
             atomic_write_text(settings.output_dir / "statistics.json", json.dumps(json_ready(statistics), indent=2) + "\n")
         summary["elapsed_s"] = round(time.perf_counter() - started, 2)
         if stopped is not None:
             summary["interrupted"] = stopped if isinstance(stopped, str) else (type(stopped).__name__ + f": {stopped}")
         write_summary(settings, rows, summary)
+    if part is not None and stopped is None and not unfinished_parts(settings.output_dir, part.count):
+        merge_parts(settings.output_dir, part.count)  # the last part to end writes the folder's tables
     return summary
+
+
+class _JournalLog:
+    """A part's metric rows go with its journal records (:class:`_run_one` appends them)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def append(self, rows: Sequence[dict]) -> None:
+        pass
+
+    def close(self) -> None:
+        self.journal.close()
 
 
 def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preprocess: Compose, settings: EvalSettings,
@@ -324,6 +369,9 @@ def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preproc
     metrics_log.append(case_rows)
     if "statistics" in record:
         statistics[case.name] = record.pop("statistics")
+    if isinstance(metrics_log, _JournalLog):  # after the case's files: a record means the case is complete
+        extra = {"statistics": statistics[case.name]} if case.name in statistics else {}
+        metrics_log.journal.append({"case": case.name, "rows": case_rows, **extra, "etta": record})
     if record:
         summary["etta"][case.name] = record
     summary["cases"]["evaluated"] += 1

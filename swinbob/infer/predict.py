@@ -18,6 +18,7 @@ from pathlib import Path
 from swinbob import cli
 
 from swinbob.infer import cli as eval_cli
+from swinbob.infer.parts import add_part_args
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="windows per forward pass (auto: from free GPU memory, 4 on the CPU)")
     cli.add_compile_args(parser)
     parser.add_argument("--workers", type=int, default=0, help="processes loading scans ahead")
+    add_part_args(parser)
     return parser
 
 
@@ -58,6 +60,9 @@ def evaluate_argv(args: argparse.Namespace) -> list[str]:
         argv.append(f"--device={args.device}")
     if args.infer_overlap is not None:
         argv.append(f"--infer_overlap={args.infer_overlap}")
+    for flag in ("num_parts", "part_id"):
+        if getattr(args, flag) is not None:
+            argv.append(f"--{flag}={getattr(args, flag)}")
     return argv
 
 
