@@ -39,6 +39,11 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
         image = np.full((41 + index, 25, 19), -1000.0, np.float32)
         image[3:38, 2:23, 2:17] = rng.normal(40, 60, (35, 21, 15))
         nib.save(nib.Nifti1Image(image, affine), root / "in" / f"{name}.nii.gz")
+        label = np.zeros(image.shape, np.uint8)
+        label[8:20, 5:15, 4:12], label[24:33, 8:20, 6:14] = 6, 1
+        nib.save(nib.Nifti1Image(label, affine), root / f"{name}_label.nii.gz")
+    entries = [{"image": f"in/{n}.nii.gz", "label": f"{n}_label.nii.gz"} for n in NAMES]
+    (root / "dataset.json").write_text(json.dumps({"validation": entries}))
     torch.manual_seed(0)
     config = tiny_config(roi=WIDE_ROI)
     torch.save(make_checkpoint(build_model(config), {"model": config.to_dict(), "task": "btcv"}, epoch=1),
@@ -143,6 +148,19 @@ def test_a_single_process_is_refused_while_a_part_runs_and_parts_of_one_folder_c
         with pytest.raises(OutputError, match="part-0-of-2"):  # the same part twice: refused
             with output_locks(tmp_path, Part(0, 2)):
                 pass
+
+
+def test_evaluation_in_parts_gives_the_single_process_metrics_table_and_summary(inputs, tmp_path):
+    from swinbob.infer.cli import main as evaluate_main
+    root = inputs[0].parent
+    argv = [f"--data_dir={root}", "--json_list=dataset.json", f"--pretrained_dir={root}", "--pretrained_model_name=model.pt",
+            "--no_etta", "--workers=0", "--device=cpu", "--no_save_predictions"]
+    assert evaluate_main([*argv, f"--output_dir={tmp_path / 'single'}"]) == 0
+    for k in (2, 0, 1):
+        assert evaluate_main([*argv, f"--output_dir={tmp_path / 'split'}", "--num_parts=3", f"--part_id={k}"]) == 0
+    table = (tmp_path / "single" / "metrics.csv").read_text()
+    assert "nan" in table and (tmp_path / "split" / "metrics.csv").read_text() == table  # unscored classes too
+    assert _summary(tmp_path / "split" / "summary.json") == _summary(tmp_path / "single" / "summary.json")
 
 
 def test_torchrun_ranks_are_parts_and_the_folder_is_merged(inputs, tmp_path):

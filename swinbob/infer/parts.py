@@ -140,7 +140,7 @@ class Journal:
         return {r["case"] for r in self.records}
 
     def append(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(json_ready(record)) + "\n")
+        self._handle.write(json.dumps(record) + "\n")  # NaN kept (unscored Dice), as the rows hold it
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self.records.append(record)
