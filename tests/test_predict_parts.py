@@ -59,6 +59,11 @@ def _command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "swinbob.commands", "predict", *argv]
 
 
+def _final(folder: Path) -> list[Path]:
+    """Files under their final names (temporary files of atomic writes start with a dot)."""
+    return [p for p in folder.glob("*.nii.gz") if not p.name.startswith(".")]
+
+
 def _summary(path: Path) -> dict:
     summary = json.loads(path.read_text())
     summary.pop("elapsed_s")
@@ -117,10 +122,10 @@ def test_a_part_killed_mid_run_redoes_only_what_it_lacks(inputs, tmp_path):
     run.wait()
     part = out / "parts" / "part-0-of-2"
     assert not (part / "summary.json").exists(), "the part ended before it could be killed"
-    for path in (out / "predictions").glob("*.nii.gz"):  # every final name holds a complete file
+    for path in _final(out / "predictions"):  # every final name holds a complete file (temporary ones may stay)
         assert np.asarray(nib.load(path).dataobj).shape[1:] == (25, 19)
     recorded = {r["case"] for r in read_records(part / "records.jsonl")}
-    written = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").glob("*.nii.gz")}
+    written = {p.name: p.stat().st_mtime_ns for p in _final(out / "predictions")}
     assert predict_main(argv) == 0
     summary = json.loads((part / "summary.json").read_text())
     assert set(summary["skipped"]) == recorded

@@ -20,8 +20,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from queue import Full, Queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.transforms import Compose
+from tqdm import tqdm
 
 from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.infer.etta import EttaConfig, EttaOutcome, etta_predict
@@ -198,10 +202,23 @@ def evaluate_case(
     model: torch.nn.Module, case: Case, image: torch.Tensor, preprocess: Compose, settings: EvalSettings
 ) -> tuple[list[dict], dict]:
     """Predict, invert, write and score one preprocessed case; returns metric rows and ETTA record."""
+    return finish_case(case, image, preprocess, settings, *device_stage(model, case, image, settings))
+
+
+def device_stage(model: torch.nn.Module, case: Case, image: torch.Tensor,
+                 settings: EvalSettings) -> tuple[dict[str, torch.Tensor], dict, torch.Tensor | None]:
+    """The part of a case that needs the model (:func:`predict_case_outputs`), outputs on the CPU."""
     _check_channels(image, settings.task.in_channels, case)
     for method in settings.methods:  # refuse a hostile case name before any work
         settings.prediction_path(method, case)
     labels, record, probs = predict_case_outputs(model, image, settings)
+    return {m: v.cpu() for m, v in labels.items()}, record, (None if probs is None else probs.cpu())
+
+
+def finish_case(case: Case, image: torch.Tensor, preprocess: Compose, settings: EvalSettings,
+                labels: dict[str, torch.Tensor], record: dict, probs: torch.Tensor | None) -> tuple[list[dict], dict]:
+    """The rest of a case, without the model: back to the input grid, score, write files, statistics,
+    GIF. Runs in the writer thread while the model predicts the next case."""
     predictions = {}
     for method, grid_labels in labels.items():
         if settings.label_map:
@@ -312,19 +329,26 @@ def run_evaluation(
     statistics: dict[str, Any] = {}
     started = time.perf_counter()
     stopped: str | BaseException | None = None
+    pipeline = Pipeline(len(todo), settings.part.name if settings.part else "cases")
     try:
         with stop_on_signals() as stop:
-            for index, item in enumerate(iterate_cases(todo, preprocess, settings.workers), start=1):
-                _run_one(model, item, index, len(todo), preprocess, settings, summary, rows, metrics_log, statistics)
+            loaded = iterate_cases(todo, preprocess, settings.workers)
+            for index, item in enumerate(loaded if settings.workers else prefetch(loaded), start=1):
+                _run_one(model, item, index, len(todo), preprocess, settings, summary, rows, metrics_log, statistics,
+                         pipeline)
                 if stop.requested:
+                    pipeline.drain()
                     stopped = stop.name
                     log.warning("%s: stopped after %d of %d case(s); summary.json lists what was done", stop.name,
                                 index, len(todo))
                     break
+            pipeline.drain()
     except BaseException as exc:
         stopped = exc
         raise
     finally:
+        pipeline.close()
+        log.info("%s", pipeline.closing_line(summary["cases"], time.perf_counter() - started))
         metrics_log.close()
         if statistics and part is None:  # once, like the summary: rewriting it per case would be quadratic
             atomic_write_text(settings.output_dir / "statistics.json", json.dumps(json_ready(statistics), indent=2) + "\n")
@@ -351,20 +375,37 @@ class _JournalLog:
 
 
 def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preprocess: Compose, settings: EvalSettings,
-             summary: dict, rows: list[dict], metrics_log: MetricsLog, statistics: dict[str, Any]) -> None:
+             summary: dict, rows: list[dict], metrics_log: MetricsLog, statistics: dict[str, Any],
+             pipeline: Pipeline | None = None) -> None:
     """Evaluate one loaded case (or record its loading error) into ``summary``, ``rows``, the metrics
-    log and ``statistics`` (per-structure statistics of the cases that have them)."""
+    log and ``statistics`` (per-structure statistics of the cases that have them). With a
+    ``pipeline`` the model's part runs here and the rest in its writer thread; the bookkeeping
+    follows when that is done (at the latest when the next case is handed over)."""
     case, tic = item["case"], time.perf_counter()
+    pipeline = pipeline or Pipeline(total, threaded=False)
+    failed = functools.partial(_record_failure, case, index, total, summary, pipeline)
     try:
         if "error" in item:
             raise CaseError(item["error"])
-        case_rows, record = evaluate_case(model, case, item["image"], preprocess, settings)
+        outputs = device_stage(model, case, item["image"], settings)
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
-        reason = str(exc) if isinstance(exc, CaseError) else root_cause(exc)
-        log.error("[%d/%d] %s FAILED: %s", index, total, case.name, reason)
-        summary["failures"].append({"case": case.name, "reason": reason})
-        summary["cases"]["failed"] += 1
+        failed(exc)
         return
+    done = functools.partial(_record_case, case, index, total, tic, summary, rows, metrics_log, statistics, pipeline)
+    pipeline.submit(functools.partial(finish_case, case, item["image"], preprocess, settings, *outputs), done, failed)
+
+
+def _record_failure(case: Case, index: int, total: int, summary: dict, pipeline: Pipeline, exc: BaseException) -> None:
+    reason = str(exc) if isinstance(exc, CaseError) else root_cause(exc)
+    log.error("[%d/%d] %s FAILED: %s", index, total, case.name, reason)
+    summary["failures"].append({"case": case.name, "reason": reason})
+    summary["cases"]["failed"] += 1
+    pipeline.advance()
+
+
+def _record_case(case: Case, index: int, total: int, tic: float, summary: dict, rows: list[dict], metrics_log: MetricsLog,
+                 statistics: dict[str, Any], pipeline: Pipeline, result: tuple[list[dict], dict]) -> None:
+    case_rows, record = result
     rows += case_rows
     metrics_log.append(case_rows)
     if "statistics" in record:
@@ -375,7 +416,116 @@ def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preproc
     if record:
         summary["etta"][case.name] = record
     summary["cases"]["evaluated"] += 1
-    log.info("[%d/%d] %s done in %.1fs%s", index, total, case.name, time.perf_counter() - tic, _brief(case_rows))
+    pipeline.advance()
+    log.info("[%d/%d] %s done in %.1fs%s%s", index, total, case.name, time.perf_counter() - tic, _brief(case_rows),
+             pipeline.eta())
+
+
+class Pipeline:
+    """The writer thread of a run and its progress: one case's files are written while the model
+    predicts the next one (at most one case waits, so memory stays that of two cases).
+
+    ``submit(work, done, failed)`` runs ``work`` in the thread; ``done(result)`` or ``failed(exc)``
+    run in the caller's thread, in case order, when the next case is submitted or at :meth:`drain`.
+    Progress: a bar on a terminal (cases done / total, ETA), an ETA on every case's log line, and
+    :meth:`closing_line`.
+    """
+
+    def __init__(self, total: int, label: str = "cases", threaded: bool = True) -> None:
+        self.total, self.count, self.started = total, 0, time.perf_counter()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="swinbob-writer") if threaded else None
+        self._pending: tuple[Future, Callable, Callable] | None = None
+        self._bar = tqdm(total=total, desc=label, unit="case", disable=None if threaded and total else True,
+                         dynamic_ncols=True, leave=False)
+
+    def submit(self, work: Callable[[], Any], done: Callable[[Any], None], failed: Callable[[BaseException], None]) -> None:
+        if self._pool is None:
+            try:
+                result = work()
+            except Exception as exc:  # noqa: BLE001 - reported per case
+                failed(exc)
+                return
+            done(result)
+            return
+        future = self._pool.submit(work)
+        self.drain()
+        self._pending = (future, done, failed)
+
+    def drain(self) -> None:
+        """Wait for the case being written and record it."""
+        if self._pending is None:
+            return
+        (future, done, failed), self._pending = self._pending, None
+        try:
+            result = future.result()
+        except Exception as exc:  # noqa: BLE001 - reported per case
+            failed(exc)
+            return
+        done(result)
+
+    def advance(self) -> None:
+        self.count += 1
+        self._bar.update(1)
+
+    def eta(self) -> str:
+        left = self.total - self.count
+        if not left or not self.count:
+            return ""
+        return f", ETA {_duration((time.perf_counter() - self.started) / self.count * left)}"
+
+    def closing_line(self, cases: dict[str, int], elapsed: float) -> str:
+        done = cases["evaluated"] + cases["failed"]
+        return (f"{cases['evaluated']} case(s) done, {cases['failed']} failed, {cases['skipped']} skipped before, "
+                f"in {_duration(elapsed)} ({done / elapsed if elapsed > 0 else 0.0:.3g} cases/s)")
+
+    def close(self) -> None:
+        """Finish the write in progress (its files land complete) and stop the thread."""
+        if self._pool is not None:
+            if self._pending is not None:
+                self._pending[0].exception()  # wait; recorded or not, its files are complete
+            self._pool.shutdown(wait=True)
+        self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def prefetch(items: Iterator[dict], depth: int = 1) -> Iterator[dict]:
+    """``items`` read ahead by a thread (``--workers 0``): the next case loads while this one runs."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(end)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
+            queue.put(exc)
+
+    thread = threading.Thread(target=produce, name="swinbob-loader", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _brief(rows: Sequence[dict]) -> str:
