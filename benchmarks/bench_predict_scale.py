@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,7 @@ def _cohort(root: Path, cases: int, shape: tuple[int, int, int], feature_size: i
     for index in range(cases):
         case = ukbob_case(index, shape=shape)
         for name, channel in zip(CHANNELS, case.image):
-            files.write_nifti(root / "in" / f"{case.name}_{name}.nii.gz", channel.astype(np.float32), case.affine)
+            files.write_nifti(root / "in" / f"{case.case_id}_{name}.nii.gz", channel.astype(np.float32), case.affine)
     torch.manual_seed(0)
     config = ModelConfig(in_channels=4, out_channels=73, feature_size=feature_size, roi=(96, 96, 96))
     torch.save(make_checkpoint(build_model(config), {"model": config.to_dict(), "task": "ukbob"}, epoch=1), root / "model.pt")
@@ -125,6 +126,12 @@ def _elapsed(folder: Path) -> float:
     return float(json.loads((folder / "summary.json").read_text())["elapsed_s"])
 
 
+def _model_busy(folder: Path) -> float:
+    """The model's seconds in a run, from the closing line of its evaluate.log."""
+    match = re.findall(r"model busy ([0-9.]+) s", (folder / "evaluate.log").read_text())
+    return float(match[-1])
+
+
 def pipeline_benchmark(cases: int, shape: tuple[int, int, int], feature_size: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -133,23 +140,24 @@ def pipeline_benchmark(cases: int, shape: tuple[int, int, int], feature_size: in
               f"ROI 96^3, 73 classes; load avg {_load_avg()}")
         torch.set_num_threads(2)
         alone, count = model_alone(inputs, checkpoint, root / "alone")
-        one = _predict(inputs, checkpoint, root / "one", 2)
-        assert one.wait() == 0, one.stderr.read()[-2000:]
-        pipeline = _elapsed(root / "one")
-        print(f"model alone:          {alone:7.1f} s for {count} cases ({alone / count:.2f} s/case)")
-        print(f"pipeline, 1 process:  {pipeline:7.1f} s ({pipeline / count:.2f} s/case, {count / pipeline:.3f} cases/s); "
-              f"efficiency {alone / pipeline:.1%}; load avg {_load_avg()}")
+        print(f"model alone (2 threads, images in memory): {alone:7.1f} s ({alone / count:.2f} s/case); load avg {_load_avg()}")
+        for flag in ("--overlap", "--no-overlap"):
+            run = _predict(inputs, checkpoint, root / flag, 2, flag)
+            assert run.wait() == 0, run.stderr.read()[-2000:]
+            elapsed, busy = _elapsed(root / flag), _model_busy(root / flag)
+            print(f"swinbob predict {flag:13s} 1 process x 2 threads: {elapsed:7.1f} s ({elapsed / count:.2f} s/case, "
+                  f"{count / elapsed:.3f} cases/s); model alone / pipeline {alone / elapsed:.1%}; model busy in the run "
+                  f"{busy:.1f} s = {busy / elapsed:.1%}; load avg {_load_avg()}")
         start = time.perf_counter()
         parts = [_predict(inputs, checkpoint, root / "two", 1, "--num_parts=2", f"--part_id={k}") for k in (0, 1)]
         for part in parts:
             assert part.wait() == 0, part.stderr.read()[-2000:]
         wall = time.perf_counter() - start
         two = max(_elapsed(root / "two" / "parts" / f"part-{k}-of-2") for k in (0, 1))
-        print(f"2 parts x 1 thread:   {two:7.1f} s ({count / two:.3f} cases/s; with process start {count / wall:.3f}); "
-              f"1 process x 2 threads {count / pipeline:.3f} cases/s; ratio {pipeline / two:.2f}x; load avg {_load_avg()}")
-        same = all((root / "one" / "predictions" / p.name).read_bytes() == p.read_bytes()
-                   for p in (root / "two" / "predictions").glob("*.nii.gz"))
-        print(f"predictions of the 2 parts equal to 1 process: {'yes' if same else 'NO'}")
+        one = _elapsed(root / "--overlap")
+        print(f"2 parts x 1 thread (--overlap): {two:7.1f} s ({count / two:.3f} cases/s; {count / wall:.3f} with process "
+              f"start and model loading) vs 1 process x 2 threads {count / one:.3f} cases/s: {one / two:.2f}x; "
+              f"load avg {_load_avg()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,6 +122,8 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     cli.add_compile_args(run)
     run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
                      help="where window logits are summed (auto: GPU if the volume fits)")
+    run.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                     help="read the next scan and write the last one's outputs in threads while the model runs")
     add_part_args(run)
     add_limit_args(parser)
     return parser
@@ -324,7 +326,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
         statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
         gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
-        device=device, part=part, case_index=case_index,
+        device=device, part=part, case_index=case_index, overlap=args.overlap,
     )
     context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
                "sw_batch_size": window.sw_batch_size, "compile": args.compile, "overlap": window.overlap,

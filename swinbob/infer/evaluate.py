@@ -85,6 +85,8 @@ class EvalSettings:
     overwrite: bool = False
     workers: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    overlap: bool = True
+    """Read the next case and write the last one's files in threads while the model runs."""
     part: Part | None = None
     """Part of a split run (:mod:`swinbob.infer.parts`): the cases given are this part's; tables go
     to its journal and the folder's tables are merged when every part has ended."""
@@ -329,11 +331,11 @@ def run_evaluation(
     statistics: dict[str, Any] = {}
     started = time.perf_counter()
     stopped: str | BaseException | None = None
-    pipeline = Pipeline(len(todo), settings.part.name if settings.part else "cases")
+    pipeline = Pipeline(len(todo), settings.part.name if settings.part else "cases", threaded=settings.overlap)
     try:
         with stop_on_signals() as stop:
             loaded = iterate_cases(todo, preprocess, settings.workers)
-            for index, item in enumerate(loaded if settings.workers else prefetch(loaded), start=1):
+            for index, item in enumerate(loaded if settings.workers or not settings.overlap else prefetch(loaded), start=1):
                 _run_one(model, item, index, len(todo), preprocess, settings, summary, rows, metrics_log, statistics,
                          pipeline)
                 if stop.requested:
@@ -391,6 +393,8 @@ def _run_one(model: torch.nn.Module, item: dict, index: int, total: int, preproc
     except Exception as exc:  # noqa: BLE001 - one bad case must not stop the run
         failed(exc)
         return
+    finally:
+        pipeline.model_s += time.perf_counter() - tic
     done = functools.partial(_record_case, case, index, total, tic, summary, rows, metrics_log, statistics, pipeline)
     pipeline.submit(functools.partial(finish_case, case, item["image"], preprocess, settings, *outputs), done, failed)
 
@@ -433,6 +437,8 @@ class Pipeline:
 
     def __init__(self, total: int, label: str = "cases", threaded: bool = True) -> None:
         self.total, self.count, self.started = total, 0, time.perf_counter()
+        self.model_s = 0.0
+        """Seconds spent in the model's part of the cases (the rest overlaps with it or waits)."""
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="swinbob-writer") if threaded else None
         self._pending: tuple[Future, Callable, Callable] | None = None
         self._bar = tqdm(total=total, desc=label, unit="case", disable=None if threaded and total else True,
@@ -475,8 +481,9 @@ class Pipeline:
 
     def closing_line(self, cases: dict[str, int], elapsed: float) -> str:
         done = cases["evaluated"] + cases["failed"]
+        share = f"; model busy {self.model_s:.1f} s = {self.model_s / elapsed:.0%}" if done and elapsed > 0 else ""
         return (f"{cases['evaluated']} case(s) done, {cases['failed']} failed, {cases['skipped']} skipped before, "
-                f"in {_duration(elapsed)} ({done / elapsed if elapsed > 0 else 0.0:.3g} cases/s)")
+                f"in {_duration(elapsed)} ({done / elapsed if elapsed > 0 else 0.0:.3g} cases/s{share})")
 
     def close(self) -> None:
         """Finish the write in progress (its files land complete) and stop the thread."""

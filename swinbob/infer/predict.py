@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="windows per forward pass (auto: from free GPU memory, 4 on the CPU)")
     cli.add_compile_args(parser)
     parser.add_argument("--workers", type=int, default=0, help="processes loading scans ahead")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
+                        help="read the next scan and write the last one's outputs in threads while the model runs")
     add_part_args(parser)
     return parser
 
@@ -51,6 +53,7 @@ def evaluate_argv(args: argparse.Namespace) -> list[str]:
             f"--pretrained_model_name={model.name}", f"--sw_batch_size={args.sw_batch_size}", f"--workers={args.workers}"]
     argv.append("--etta" if args.etta else "--no_etta")
     argv.append(f"--compile={args.compile}")
+    argv.append("--overlap" if args.overlap else "--no-overlap")
     if args.compile_cache:
         argv.append(f"--compile_cache={args.compile_cache}")
     for flag in ("save_probabilities", "statistics", "overwrite"):
