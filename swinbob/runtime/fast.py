@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import swin_unetr as _swin
 
+from swinbob.errors import ConfigError
 from swinbob.runtime.devices import autocast
 
 log = logging.getLogger(__name__)
@@ -364,6 +365,58 @@ def prepare_compile(choice: str | bool, device: torch.device, cache: str | None 
     return enabled
 
 
+class CompileError(ConfigError):
+    """``torch.compile`` failed while ``--compile`` asked for it explicitly (exit status 2)."""
+
+
+def _compile_error_types() -> tuple[type[BaseException], ...]:
+    import torch._inductor.exc as inductor_exc
+
+    names = ("InductorError", "TritonMissing", "GPUTooOldForTriton", "CppCompileError", "InvalidCxxCompiler",
+             "CUDACompileError", "LoweringException")
+    return (torch._dynamo.exc.TorchDynamoException,
+            *(getattr(inductor_exc, name) for name in names if hasattr(inductor_exc, name)))
+
+
+def compile_error(exc: BaseException) -> BaseException | None:
+    """The ``torch.compile`` failure (Dynamo, Inductor, a backend, a missing Triton) in ``exc`` or
+    its causes, or None when ``exc`` is an ordinary runtime error (out of memory, a bad input)."""
+    types_ = _compile_error_types()
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, types_):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def fall_back_to_eager(exc: BaseException, choice: str | bool, where: str) -> None:
+    """Answer a failed compile: ``--compile on``/``cudagraphs`` (asked for explicitly) raises
+    :class:`CompileError`, one line naming the cause; ``auto`` logs one warning and returns, and
+    the caller goes on with the eager model. ``exc`` must come from :func:`compile_error`."""
+    inner = getattr(exc, "inner_exception", None) or exc  # a backend's own error, e.g. no Triton
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    cause = f"{type(inner).__name__}: {lines[0] if lines else 'no message'}"[:300]
+    torch._dynamo.reset()  # drop the failed graphs and their guards
+    if choice not in ("auto", False):
+        raise CompileError(f"--compile {choice}: torch.compile failed in {where} ({cause}); "
+                           "run with --compile off, or fix the compiler set-up (Triton, a C++ compiler)") from exc
+    log.warning("torch.compile failed in %s (%s): going on eager, same results, slower "
+                "(--compile off skips compiling)", where, cause)
+
+
+def is_compiled(net: torch.nn.Module) -> bool:
+    """Whether ``net`` (possibly DDP- or batch-wrapped) runs a ``torch.compile`` graph."""
+    while True:
+        if isinstance(net, (torch._dynamo.eval_frame.OptimizedModule, CompiledInference)):
+            return True
+        inner = getattr(net, "module", None) if isinstance(net, torch.nn.parallel.DistributedDataParallel) else None
+        inner = net.model if isinstance(net, FixedBatch) else inner
+        if inner is None:
+            return False
+        net = inner
+
+
 def use_compile_cache(folder: str | None) -> str | None:
     """Keep Inductor's compiled kernels in ``folder`` (``TORCHINDUCTOR_CACHE_DIR``; default: that
     variable if set, else ``~/.cache/swinbob/inductor`` instead of Inductor's own folder in /tmp,
@@ -440,8 +493,15 @@ def inference_net(
     net = accelerate(model, sdpa=False, cached_masks=False, channels_last=device.type == "cuda", compile="inference",
                      compile_mode=compile_mode(compile), fixed_batch=batch)
     tic = time.perf_counter()  # warm up as evaluation calls it (no_grad, the same autocast): one graph
-    with torch.no_grad(), autocast(device, amp_dtype):
-        net(torch.zeros(batch, in_channels, *roi, device=device))
+    try:
+        with torch.no_grad(), autocast(device, amp_dtype):
+            net(torch.zeros(batch, in_channels, *roi, device=device))
+    except Exception as exc:
+        failure = compile_error(exc)
+        if failure is None:
+            raise
+        fall_back_to_eager(failure, compile, "the inference warm-up")
+        return model, batch
     log.info("compiled the model for window batch %d in %.1f s (cache: %s)", batch, time.perf_counter() - tic,
              os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default folder"))
     return net, batch
