@@ -11,9 +11,8 @@ be undone. The training and evaluation engines call::
 On a GPU the command lines' defaults are the fast path (``--compile auto``: compiled on a GPU, the
 CPU stays eager; evaluation's ``--sw_batch_size auto``: the window batch from free GPU memory;
 bf16; Inductor's kernels cached on disk, :func:`use_compile_cache`); ``--no_compile`` and an
-explicit ``--sw_batch_size`` turn them off. Speed measured through these engine functions:
-pending a GPU (benchmarks/RESULTS.md, issue 15); the H100 figures of issue 6 (2.12x training,
-6.1x inference) came from copies of the step in the benchmarks, not from the engine.
+explicit ``--sw_batch_size`` turn them off. The benchmarks time these engine functions
+themselves (benchmarks/RESULTS.md).
 
 What each switch does and why it is exact:
 
@@ -162,11 +161,11 @@ def enable_sdpa(model: torch.nn.Module, cudnn_attention: bool = False) -> int:
     """Use fused SDPA in every window attention of ``model``; returns how many were switched.
 
     Unless ``cudnn_attention``, PyTorch's cuDNN attention backend is switched off (process-wide):
-    on the H100 (torch 2.11, cuDNN 9.19) SDPA picks it for grad-free calls with our float bias,
-    and the whole-volume logits then differed from fp32 by 7e-2 (relative L2), against 3e-3
-    for plain bf16 and 9e-3 for the memory-efficient kernel that training selects. cuDNN's SDPA
-    has known mask/padding bugs on sm90 when the sequence length (343 here) is not a multiple of
-    its tile (pytorch/pytorch#196678). The memory-efficient kernel is then used everywhere.
+    on sm90 GPUs SDPA picks it for grad-free calls with our float bias, and the whole-volume
+    logits then differed from fp32 far more than with plain bf16 or with the memory-efficient
+    kernel that training selects (benchmarks/RESULTS.md). cuDNN's SDPA has known mask/padding
+    bugs on sm90 when the sequence length (343 here) is not a multiple of its tile
+    (pytorch/pytorch#196678). The memory-efficient kernel is then used everywhere.
     """
     if not cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -334,7 +333,7 @@ class FixedBatch(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 COMPILE_CHOICES = ("auto", "on", "off", "cudagraphs")
-"""``--compile``: ``auto`` compiles on a GPU only (the CPU path stays eager, as before); ``on``
+"""``--compile``: ``auto`` compiles on a GPU only (the CPU path stays eager); ``on``
 everywhere; ``cudagraphs`` compiles with CUDA graphs (``mode="reduce-overhead"``, not measured yet)."""
 SW_BATCH_CANDIDATES = (4, 8, 16)
 """Window batches ``--sw_batch_size auto`` chooses from on a GPU (16 was the benchmark's setting)."""
