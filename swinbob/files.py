@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -320,6 +321,49 @@ def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
                              f"gzip file of {size} bytes can hold")
     elif size < promised:
         raise NiftiError(f"{path}: truncated: the header promises {promised} bytes, {data_file.name} has {size}")
+
+
+def read_bounded_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """The UTF-8 text of a regular file no larger than ``--max_table_mb``, read whole.
+
+    A device (``/dev/zero``), a FIFO or an oversized file is refused before its content is read
+    (``OSError``/``ValueError`` naming the file), so a small flag cannot make a command read
+    without end. ``UnicodeDecodeError`` propagates for callers that name the flag.
+    """
+    path = Path(path)
+    most = limit("max_table_mb") * 2**20
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
+    with open(descriptor, "rb", closefd=True) as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError(f"{path}: not a regular file (a {what} must be one)")
+        data = handle.read(most + 1)
+    if len(data) > most:
+        raise ValueError(f"{path}: {what} larger than {most // 2**20} MiB (--max_table_mb)")
+    return data.decode("utf-8")
+
+
+def resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> tuple[int, ...]:
+    """The shape of a volume of ``shape`` (channels after the 3 spatial axes) once resampled to
+    ``spacing`` (mm, RAS axes): each file axis grows by its voxel size over the target spacing of
+    the RAS axis it maps to."""
+    to_ras = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    sizes = voxel_spacing(affine)
+    spatial = []
+    for axis in range(3):
+        ras_axis = int(to_ras[axis, 0]) if np.isfinite(to_ras[axis, 0]) else axis
+        spatial.append(max(1, math.ceil(int(shape[axis]) * float(sizes[axis]) / float(spacing[ras_axis]))))
+    return (*spatial, *(int(s) for s in shape[3:]))
+
+
+def check_resampled_size(path: str | os.PathLike, shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> None:
+    """Refuse a volume whose resampling to ``spacing`` would exceed ``--max_voxels`` (a 16^3 scan whose
+    header says 600 mm voxels becomes 6400^3 at 1.5 mm), from its header alone, before any allocation."""
+    if len(shape) < 3:
+        return
+    target = resampled_shape(shape, affine, spacing)
+    if math.prod(target) > (most := limit("max_voxels")):
+        raise NiftiError(f"{path}: volume of shape {tuple(int(s) for s in shape)} resampled to {tuple(spacing)} mm would be "
+                         f"{target}, larger than {most} voxels (--max_voxels)")
 
 
 def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:

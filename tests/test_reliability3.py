@@ -9,23 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 import swinbob.train.cli as train_cli
 from faults_report import handled, record_class, record_fault, record_input, refused
+from swinbob.checkpoint import CheckpointError, make_checkpoint
 from swinbob.data.inputs import Case
+from swinbob.data.loaders import entry_problems
+from swinbob.data.transforms import DataConfig, eval_transforms
+from swinbob.errors import ConfigError
+from swinbob.files import NiftiError, resampled_shape
+from swinbob.infer.cli import parse_label_map
+from swinbob.infer.model_loading import stored_task
+from swinbob.model import build_model
+from swinbob.solf.labelsets import LabelSetError, load_label_set
+from swinbob.train.state import run_config
 from swinbob.data.phantoms import write_cohort
 from swinbob.infer.evaluate import run_evaluation
 from swinbob.tasks import get_task
 
 from test_eval import NON_RAS, IntensityOracle, rows_of, settings_for, write_btcv_case
 
-from tiny import TINY_TRAIN_FLAGS
+from tiny import TINY_TRAIN_FLAGS, WIDE_ROI, tiny_config
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("one_torch_thread")]
 TINY_TRAIN = [*TINY_TRAIN_FLAGS, "--workers=0", "--num_samples=1", "--warmup_epochs=0", "--max_epochs=1", "--max_steps_per_epoch=1"]
 
@@ -36,6 +51,9 @@ CLASS_OF: dict[str, str] = {
     "test_a_changed_spacing_or_window_trains_on_fresh_data_from_the_same_cache_dir": WRONG,
     "test_statistics_accumulate_over_reruns_and_a_half_done_case_is_completed": WRONG,
     "test_metrics_of_cases_not_in_a_rerun_are_kept": WRONG,
+    "test_a_small_scan_whose_header_says_600_mm_voxels_is_refused_from_its_resampled_size": ALLOC,
+    "test_label_ids_and_label_files_that_would_size_an_allocation_are_refused": ALLOC,
+    "test_small_hostile_inputs_stay_within_an_address_space_limit": ALLOC,
 }
 """Each test's attack class, for the class table of the fault report."""
 
@@ -126,3 +144,108 @@ def test_metrics_of_cases_not_in_a_rerun_are_kept(tmp_path):
     record_fault("evaluation rerun on one of two labelled cases", survived=kept,
                  data_lost=len(before) - len(after))
     assert {r["case"] for r in after} == {"one", "two"} and kept
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Allocations decided by a small input
+# ----------------------------------------------------------------------------------------------
+
+def _big_voxels(folder: Path, name: str = "big", zoom: float = 600.0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    image = np.full((16, 16, 16), 40.0, np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([zoom, zoom, zoom, 1.0])), folder / f"{name}.nii.gz")
+    return folder / f"{name}.nii.gz"
+
+
+def test_a_small_scan_whose_header_says_600_mm_voxels_is_refused_from_its_resampled_size(tmp_path):
+    path = _big_voxels(tmp_path)
+    task = get_task("btcv")
+    transform = eval_transforms(task, DataConfig.from_task(task), with_label=False)
+    with pytest.raises(RuntimeError) as caught:  # MONAI wraps a transform's error
+        transform({"image": str(path)})
+    cause = caught.value.__cause__
+    record_input("derived sizes", "16^3 scan of 600 mm voxels -> evaluation preprocessing", refused(cause, tmp_path))
+    assert isinstance(cause, NiftiError) and str(path) in str(cause) and "(--max_voxels)" in str(cause) and "6400" in str(cause)
+    problems = entry_problems({"image": str(path)}, task, require_label=False, read_images=False, spacing=(0.01,) * 3)
+    assert len(problems) == 1 and "(--max_voxels)" in problems[0]  # training's datalist check, 0.01 mm target
+    assert resampled_shape((16, 16, 16), np.diag([600.0, 600.0, 600.0, 1.0]), (1.5, 1.5, 2.0)) == (6400, 6400, 4800)
+    flipped = np.array([[0, 0, -3.0, 0], [2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # file axes i, j, k: RAS y, z, x
+    assert resampled_shape((10, 20, 30, 2), flipped, (1.0, 2.0, 0.5)) == (10 * 2 // 2, 20 * 1 // 0.5, 30 * 3 // 1, 2)
+
+
+def _task_checkpoint(folder: Path, edit=None) -> Path:
+    task = get_task("btcv")
+    config = tiny_config(roi=WIDE_ROI)
+    stored = run_config(task, config, DataConfig.from_task(task))
+    if edit is not None:
+        edit(stored["task_spec"])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(make_checkpoint(build_model(config), stored), folder / "model.pt")
+    return folder / "model.pt"
+
+
+def test_label_ids_and_label_files_that_would_size_an_allocation_are_refused(tmp_path, monkeypatch):
+    huge_id = {"0": "background", str(10**9): "organ"}
+    with pytest.raises(CheckpointError) as caught:
+        stored_task({"task_spec": {**get_task("btcv").to_dict(), "label_map": huge_id}})
+    record_input("derived sizes", "checkpoint task_spec with label id 10^9 -> stored_task", refused(caught.value))
+    assert "(--max_channels)" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        parse_label_map("/dev/zero", get_task("btcv"), 14)
+    record_input("derived sizes", "--label_map=/dev/zero -> evaluation", refused(caught.value))
+    assert "/dev/zero" in str(caught.value) and "not a regular file" in str(caught.value)
+    monkeypatch.setenv("SWINBOB_MAX_TABLE_MB", "1")
+    table = tmp_path / "labels.csv"
+    table.write_text("id,name\n" + "\n" * (2 * 2**20) + "1,liver\n")  # 2 MiB of blank rows
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(table)
+    record_input("derived sizes", "2 MiB label table of blank rows (limit 1 MiB) -> SOLF --labels", refused(caught.value, tmp_path))
+    assert str(table) in str(caught.value) and "(--max_table_mb)" in str(caught.value)
+
+
+ADDRESS_SPACE_SCRIPT = r"""
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
+from swinbob.commands import main
+from swinbob.solf.labelsets import LabelSetError, load_label_set
+for argv in json.loads(sys.argv[1]):
+    if argv[0] == "labels":
+        try:
+            load_label_set(argv[1])
+            status = 0
+        except LabelSetError as exc:
+            print("refused:", exc, file=sys.stderr)
+            status = 2
+    else:
+        status = main(argv)
+    print(f"=== exit {status}", file=sys.stderr, flush=True)
+"""
+
+
+def test_small_hostile_inputs_stay_within_an_address_space_limit(tmp_path):
+    """Each input of under 1 MB, run in a process whose address space is capped: a refusal naming the
+    file or flag, never a MemoryError, a kill or an allocation attempt of the size they claim."""
+    script = tmp_path / "capped.py"
+    script.write_text(ADDRESS_SPACE_SCRIPT.replace("CAP_BYTES", str(6 * 2**30)))
+    model = _task_checkpoint(tmp_path / "good")
+    huge = _task_checkpoint(tmp_path / "huge", lambda spec: spec.update(label_map={"0": "background", str(10**9): "x"}))
+    scans = _big_voxels(tmp_path / "in").parent
+    csv_table = tmp_path / "cells.csv"
+    csv_table.write_text("1," + "x" * 900_000 + "\n")
+    predict = ["predict", "-i", str(scans), "-m"]
+    cases = {
+        "16^3 scan of 600 mm voxels -> swinbob predict": ([*predict, str(model), "-o", str(tmp_path / "o1")], 1, "(--max_voxels)"),
+        "task_spec label id 10^9 -> swinbob predict": ([*predict, str(huge), "-o", str(tmp_path / "o2")], 2, "(--max_channels)"),
+        "900 kB label-table cell -> SOLF --labels": (["labels", str(csv_table)], 2, "not a CSV label table"),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    jobs = [argv if argv[0] == "labels" else [*argv, "--device=cpu"] for argv, _, _ in cases.values()]
+    done = subprocess.run([sys.executable, str(script), json.dumps(jobs)], capture_output=True, text=True, timeout=300, env=env)
+    outputs = (done.stdout + done.stderr).split("=== exit ")
+    assert done.returncode == 0 and len(outputs) == len(cases) + 1, (done.returncode, outputs[-1][-3000:])
+    for (description, (_, status, message)), text, after in zip(cases.items(), outputs[:-1], outputs[1:]):
+        exit_status = int(after.split()[0])
+        held = exit_status == status and message in text and "Traceback" not in text and "MemoryError" not in text
+        record_input("address-space limit", description, refused(message) if held else f"exit {exit_status}")
+        assert held, (description, exit_status, text[-2000:])

@@ -30,7 +30,7 @@ from torch.utils.data import Sampler
 
 from swinbob.data.transforms import case_name, load_datalist
 from swinbob.files import (
-    NiftiError, atomic_write_text, check_finite, file_identity, load_nifti_header, read_nifti, same_grid,
+    NiftiError, atomic_write_text, check_finite, check_resampled_size, file_identity, load_nifti_header, read_nifti, same_grid,
 )
 from swinbob.tasks import LabelValueError, Task
 
@@ -105,13 +105,15 @@ def _image_grid(path: str, read_data: bool) -> tuple[tuple[int, ...], np.ndarray
     return shape, affine
 
 
-def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True, read_images: bool = True) -> list[str]:
+def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True, read_images: bool = True,
+                   spacing: Sequence[float] | None = None) -> list[str]:
     """Every problem of one datalist entry, as messages that name the file.
 
     Images are read in full (``read_images``: NaN/Inf voxels and truncated data are found now,
     not hours into training) or checked from their headers only (exists, readable, sane
     affine). Labels are always read in full because their values must be checked
     (``task.check_label_values``). All images and the label must share one grid (shape and affine).
+    With ``spacing``, each image's size once resampled to it must stay within ``--max_voxels``.
     """
     problems: list[str] = []
     grids: list[tuple[str, tuple, np.ndarray]] = []
@@ -120,6 +122,8 @@ def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = T
     for path in images:
         try:
             shape, affine = _image_grid(path, read_images)
+            if spacing is not None:
+                check_resampled_size(path, shape, affine, spacing)
         except NiftiError as exc:
             problems.append(str(exc))
             continue
@@ -144,14 +148,15 @@ def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = T
 
 
 def check_datalist(
-    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4, read_images: bool = True
+    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4, read_images: bool = True,
+    spacing: Sequence[float] | None = None,
 ) -> list[str]:
     """Problems of all ``entries`` (empty when usable), checked in parallel threads (see :func:`entry_problems`).
 
     Threads suffice: the work is file I/O and zlib, both of which release the GIL.
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = pool.map(lambda e: entry_problems(e, task, require_label, read_images), entries)
+        found = pool.map(lambda e: entry_problems(e, task, require_label, read_images, spacing), entries)
         return [problem for problems in found for problem in problems]
 
 

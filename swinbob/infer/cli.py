@@ -29,7 +29,7 @@ from swinbob.infer.etta import OPTIMIZERS, EttaConfig
 from swinbob.infer.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
-    NiftiError, OutputError, check_writable_folder, folder_lock,
+    NiftiError, OutputError, check_writable_folder, folder_lock, read_bounded_text,
 )
 from swinbob.infer.model_loading import load_inference_model, stored_config, stored_task, trained_preprocessing
 from swinbob.data.inputs import Case, datalist_cases, folder_cases
@@ -139,8 +139,8 @@ def read_label_map_text(text: str) -> str:
     if text.lstrip().startswith("{"):
         return text
     try:
-        return Path(text).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return read_bounded_text(text, "--label_map file")
+    except (OSError, ValueError) as exc:  # unreadable, not a regular file, too large, not UTF-8
         raise ConfigError(f"--label_map {text!r} is neither a JSON object nor a readable JSON file "
                           f"({getattr(exc, 'strerror', None) or exc})") from exc
 
@@ -260,8 +260,12 @@ def check_dataset(task: Task, path: Path, args: argparse.Namespace, strict: bool
 
 
 def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Path) -> Task:
-    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given."""
-    recorded = stored_task(stored)
+    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given.
+    A stored task is validated before any scan is read (a :class:`CheckpointError` naming ``path``)."""
+    try:
+        recorded = stored_task(stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     if args.task is None and recorded is not None and not args.label_map:
         check_dataset(recorded, path, args)
         return recorded
@@ -272,7 +276,10 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
         entries = load_datalist(args.json_list, args.data_dir, split="training", allow_absolute=args.allow_absolute_paths)
         return cli.auto_task(args, entries)
     task = get_task(args.task or args.script_task, et_label=args.et_label)
-    return trained_preprocessing(task, stored)
+    try:
+        return trained_preprocessing(task, stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
