@@ -327,7 +327,7 @@ def read_bounded_text(path: str | os.PathLike, what: str = "text file") -> str:
     """The UTF-8 text of a regular file no larger than ``--max_table_mb``, read whole.
 
     A device (``/dev/zero``), a FIFO or an oversized file is refused before its content is read
-    (``OSError``/``ValueError`` naming the file), so a small flag cannot make a command read
+    (``OSError``/``ValueError``; callers name the file), so a small flag cannot make a command read
     without end. ``UnicodeDecodeError`` propagates for callers that name the flag.
     """
     path = Path(path)
@@ -335,10 +335,10 @@ def read_bounded_text(path: str | os.PathLike, what: str = "text file") -> str:
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
     with open(descriptor, "rb", closefd=True) as handle:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise ValueError(f"{path}: not a regular file (a {what} must be one)")
+            raise ValueError(f"not a regular file (a {what} must be one)")
         data = handle.read(most + 1)
     if len(data) > most:
-        raise ValueError(f"{path}: {what} larger than {most // 2**20} MiB (--max_table_mb)")
+        raise ValueError(f"{what} larger than {most // 2**20} MiB (--max_table_mb)")
     return data.decode("utf-8")
 
 

@@ -178,9 +178,10 @@ class Task:
             raise ValueError(f"mode {str(self.mode)[:40]!r} is not softmax or regions")
         if not self.label_map or 0 not in self.label_map or min(self.label_map) < 0:
             raise ValueError("label_map needs background 0 and non-negative IDs")
-        if IGNORE_LABEL in self.label_map or max(self.label_map) + 1 > most:
-            raise ValueError(f"label IDs must be below {IGNORE_LABEL} (the ignore value) and need at most {most} output "
-                             f"channels (--max_channels), largest ID {max(self.label_map)}")
+        if IGNORE_LABEL in self.label_map:
+            raise ValueError(f"label ID {IGNORE_LABEL} is the ignore value and cannot be a class")
+        if max(self.label_map) + 1 > most:
+            raise ValueError(f"the largest label ID {max(self.label_map)} needs more than {most} output channels (--max_channels)")
         if self.mode == "regions":
             if not 1 <= len(self.regions) <= most:
                 raise ValueError(f"{len(self.regions)} regions, not within 1..{most} (--max_channels)")

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+import swinbob.infer.cli as eval_cli
 import swinbob.train.cli as train_cli
+from custom_data import write_dataset
 from faults_report import handled, record_class, record_fault, record_input, refused
 from swinbob.checkpoint import CheckpointError, make_checkpoint
 from swinbob.data.inputs import Case
@@ -29,6 +31,8 @@ from swinbob.errors import ConfigError
 from swinbob.files import NiftiError, resampled_shape
 from swinbob.infer.cli import parse_label_map
 from swinbob.infer.model_loading import stored_task
+from swinbob.infer.predict import main as predict_main
+from swinbob.limits import DEFAULTS, limit
 from swinbob.model import build_model
 from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.train.state import run_config
@@ -54,6 +58,11 @@ CLASS_OF: dict[str, str] = {
     "test_a_small_scan_whose_header_says_600_mm_voxels_is_refused_from_its_resampled_size": ALLOC,
     "test_label_ids_and_label_files_that_would_size_an_allocation_are_refused": ALLOC,
     "test_small_hostile_inputs_stay_within_an_address_space_limit": ALLOC,
+    "test_a_malformed_dataset_json_stops_training_with_one_line_and_exit_2": TRACE,
+    "test_an_invalid_checkpoint_task_is_refused_before_any_scan_is_read": TRACE,
+    "test_an_invalid_limit_in_the_environment_is_an_error_naming_the_variable": TRACE,
+    "test_a_malformed_label_table_is_one_line": TRACE,
+    "test_nnunet_regions_in_a_label_table_are_skipped_not_turned_into_organs": TRACE,
 }
 """Each test's attack class, for the class table of the fault report."""
 
@@ -249,3 +258,117 @@ def test_small_hostile_inputs_stay_within_an_address_space_limit(tmp_path):
         held = exit_status == status and message in text and "Traceback" not in text and "MemoryError" not in text
         record_input("address-space limit", description, refused(message) if held else f"exit {exit_status}")
         assert held, (description, exit_status, text[-2000:])
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Tracebacks and wrong exit codes where the contract is one line and exit 2
+# ----------------------------------------------------------------------------------------------
+
+def _edit_labels(content: dict, **labels) -> None:
+    content["labels"] = {**content["labels"], **labels}
+
+
+def _constant_ct(datalist: Path) -> None:
+    for path in (datalist.parent / "imagesTr").glob("*.nii.gz"):
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.full(img.shape, 40.0, np.float32), img.affine), path)
+
+
+DATASET_JSON = {
+    "regions_class_order 5": (lambda c: c.update(labels={"background": 0, "whole": [1, 2, 3], "core": [2, 3]},
+                                                  regions_class_order=5), "'regions_class_order' must be a list"),
+    "label value 1e999": (lambda c: _edit_labels(c, tumour=float("inf")), "is not an integer label value"),
+    "10^5 labels": (lambda c: c.update(labels={"background": 0, **{f"l{i}": i for i in range(1, 10**5)}}), "(--max_channels)"),
+    "10^6 labels (17 MB)": (lambda c: c.update(labels={"background": 0, **{f"l{i}": i for i in range(1, 10**6)}}),
+                            "(--max_table_mb)"),
+    "class 255 (the ignore value)": (lambda c: _edit_labels(c, tumour=255), "is the ignore value of cleaned labels"),
+    "label value true": (lambda c: _edit_labels(c, tumour=True), "is not an integer label value"),
+    "constant CT images": (None, "the training foreground is constant"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_JSON))
+def test_a_malformed_dataset_json_stops_training_with_one_line_and_exit_2(case, tmp_path, caplog):
+    edit, expected = DATASET_JSON[case]
+    datalist = write_dataset(tmp_path / "data", "CT", num_cases=2)
+    content = json.loads(datalist.read_text())
+    if edit is None:
+        _constant_ct(datalist)
+    else:
+        edit(content)
+    datalist.write_text(json.dumps(content).replace("Infinity", "1e999"))
+    argv = ["--task=auto", f"--json_list={datalist}", f"--data_dir={datalist.parent}", f"--logdir={tmp_path / 'run'}", *TINY_TRAIN]
+    status = train_cli.main(argv)
+    message = _errors(caplog)
+    record_input("dataset.json", f"{case} -> main.py --task auto", refused(message, tmp_path))
+    assert status == 2 and expected in message and len(message.splitlines()) == 1, message
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+TASK_SPECS = {
+    "intensity kind 'evil'": (lambda s: s["intensity"].update(kind="evil"), "intensity kind 'evil'"),
+    "spacing -4": (lambda s: s.update(spacing=[-4.0, 1.5, 2.0]), "spacing"),
+    "spacing 1e-4": (lambda s: s.update(spacing=[1e-4, 1e-4, 1e-4]), "spacing"),
+    "NaN window": (lambda s: s["intensity"].update(a_min=float("nan")), "finite numbers"),
+    "label id 255": (lambda s: s.update(label_map={**s["label_map"], 255: "x"}), "is the ignore value"),
+    "label id 10^9": (lambda s: s.update(label_map={**s["label_map"], 10**9: "x"}), "(--max_channels)"),
+    "10^4 input channels": (lambda s: s.update(channel_names=[f"c{i}" for i in range(10**4)]), "(--max_channels)"),
+}
+
+
+@pytest.mark.parametrize("case", list(TASK_SPECS))
+def test_an_invalid_checkpoint_task_is_refused_before_any_scan_is_read(case, tmp_path, caplog, monkeypatch):
+    edit, expected = TASK_SPECS[case]
+    model = _task_checkpoint(tmp_path / "model", edit)
+    scans = _big_voxels(tmp_path / "in", zoom=1.5).parent
+    read: list[str] = []
+    monkeypatch.setattr(eval_cli, "folder_cases", lambda *a, **k: read.append("scans listed") or [])
+    status = predict_main(["-i", str(scans), "-o", str(tmp_path / "out"), "-m", str(model), "--device=cpu"], default_task="btcv")
+    message = _errors(caplog)
+    record_input("checkpoint task_spec", f"{case} -> swinbob predict", refused(message, tmp_path))
+    assert status == 2 and str(model) in message and expected in message and len(message.splitlines()) == 1, message
+    assert not read and not (tmp_path / "out" / "predictions").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "1e3", "0", "-5", " "])
+def test_an_invalid_limit_in_the_environment_is_an_error_naming_the_variable(value, tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("SWINBOB_MAX_VOXELS", value)
+    (tmp_path / "in").mkdir()
+    status = predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "none.pt")])
+    message = _errors(caplog)
+    record_input("environment limits", f"SWINBOB_MAX_VOXELS={value!r} -> swinbob predict", refused(message, tmp_path) if message
+                 else handled("default limit"))
+    if value.strip():
+        assert status == 2 and "SWINBOB_MAX_VOXELS" in message and "--max_voxels" not in message
+    else:  # an empty variable means "not set"
+        assert limit("max_voxels") == DEFAULTS["max_voxels"]
+    monkeypatch.setenv("SWINBOB_MAX_VOXELS", "123")
+    assert limit("max_voxels") == 123
+
+
+LABEL_TABLES = {
+    "a name of 131,073 characters": ('{"labels": {"1": "%s"}}' % ("x" * 131_073), "characters (at most"),
+    "true as a label ID": ('{"labels": {"liver": true}}', "not an integer label value"),
+    "a list as a Decathlon name": ('{"labels": {"1": ["liver"]}}', "names are text"),
+    "a NUL byte in a CSV name": ("1,liv\0er\n", "control characters"),
+    "ID 99999999999 in a CSV": ("99999999999,liver\n", "outside 1..254"),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_TABLES))
+def test_a_malformed_label_table_is_one_line(case, tmp_path):
+    text, expected = LABEL_TABLES[case]
+    path = tmp_path / ("labels.csv" if "CSV" in case else "labels.json")
+    path.write_text(text)
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(path)
+    record_input("label tables", f"{case} -> SOLF --labels", refused(caught.value, tmp_path))
+    assert str(path) in str(caught.value) and expected in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_nnunet_regions_in_a_label_table_are_skipped_not_turned_into_organs(tmp_path):
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "tumour": 2, "whole": [1, 2]}}))
+    table = load_label_set(path)
+    record_input("label tables", "nnU-Net regions in dataset.json -> SOLF --labels", handled(f"{sorted(table.values())}"))
+    assert table == {0: "background", 1: "liver", 2: "tumour"}

@@ -105,7 +105,11 @@ def load_datalist(
     """
     path = find_datalist(json_list, data_dir)
     try:
-        content = json.loads(read_bounded_text(path, "datalist"))
+        text = read_bounded_text(path, "datalist")
+    except (OSError, ValueError) as exc:  # not a regular file, too large, not UTF-8
+        raise ValueError(f"datalist {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from exc
+    try:
+        content = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
     if not isinstance(content, dict):
