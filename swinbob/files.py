@@ -58,7 +58,15 @@ class TransientReadError(NiftiError):
 
 def _read_failure(path: Path, exc: BaseException, what: str) -> NiftiError:
     """The :class:`NiftiError` for ``exc`` raised while reading ``path``: transient for permissions and
-    memory (not a verdict on the file), else ``what`` (truncated, corrupt, not NIfTI)."""
+    memory (not a verdict on the file), else ``what`` (truncated, corrupt, not NIfTI). nibabel turns
+    a refused ``open`` into a generic ``ImageFileError``: the causes it chains are searched too."""
+    causes, seen = [], exc
+    while seen is not None and len(causes) < 16:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    denied = next((c for c in causes if isinstance(c, PermissionError)), None)
+    if denied is not None:
+        return TransientReadError(f"{path}: permission denied ({denied.strerror or denied})")
     if isinstance(exc, PermissionError):
         return TransientReadError(f"{path}: permission denied ({exc.strerror or exc})")
     if isinstance(exc, MemoryError):
@@ -369,11 +377,17 @@ def check_resampled_size(path: str | os.PathLike, shape: Sequence[int], affine: 
 def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
     """Open a NIfTI lazily and validate its header: exists, readable, sane size, spacing and affine."""
     path = Path(path)
-    if not path.is_file():  # a FIFO would block its reader for ever: never opened
+    try:
+        regular = path.is_file()
+    except PermissionError as exc:  # a folder on the way that this user may not enter
+        raise _read_failure(path, exc, "not a readable NIfTI file") from exc
+    if not regular:  # a FIFO would block its reader for ever: never opened
         if path.is_symlink() and not path.exists():
             raise NiftiError(f"{path}: a symbolic link to a missing file")
         raise NiftiError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
     try:
+        with open(path, "rb"):  # a refused open is transient (permissions): nibabel would call it "not NIfTI"
+            pass
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers
         raise _read_failure(path, exc, "not a readable NIfTI file") from exc

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +30,7 @@ from swinbob.data.inputs import Case
 from swinbob.data.loaders import entry_problems
 from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.errors import ConfigError
-from swinbob.files import NiftiError, resampled_shape
+from swinbob.files import NiftiError, load_nifti_header, resampled_shape
 from swinbob.infer.cli import parse_label_map
 from swinbob.infer.model_loading import stored_task
 from swinbob.infer.predict import main as predict_main
@@ -42,6 +44,7 @@ from swinbob.tasks import get_task
 
 from test_eval import NON_RAS, IntensityOracle, rows_of, settings_for, write_btcv_case
 
+from test_reliability import run_unprivileged
 from tiny import TINY_TRAIN_FLAGS, WIDE_ROI, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +66,8 @@ CLASS_OF: dict[str, str] = {
     "test_an_invalid_limit_in_the_environment_is_an_error_naming_the_variable": TRACE,
     "test_a_malformed_label_table_is_one_line": TRACE,
     "test_nnunet_regions_in_a_label_table_are_skipped_not_turned_into_organs": TRACE,
+    "test_a_rerun_whose_only_failure_was_already_a_failure_exits_as_the_first_run": TRACE,
+    "test_a_permission_denied_scan_is_a_transient_failure_that_the_next_run_retries": WRONG,
 }
 """Each test's attack class, for the class table of the fault report."""
 
@@ -161,7 +166,7 @@ def test_metrics_of_cases_not_in_a_rerun_are_kept(tmp_path):
 
 def _big_voxels(folder: Path, name: str = "big", zoom: float = 600.0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    image = np.full((16, 16, 16), 40.0, np.float32)
+    image = np.random.default_rng(0).uniform(-100, 200, (16, 16, 16)).astype(np.float32)
     nib.save(nib.Nifti1Image(image, np.diag([zoom, zoom, zoom, 1.0])), folder / f"{name}.nii.gz")
     return folder / f"{name}.nii.gz"
 
@@ -372,3 +377,49 @@ def test_nnunet_regions_in_a_label_table_are_skipped_not_turned_into_organs(tmp_
     table = load_label_set(path)
     record_input("label tables", "nnU-Net regions in dataset.json -> SOLF --labels", handled(f"{sorted(table.values())}"))
     assert table == {0: "background", 1: "liver", 2: "tumour"}
+
+
+def test_a_rerun_whose_only_failure_was_already_a_failure_exits_as_the_first_run(tmp_path, caplog):
+    model = _task_checkpoint(tmp_path / "model")
+    scans = tmp_path / "in"
+    _big_voxels(scans, "good", zoom=1.5)
+    whole = (scans / "good.nii.gz").read_bytes()
+    (scans / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
+    argv = ["-i", str(scans), "-o", str(tmp_path / "out"), "-m", str(model), "--device=cpu"]
+    first = predict_main(argv, default_task="btcv")
+    second = predict_main(argv, default_task="btcv")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    record_input("reruns", "one good + one truncated scan, same predict command twice",
+                 handled(f"exit {first} then {second}"))
+    assert (first, second) == (0, 0) and summary["skipped"] == ["good"] and summary["cases"]["failed"] == 1
+
+
+def test_a_permission_denied_scan_is_a_transient_failure_that_the_next_run_retries(tmp_path):
+    """Both ways a scan can be refused: the file itself (nibabel reports "not NIfTI") and a folder on
+    its path (``Path.is_file`` raises); both are transient, as SOLF's retry on the next run needs."""
+    shared = Path(tempfile.mkdtemp(prefix="swinbob_eacces_"))  # pytest's own tmp folders are private to root
+    try:
+        shared.chmod(0o755)
+        locked = _big_voxels(shared / "open", "locked", zoom=1.5)
+        locked.chmod(0o000)
+        (shared / "open").chmod(0o755)
+        hidden = _big_voxels(shared / "closed", "hidden", zoom=1.5)
+        (shared / "closed").chmod(0o700)
+
+        def classify() -> list[list[str]]:
+            answers = []
+            for path in (locked, hidden):
+                try:
+                    load_nifti_header(path)
+                    answers.append(["read", ""])
+                except NiftiError as exc:
+                    answers.append([type(exc).__name__, str(exc)])
+            return answers
+
+        answer = run_unprivileged(classify)
+    finally:
+        shutil.rmtree(shared)
+    assert isinstance(answer, list), answer
+    for (kind, message), what in zip(answer, ("label file without read permission", "label file in a closed folder")):
+        record_input("reruns", f"{what} -> SOLF pass 1", refused(message, shared))
+        assert kind == "TransientReadError" and "permission denied" in message, message

@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
         if "interrupted" in summary:
             return EXIT_INTERRUPTED
         attempted = summary["cases"]["evaluated"] + summary["cases"]["failed"]
-        return 1 if attempted and not summary["cases"]["evaluated"] else 0
+        return 1 if attempted and not summary["cases"]["evaluated"] and not summary["cases"]["skipped"] else 0
     finally:
         for handler in handlers:
             logging.getLogger("swinbob").removeHandler(handler)
