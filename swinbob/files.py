@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import math
 import os
 import re
@@ -146,6 +147,18 @@ def file_identity(path: str | os.PathLike) -> list[int] | None:
     except OSError:
         return None
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def short_name(stem: str, suffix: str = "", most: int = MAX_NAME_BYTES) -> str:
+    """``stem + suffix``, or, when that exceeds ``most`` bytes, ``stem`` cut at a character boundary plus
+    ``~`` and 10 hex digits of its SHA-256: a legal but long organ or case name still gives a file
+    name the file system accepts, the same one on every run, and two long names sharing a prefix differ."""
+    name = f"{stem}{suffix}"
+    if len(name.encode()) <= most:
+        return name
+    tag = "~" + hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    room = most - len(f"{tag}{suffix}".encode())
+    return stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore") + tag + suffix
 
 
 def _temp_stem(name: str, suffix: str) -> str:

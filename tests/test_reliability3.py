@@ -37,9 +37,10 @@ from swinbob.infer.predict import main as predict_main
 from swinbob.limits import DEFAULTS, limit
 from swinbob.model import build_model
 from swinbob.solf.labelsets import LabelSetError, load_label_set
+from swinbob.solf.previews import preview_name
 from swinbob.train.state import run_config
 from swinbob.data.phantoms import write_cohort
-from swinbob.infer.evaluate import run_evaluation
+from swinbob.infer.evaluate import output_file, run_evaluation
 from swinbob.tasks import get_task
 
 from test_eval import NON_RAS, IntensityOracle, rows_of, settings_for, write_btcv_case
@@ -68,6 +69,7 @@ CLASS_OF: dict[str, str] = {
     "test_nnunet_regions_in_a_label_table_are_skipped_not_turned_into_organs": TRACE,
     "test_a_rerun_whose_only_failure_was_already_a_failure_exits_as_the_first_run": TRACE,
     "test_a_permission_denied_scan_is_a_transient_failure_that_the_next_run_retries": WRONG,
+    "test_long_organ_and_case_names_give_short_stable_file_names": TRACE,
 }
 """Each test's attack class, for the class table of the fault report."""
 
@@ -223,6 +225,7 @@ import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 from swinbob.commands import main
 from swinbob.solf.labelsets import LabelSetError, load_label_set
+from swinbob.solf.previews import preview_name
 for argv in json.loads(sys.argv[1]):
     if argv[0] == "labels":
         try:
@@ -423,3 +426,19 @@ def test_a_permission_denied_scan_is_a_transient_failure_that_the_next_run_retri
     for (kind, message), what in zip(answer, ("label file without read permission", "label file in a closed folder")):
         record_input("reruns", f"{what} -> SOLF pass 1", refused(message, shared))
         assert kind == "TransientReadError" and "permission denied" in message, message
+
+
+def test_long_organ_and_case_names_give_short_stable_file_names(tmp_path):
+    organ = "o" * 250  # a legal 250-byte organ name
+    first, second = preview_name("case", 7, organ), preview_name("case", 7, organ[:-1] + "p")
+    written = tmp_path / first
+    written.write_bytes(b"png")  # the file system accepts it
+    record_input("long names", "250-byte organ name -> SOLF preview file", handled(f"{len(first)}-byte name"))
+    assert len(first.encode()) <= 255 and first.endswith(".png") and first == preview_name("case", 7, organ)
+    assert first != second and first.startswith("case__007_ooo")
+    assert preview_name("case", 7, "liver") == "case__007_liver.png"  # short names are unchanged
+    case = "é" * 126  # 252 bytes: with ".nii.gz" over the limit, cut at a character boundary
+    path = output_file(tmp_path, case, ".nii.gz")
+    path.write_bytes(b"")
+    assert len(path.name.encode()) <= 255 and path.name.endswith(".nii.gz") and path == output_file(tmp_path, case, ".nii.gz")
+    assert output_file(tmp_path, "case", ".nii.gz") == tmp_path / "case.nii.gz"

@@ -44,8 +44,8 @@ from swinbob.viz import GifSettings
 log = logging.getLogger(__name__)
 
 
-EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed; "
-              "2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
+EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed and none is "
+              "done from an earlier run (docs/reruns.md); 2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
 
 
 def build_parser(default_task: str) -> argparse.ArgumentParser:

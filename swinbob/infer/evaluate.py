@@ -33,7 +33,7 @@ from monai.transforms import Compose
 from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.infer.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
-    atomic_write_text, read_nifti, remove_stale_temp_files,
+    atomic_write_text, read_nifti, remove_stale_temp_files, short_name,
     resolve_inside, voxel_spacing,
 )
 from swinbob.data.inputs import Case, iterate_cases, root_cause
@@ -98,9 +98,10 @@ class EvalSettings:
 
 
 def output_file(folder: Path, name: str, suffix: str) -> Path:
-    """``folder/<name><suffix>``; a case name that would land outside ``folder`` is a :class:`CaseError`."""
+    """``folder/<name><suffix>`` (a name too long for the file system shortened with a stable hash,
+    :func:`~swinbob.files.short_name`); a case name that would land outside ``folder`` is a :class:`CaseError`."""
     try:
-        return resolve_inside(folder, f"{name}{suffix}")
+        return resolve_inside(folder, short_name(name, suffix))
     except ValueError as exc:
         raise CaseError(f"case name {name!r} refused: {exc}") from exc
 
