@@ -358,7 +358,7 @@ LABEL_TABLES = {
     "a name of 131,073 characters": ('{"labels": {"1": "%s"}}' % ("x" * 131_073), "characters (at most"),
     "true as a label ID": ('{"labels": {"liver": true}}', "not an integer label value"),
     "a list as a Decathlon name": ('{"labels": {"1": ["liver"]}}', "names are text"),
-    "a NUL byte in a CSV name": ("1,liv\0er\n", "control characters"),
+    "a NUL byte in a CSV name": ("1,liv\0er\n", "non-printable characters"),
     "ID 99999999999 in a CSV": ("99999999999,liver\n", "outside 1..254"),
 }
 

@@ -50,8 +50,8 @@ def _checked(table: dict[int, str], where: str) -> dict[int, str]:
             raise LabelSetError(f"{where}: label ID {label} outside 1..{IGNORE_LABEL - 1}")
         if not isinstance(name, str) or not name or name != name.strip():
             raise LabelSetError(f"{where}: label {label} has an empty, padded or non-text name {_shown(name)}")
-        if any(ord(c) < 32 for c in name):
-            raise LabelSetError(f"{where}: the name of label {label} holds control characters {_shown(name)}")
+        if not name.isprintable():  # names become file names and report cells
+            raise LabelSetError(f"{where}: the name of label {label} holds non-printable characters {_shown(name)}")
         if len(name) > MAX_NAME_CHARS:
             raise LabelSetError(f"{where}: the name of label {label} has {len(name)} characters (at most {MAX_NAME_CHARS})")
         if name in seen:
