@@ -30,12 +30,13 @@ from swinbob.data.inputs import Case
 from swinbob.data.loaders import entry_problems
 from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.errors import ConfigError
-from swinbob.files import NiftiError, load_nifti_header, resampled_shape
+from swinbob.files import NiftiError, load_nifti_header, resampled_shape, write_nifti
 from swinbob.infer.cli import parse_label_map
 from swinbob.infer.model_loading import stored_task
 from swinbob.infer.predict import main as predict_main
 from swinbob.limits import DEFAULTS, limit
 from swinbob.model import build_model
+from swinbob.solf.cases import body_volume
 from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.previews import preview_name
 from swinbob.train.state import run_config
@@ -70,6 +71,7 @@ CLASS_OF: dict[str, str] = {
     "test_a_rerun_whose_only_failure_was_already_a_failure_exits_as_the_first_run": TRACE,
     "test_a_permission_denied_scan_is_a_transient_failure_that_the_next_run_retries": WRONG,
     "test_long_organ_and_case_names_give_short_stable_file_names": TRACE,
+    "test_an_empty_or_nan_body_mask_fails_its_scan_instead_of_being_replaced_or_counted": WRONG,
 }
 """Each test's attack class, for the class table of the fault report."""
 
@@ -224,6 +226,7 @@ ADDRESS_SPACE_SCRIPT = r"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 from swinbob.commands import main
+from swinbob.solf.cases import body_volume
 from swinbob.solf.labelsets import LabelSetError, load_label_set
 from swinbob.solf.previews import preview_name
 for argv in json.loads(sys.argv[1]):
@@ -442,3 +445,22 @@ def test_long_organ_and_case_names_give_short_stable_file_names(tmp_path):
     path.write_bytes(b"")
     assert len(path.name.encode()) <= 255 and path.name.endswith(".nii.gz") and path == output_file(tmp_path, case, ".nii.gz")
     assert output_file(tmp_path, "case", ".nii.gz") == tmp_path / "case.nii.gz"
+
+
+def test_an_empty_or_nan_body_mask_fails_its_scan_instead_of_being_replaced_or_counted(tmp_path):
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    body = np.zeros((8, 8, 8), np.float32)
+    body[2:6, 2:6, 2:6] = 1
+    masks = {"good": body, "all zero": np.zeros_like(body), "NaN": np.where(body > 0, np.nan, 0).astype(np.float32)}
+    answers = {}
+    for name, mask in masks.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.nii.gz"
+        write_nifti(path, mask, affine)
+        try:
+            answers[name] = body_volume(str(path), (8, 8, 8), affine)
+        except NiftiError as exc:
+            answers[name] = str(exc)
+            record_input("body masks", f"{name} body mask -> SOLF --body_dir", refused(exc, tmp_path))
+    assert answers["good"] == pytest.approx(64 * 8.0)  # 4^3 voxels of 8 mm^3
+    assert "all_zero.nii.gz" in answers["all zero"] and "empty" in answers["all zero"]
+    assert "NaN.nii.gz" in answers["NaN"] and "NaN" in answers["NaN"]
