@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 import swinbob.infer.cli as eval_cli
+import swinbob.solf.cli as solf_cli
 import swinbob.train.cli as train_cli
 from custom_data import write_dataset
 from faults_report import handled, record_class, record_fault, record_input, refused
@@ -38,6 +40,7 @@ from swinbob.limits import DEFAULTS, limit
 from swinbob.model import build_model
 from swinbob.solf.cases import body_volume
 from swinbob.solf.labelsets import LabelSetError, load_label_set
+from swinbob.solf.pool import die_with_parent
 from swinbob.solf.previews import preview_name
 from swinbob.train.state import run_config
 from swinbob.data.phantoms import write_cohort
@@ -72,6 +75,7 @@ CLASS_OF: dict[str, str] = {
     "test_a_permission_denied_scan_is_a_transient_failure_that_the_next_run_retries": WRONG,
     "test_long_organ_and_case_names_give_short_stable_file_names": TRACE,
     "test_an_empty_or_nan_body_mask_fails_its_scan_instead_of_being_replaced_or_counted": WRONG,
+    "test_ctrl_c_in_solf_is_one_line_and_its_workers_ignore_it": TRACE,
 }
 """Each test's attack class, for the class table of the fault report."""
 
@@ -228,6 +232,7 @@ resource.setrlimit(resource.RLIMIT_AS, (CAP_BYTES, CAP_BYTES))
 from swinbob.commands import main
 from swinbob.solf.cases import body_volume
 from swinbob.solf.labelsets import LabelSetError, load_label_set
+from swinbob.solf.pool import die_with_parent
 from swinbob.solf.previews import preview_name
 for argv in json.loads(sys.argv[1]):
     if argv[0] == "labels":
@@ -464,3 +469,27 @@ def test_an_empty_or_nan_body_mask_fails_its_scan_instead_of_being_replaced_or_c
     assert answers["good"] == pytest.approx(64 * 8.0)  # 4^3 voxels of 8 mm^3
     assert "all_zero.nii.gz" in answers["all zero"] and "empty" in answers["all zero"]
     assert "NaN.nii.gz" in answers["NaN"] and "NaN" in answers["NaN"]
+
+
+def test_ctrl_c_in_solf_is_one_line_and_its_workers_ignore_it(tmp_path, monkeypatch, caplog):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(solf_cli, "run_solf", interrupted)
+    status = solf_cli.organ_filtering_entry(["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+                                             "--log_level", "WARNING"])
+    message = _errors(caplog)
+    record_input("interrupts", "Ctrl-C during SOLF -> organ_filtering.py", refused(message, tmp_path))
+    assert status == 4 and message == "interrupted (Ctrl-C): finished scans are kept; the same command resumes"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a pool worker: its initializer runs, then Ctrl-C reaches the whole process group
+        os.close(read)
+        die_with_parent(os.getppid())
+        os.write(write, str(signal.getsignal(signal.SIGINT) is signal.SIG_IGN).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        ignored = pipe.read()
+    os.waitpid(pid, 0)
+    assert ignored == "True"
