@@ -48,8 +48,10 @@ def _checked(table: dict[int, str], where: str) -> dict[int, str]:
             continue
         if not 1 <= label < IGNORE_LABEL:
             raise LabelSetError(f"{where}: label ID {label} outside 1..{IGNORE_LABEL - 1}")
-        if not isinstance(name, str) or not name or name != name.strip():
-            raise LabelSetError(f"{where}: label {label} has an empty, padded or non-text name {_shown(name)}")
+        if not isinstance(name, str):
+            raise LabelSetError(f"{where}: label {label} has the name {_shown(name)}; names are text")
+        if not name or name != name.strip():
+            raise LabelSetError(f"{where}: label {label} has an empty or padded name {_shown(name)}")
         if not name.isprintable():  # names become file names and report cells
             raise LabelSetError(f"{where}: the name of label {label} holds non-printable characters {_shown(name)}")
         if len(name) > MAX_NAME_CHARS:
