@@ -144,6 +144,11 @@ def test_a_raw_folder_trains_on_a_splits_fold_evaluates_it_and_predicts_imagests
     rows = (out / "metrics.csv").read_text().splitlines()[1:]
     assert {r.split(",")[0] for r in rows} == {"case0_0000"}  # fold 1's validation case only
     assert {r.split(",")[2] for r in rows} == set(MRI_NAMES.values())
+    tested = tmp_path / "test"  # --split test: the cases of imagesTs (no labels: predictions only)
+    assert evaluate([f"--pretrained_dir={run}", "--pretrained_model_name=model_final.pt", "--json_list=dataset.json",
+                     f"--data_dir={data}", "--split=test", f"--output_dir={tested}", "--no_etta", "--workers=0"],
+                    default_task="btcv") == 0
+    assert [p.name for p in (tested / "predictions").iterdir()] == ["case4_0000.nii.gz"]
     predicted = tmp_path / "pred"
     assert swinbob_command(["predict", "-i", str(data / "imagesTs"), "-o", str(predicted), "-m",
                             str(run / "model_final.pt"), "--workers=0"]) == 0
