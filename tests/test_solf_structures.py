@@ -137,3 +137,15 @@ def test_a_folder_scan_fails_alone_naming_its_bad_mask(tmp_path, caplog):
     scans = {r["case_id"]: r for r in _rows(tmp_path / "out" / "report" / "scans.csv")}
     assert scans["img0002"]["status"] == "failed" and "aorta.nii.gz: mask grid" in scans["img0002"]["reason"]
     assert scans["img0001"]["status"] == scans["img0003"]["status"] == "ok"
+
+
+def test_image_and_output_folders_inside_the_input_folder_are_no_scans(tmp_path):
+    from swinbob.solf.pipeline import SolfConfig, case_tasks
+
+    for path in ("in/s1.nii.gz", "in/images/s1_0000.nii.gz", "in/labelsTr/s1.nii.gz", "in/s2/liver.nii.gz"):
+        write_nifti(tmp_path / path, np.ones((4, 4, 4), np.uint8), np.eye(4))
+    config = SolfConfig(input_dir=tmp_path / "in", output_dir=tmp_path / "in", image_dir=tmp_path / "in" / "images",
+                        channel_names=("CT",), labels="totalsegmentator")
+    tasks, _ = case_tasks(config)
+    assert sorted(tasks) == ["s1", "s2"] and tasks["s2"].structures == structure_ids(TOTALSEGMENTATOR_LABELS)
+    assert tasks["s1"].structures == ()

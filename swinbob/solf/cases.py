@@ -93,16 +93,18 @@ def _not_a_case(path: Path) -> str | None:
 def discover_inputs(input_dir: Path, exclude: tuple[Path, ...] = ()) -> tuple[dict[str, Path], dict[str, str]]:
     """Label files (and folders of per-structure masks) of ``input_dir`` by case id, sorted, and the
     files that look like inputs but cannot be read (``name -> reason``, see :func:`_not_a_case`);
-    refuses a missing or empty folder. Folders in ``exclude`` (the run's own outputs) are no cases."""
+    refuses a missing or empty folder. Folders in ``exclude`` (the run's outputs, its image and
+    body mask folders) are no cases."""
     if not input_dir.is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist")
     cases: dict[str, Path] = {}
     skipped: dict[str, str] = {}
+    excluded = {p.resolve() for p in exclude}
     for path in sorted(input_dir.iterdir()):
         if (reason := _not_a_case(path)) is not None:
             skipped[path.name] = reason
             continue
-        folder = is_structure_folder(path) and path.resolve() not in {p.resolve() for p in exclude}
+        folder = is_structure_folder(path) and path.resolve() not in excluded
         case_id = path.name if folder else case_id_of(path)
         if case_id is None or not (folder or path.is_file()):
             continue

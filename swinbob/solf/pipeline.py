@@ -140,7 +140,8 @@ def check_config(config: SolfConfig) -> None:
 def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]:
     """The :class:`CaseTask` of every input scan (images matched by case id), by case id, and the
     input files that cannot be read (``name -> reason``; each is logged and listed in failures)."""
-    labels, skipped = discover_inputs(config.input_dir, (config.labels_dir, config.features_dir, config.report))
+    own = (config.labels_dir, config.features_dir, config.report, config.image_dir, config.body_dir)
+    labels, skipped = discover_inputs(config.input_dir, tuple(p for p in own if p is not None))
     for reason in skipped.values():
         log.warning("input not read: %s", reason)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
