@@ -86,7 +86,10 @@ def add_data_args(parser: argparse.ArgumentParser, sw_batch_auto: bool = False) 
     batch defaults to ``auto`` (evaluation: chosen from free GPU memory, 4 on the CPU)."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", default="./data/", help="folder that datalist paths are relative to")
-    g.add_argument("--json_list", default="dataset.json", help="Decathlon datalist (as given, else inside --data_dir)")
+    g.add_argument("--json_list", default="dataset.json", help="Decathlon datalist or nnU-Net v2 raw dataset.json (as given, else inside --data_dir)")
+    g.add_argument("--splits", default=None, metavar="SPLITS_JSON",
+                   help="nnU-Net raw dataset: the splits_final.json whose --fold is used (default: the one beside "
+                        "dataset.json, else nnU-Net's default 5 folds)")
     g.add_argument("--allow_absolute_paths", action="store_true", help="accept absolute paths in the datalist")
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     for name in ("a_min", "a_max", "b_min", "b_max"):
