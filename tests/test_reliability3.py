@@ -352,8 +352,8 @@ def test_an_invalid_limit_in_the_environment_is_an_error_naming_the_variable(val
     (tmp_path / "in").mkdir()
     status = predict_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(tmp_path / "none.pt")])
     message = _errors(caplog)
-    record_input("environment limits", f"SWINBOB_MAX_VOXELS={value!r} -> swinbob predict", refused(message, tmp_path) if message
-                 else handled("default limit"))
+    record_input("environment limits", f"SWINBOB_MAX_VOXELS={value!r} -> swinbob predict",
+                 refused(message, tmp_path) if value.strip() else handled("blank: not set, the default applies"))
     if value.strip():
         assert status == 2 and "SWINBOB_MAX_VOXELS" in message and "--max_voxels" not in message
     else:  # an empty variable means "not set"

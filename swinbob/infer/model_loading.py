@@ -58,7 +58,8 @@ def stored_task(stored: dict[str, Any] | None) -> Task | None:
     try:
         return _stored_task(stored)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise CheckpointError(f"the checkpoint's stored task is unreadable ({type(exc).__name__}: {exc})") from exc
+        shown = str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}"  # Task.check names the field
+        raise CheckpointError(f"the checkpoint's stored task is invalid ({shown})") from exc
 
 
 def _stored_task(stored: dict[str, Any]) -> Task | None:
