@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from swinbob.errors import ConfigError
 from swinbob.files import atomic_write_text, folder_lock
-from swinbob.infer.metrics import json_ready, metrics_csv, summarize
+from swinbob.infer.metrics import MetricsLog, json_ready, metrics_csv, summarize
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,9 @@ def merge_parts(output_dir: str | os.PathLike, count: int) -> dict[str, Any]:
         records = _ordered({k: v for k, v in records.items() if k in order}, order)
         merged = _merged_summary(summaries, records, order)
         rows = [row for r in records.values() for row in r.get("rows", [])]
-        if rows:
-            atomic_write_text(output_dir / "metrics.csv", metrics_csv(rows))
+        if rows:  # rows an earlier run wrote for other cases are kept, as a single process keeps them
+            kept = MetricsLog(output_dir / "metrics.csv", redone=set(records))._kept_rows()
+            atomic_write_text(output_dir / "metrics.csv", metrics_csv([]) + kept + metrics_csv(rows, header=False))
         statistics = {name: r["statistics"] for name, r in records.items() if "statistics" in r}
         if statistics:
             previous = _read_json(output_dir / "statistics.json")
