@@ -122,6 +122,8 @@ class OutputError(OSError):
     """An output folder that cannot be used (not creatable, not writable, in use by another run)."""
 
 
+SHARED_HOLDER = "parts\n"
+"""What shared holders of a :func:`folder_lock` write into the lock file (an exclusive one its PID)."""
 LOCK_NAME = ".swinbob.lock"
 """Lock file that :func:`folder_lock` keeps in every output folder it guards."""
 MAX_NAME_BYTES = 255
@@ -175,12 +177,14 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: st
     except OSError as exc:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        if holder == SHARED_HOLDER.strip():
+            raise OutputError(errno.EBUSY, f"{what} {folder} is in use by the parts of a split run (--num_parts); "
+                              "wait for them to finish or choose another folder") from exc
         raise OutputError(errno.EBUSY, f"{what} {folder} is in use by PID {holder} (another run is writing there); "
                           "wait for it to finish or choose another folder") from exc
     try:
-        if not shared:  # shared holders leave the PID of the last exclusive one alone
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (SHARED_HOLDER if shared else f"{os.getpid()}\n").encode(), 0)  # shared ones all write the same
         yield folder
     finally:
         os.close(fd)  # releases the lock

@@ -147,7 +147,7 @@ def test_a_single_process_is_refused_while_a_part_runs_and_parts_of_one_folder_c
     with output_locks(tmp_path, Part(0, 2)):
         with output_locks(tmp_path, Part(1, 2)):  # another part: fine
             pass
-        with pytest.raises(OutputError, match="in use"):
+        with pytest.raises(OutputError, match="in use by the parts of a split run"):
             with folder_lock(tmp_path, "--output_dir"):
                 pass
         with pytest.raises(OutputError, match="part-0-of-2"):  # the same part twice: refused

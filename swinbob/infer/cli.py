@@ -309,7 +309,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
                           f"{task.out_channels} ({', '.join(task.class_names[:6])}{', ...' if task.out_channels > 6 else ''}); "
                           'use the checkpoint trained for this task, or --label_map to score it zero-shot '
                           '(e.g. UKBOB liver -> BTCV liver: {"5": 6})')
-    device = select_device(args.device, int(os.environ.get("LOCAL_RANK", "0") or 0))  # torchrun: one GPU per rank
+    device = _rank_device(args.device)
     if args.input_dir:
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
@@ -341,6 +341,15 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
                "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
                "label_map": label_map, "class_names": task.class_names}
     return model, cases, settings, context
+
+
+def _rank_device(name: str | None) -> torch.device:
+    """``--device``; under torchrun a bare ``cuda`` (or no flag) is the rank's own GPU (``LOCAL_RANK``)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    device = select_device(name, local_rank)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
 
 
 @contextlib.contextmanager
