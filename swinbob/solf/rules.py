@@ -17,7 +17,10 @@ are errors, so a typo never silently leaves a default in place.
 
 Other label sets (``--labels``): SOLF has no organ table for them, so every organ starts with
 ``learn_components``: its expected connected-component count is learned from the cohort
-(:func:`learn_component_rules`). A rules file can still set any organ's range by name. ``organ_filtering.py --dump_rules`` prints the
+(:func:`learn_component_rules`), and with ``learn_pieces``: what its natural extra pieces look
+like (size share, gap to the main body) is learned too, so that a thin structure that often
+comes in several pieces (cortex) keeps them and only pieces unlike them are cleaned
+(:mod:`swinbob.solf.decide`). A rules file can still set any organ's range by name. ``organ_filtering.py --dump_rules`` prints the
 complete effective table in this format.
 """
 
@@ -36,6 +39,9 @@ from swinbob.solf.labelsets import is_totalvibe
 
 OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity")
 """Features tested against the population (log scale for the size-like ones)."""
+
+EXTRA_FLOORS = ("position_mm", "piece_log_share", "piece_gap_mm")
+"""MAD floors besides the shape features: organ position, and the two features of extra pieces."""
 
 COMPONENT_RANGES: dict[str, tuple[int, int]] = {
     "thyroid_gland": (1, 2),
@@ -80,6 +86,7 @@ class OrganRule:
     check_position: bool = True
     expected: bool = True
     learn_components: bool = False
+    learn_pieces: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,17 +97,21 @@ class Settings:
     per feature so that a very homogeneous population does not turn noise into outliers
     (log-volume 0.1 ≈ 10 % volume, positions in mm). ``method`` chooses the decision rule
     (``ours``, ``paper``: the UKBOB paper's two-of-three percentile vote with ``epsilon``, or
-    ``both``; see :mod:`swinbob.solf.paper`).
+    ``both``; see :mod:`swinbob.solf.paper`). ``piece_threshold`` is the robust z above which an
+    extra piece of a ``learn_pieces`` organ is larger (share of the organ) or farther from its main
+    body (gap) than the cohort's pieces of that organ, i.e. a fragment to clean.
     """
 
     method: str = "ours"
     epsilon: float = 2.0
     mad_threshold: float = 4.5
     position_threshold: float = 4.5
+    piece_threshold: float = 4.5
     min_population: int = 20
     max_rejected_fraction: float = 0.25
     mad_floor: dict[str, float] = field(default_factory=lambda: {
-        "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0})
+        "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0,
+        "piece_log_share": 0.5, "piece_gap_mm": 3.0})
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,8 @@ def default_rules(labels: dict[int, str] | None = None) -> RuleSet:
         low, high = COMPONENT_RANGES.get(name, (1, 1)) if known else (1, 1)
         organs[label] = OrganRule(min_components=low, max_components=high,
                                   min_largest_share=0.5 if high == 1 else 0.0,
-                                  expected=not (known and name in NOT_EXPECTED), learn_components=not known)
+                                  expected=not (known and name in NOT_EXPECTED), learn_components=not known,
+                                  learn_pieces=not known)
     return RuleSet(Settings(), organs, labels)
 
 
@@ -193,8 +205,8 @@ def _replace_checked(obj, values: dict, where: str):
 def validate_rules(rules: RuleSet) -> RuleSet:
     """Check ranges (counts ≥ 0, min ≤ max, positive thresholds); return ``rules`` unchanged."""
     s = rules.settings
-    if s.mad_threshold <= 0 or s.position_threshold <= 0:
-        raise RulesError("mad_threshold and position_threshold must be positive")
+    if s.mad_threshold <= 0 or s.position_threshold <= 0 or s.piece_threshold <= 0:
+        raise RulesError("mad_threshold, position_threshold and piece_threshold must be positive")
     if s.method not in METHODS:
         raise RulesError(f"unknown method {s.method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 < s.epsilon < 50.0:
@@ -203,8 +215,8 @@ def validate_rules(rules: RuleSet) -> RuleSet:
         raise RulesError(f"max_rejected_fraction must be in [0, 1], got {s.max_rejected_fraction}")
     if s.min_population < 3:
         raise RulesError(f"min_population must be at least 3, got {s.min_population}")
-    if set(s.mad_floor) != set(OUTLIER_FEATURES) | {"position_mm"}:
-        raise RulesError(f"mad_floor needs exactly the keys {', '.join(OUTLIER_FEATURES)}, position_mm")
+    if set(s.mad_floor) != set(OUTLIER_FEATURES) | set(EXTRA_FLOORS):
+        raise RulesError(f"mad_floor needs exactly the keys {', '.join(OUTLIER_FEATURES + EXTRA_FLOORS)}")
     if any(not isinstance(v, (int, float)) or v <= 0 for v in s.mad_floor.values()):
         raise RulesError("mad_floor values must be positive numbers")
     for label, rule in rules.organs.items():
