@@ -36,8 +36,9 @@ def _brain(rng: np.random.Generator, natural_pieces: bool) -> np.ndarray:
     label = np.zeros(SHAPE, np.uint8)
     shift = rng.integers(0, 2, 3)
     for side, (i0, i1) in (("left", (2, 19)), ("right", (21, 38))):
-        label[i0:i1, 3 + shift[1]:21, 3 + shift[2]:21] = ID[f"gm_{side}"]
-        label[i0 + 3:i1 - 3, 6 + shift[1]:18, 6 + shift[2]:18] = ID[f"wm_{side}"]
+        j, k = 3 + shift[1], 2 + shift[2]
+        label[i0:i1, j:j + 18, k:k + 18] = ID[f"gm_{side}"]
+        label[i0 + 3:i1 - 3, j + 3:j + 15, k + 3:k + 15] = ID[f"wm_{side}"]
         if natural_pieces:
             for _ in range(rng.integers(1, 3)):
                 i, k = rng.integers(i0 + 1, i1 - 3), rng.integers(4, 18)
@@ -146,11 +147,11 @@ def test_a_midline_from_swapped_pairs_is_not_moved():
 
 
 def test_without_learned_pieces_every_extra_piece_is_a_fragment():
-    """Rules that switch learning off fall back to the component count: every piece is cleaned."""
+    """Rules that switch learning off fall back to the component count (one): every piece is cleaned."""
     from swinbob.solf.rules import apply_overrides
     records, _ = _cohort({})
     table = build_table(records)
-    rules = apply_overrides(default_rules(BRAIN), {"default": {"learn_pieces": False}})
+    rules = apply_overrides(default_rules(BRAIN), {"default": {"learn_pieces": False, "learn_components": False}})
     decisions = decide(table, rules)
     several = table.columns["n_components"] > 1
     assert several.any() and (decisions.decision[several] == CLEANED).all()
@@ -160,13 +161,13 @@ def test_without_learned_pieces_every_extra_piece_is_a_fragment():
 
 def test_clean_label_drops_numbered_pieces_and_keeps_the_largest():
     label = np.zeros((10, 10, 10), np.uint8)
-    label[0:2, 0:2, 0:2] = 5   # component 1 in scan order
-    label[4:9, 4:9, 4:9] = 5   # component 2, the largest
-    label[0:1, 8:10, 8:10] = 5  # component 3
-    out = clean_label(label, (), {}, {5: (3,)})
+    label[0:2, 0:2, 0:2] = 5   # component 1 in scan order (C order of the indices)
+    label[0:1, 8:10, 8:10] = 5  # component 2
+    label[4:9, 4:9, 4:9] = 5   # component 3, the largest
+    out = clean_label(label, (), {}, {5: (2,)})
     assert (out[0:1, 8:10, 8:10] == IGNORE_LABEL).all() and (out[0:2, 0:2, 0:2] == 5).all()
     assert (out[4:9, 4:9, 4:9] == 5).all()
-    both = clean_label(label, (), {5: 1}, {5: (3,)})
+    both = clean_label(label, (), {5: 1}, {5: (2,)})
     assert (both == IGNORE_LABEL).sum() == 8 + 4
 
 

@@ -112,12 +112,15 @@ class PieceVerdicts:
     midline_x: np.ndarray
 
 
-def derived_features(table: FeatureTable, rules: RuleSet) -> dict[str, np.ndarray]:
+def derived_features(table: FeatureTable, rules: RuleSet, by_pieces: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Features tested against the population: log sizes, shape, world centroid, position
-    relative to the body. Single-piece organs are described by their largest component (what
-    cleaning keeps), so that debris is cleaned rather than making the organ look abnormal."""
+    relative to the body. Single-piece organs, and rows whose pieces are judged one by one
+    (``by_pieces``), are described by their largest component, so that debris is cleaned rather
+    than making the organ look abnormal."""
     cols = table.columns
     single = _rule_arrays(rules, cols["label"])["max_components"] == 1
+    if by_pieces is not None:
+        single = single | by_pieces
 
     def pick(name: str) -> np.ndarray:
         return np.where(single, cols[f"main_{name}"], cols[name])
@@ -290,7 +293,9 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     labels = cols["label"]
     s = rules.settings
     rules = learn_component_rules(rules, labels, cols["n_components"])
-    derived = derived_features(table, rules)
+    pieces = piece_verdicts(table, rules)
+    by_pieces = piece_rows(table, pieces)[0]
+    derived = derived_features(table, rules, by_pieces)
     population, zscores = {}, {}
     for feature in (*OUTLIER_FEATURES, *(f"rel_{a}" for a in POSITION_AXES)):
         values = derived[feature]
@@ -298,7 +303,6 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
         population[feature] = population_stats(values, labels, floor, s.min_population)
         zscores[feature] = robust_z(values, labels, population[feature])
     zscores["position"] = np.abs(np.stack([zscores[f"rel_{a}"] for a in POSITION_AXES])).max(axis=0, initial=0.0)
-    pieces = piece_verdicts(table, rules)
     flags = _flags(table, rules, derived, zscores, pieces)
     order = [*REJECT_REASONS, *CLEAN_REASONS]
     matrix = np.stack([flags[r] for r in order]).reshape(len(order), labels.size)
@@ -315,7 +319,7 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     decision = np.where(reject, REJECTED, np.where(clean, CLEANED, KEPT))
     for row in np.flatnonzero(matrix.any(axis=0)):
         reasons[row] = ";".join(r for r, on in zip(order, matrix[:, row]) if on)
-    keep = np.where(piece_rows(table, pieces)[0], 0, _rule_arrays(rules, labels)["max_components"])
+    keep = np.where(by_pieces, 0, _rule_arrays(rules, labels)["max_components"])
     n_cases = len(table.case_ids)
     present = np.bincount(cols["case_index"], minlength=n_cases)
     rejected = np.bincount(cols["case_index"], weights=reject.astype(float), minlength=n_cases)
