@@ -21,8 +21,9 @@ Three kinds of evidence, all vectorised over the whole (scan × organ) table:
   beyond :data:`SIDE_MARGIN` of its main body's distance from the midline, is an island on the
   wrong side (``wrong_side_island``) and is cleaned, however many pieces the structure has. For
   ``learn_pieces`` organs (label sets other than TotalVibeSegmentator) the cohort's pieces of each
-  organ define what natural extra pieces look like: a piece whose share of the organ or gap to the
-  main body has a robust z above ``piece_threshold`` is a fragment; natural pieces are kept. Such
+  organ define what natural extra pieces look like: natural pieces are small or close to the main
+  body, so a piece is a fragment when the sum of its robust z-scores of size share and gap (each
+  counted from 0 up) exceeds ``piece_threshold``; natural pieces are kept. Such
   an organ is cleaned of those pieces only (``fragments``), not of every piece beyond a count.
 
 Any reject reason rejects the organ; otherwise a clean reason cleans it; otherwise it is kept. A
@@ -51,10 +52,10 @@ MAD_TO_Z = 0.6745
 BLAME_Z = 2.0
 """Lateral |z| above which one partner of an inverted left/right pair is taken as the wrong one."""
 
-SIDE_MARGIN = 0.25
+SIDE_MARGIN = 0.5
 """A piece is on the wrong side when it lies beyond the midline by more than this share of its main
-body's distance from the midline (so pieces at the medial surface, and midline estimates a few
-millimetres off, never count)."""
+body's distance from the midline: pieces at the medial surface never count, nor does the tilt of
+the true midline plane in a rotated head, which a single midline x per scan cannot follow."""
 MIN_PIECE_SCANS = 3
 """Scans that must show pieces of an organ before its natural pieces are learned; below this
 every extra piece of it is a fragment (its component-count rule applies)."""
@@ -135,6 +136,7 @@ def derived_features(table: FeatureTable, rules: RuleSet, by_pieces: np.ndarray 
     case = cols["case_index"]
     n_cases = len(table.case_ids)
     weight = np.bincount(case, weights=volume, minlength=n_cases)
+    out["log_volume_share"] = np.log(volume / np.maximum(weight[case], 1e-12))
     for axis in POSITION_AXES:
         centroid = pick(f"centroid_{axis}")
         body = np.bincount(case, weights=volume * centroid, minlength=n_cases) / np.maximum(weight, 1e-12)
@@ -235,7 +237,8 @@ def piece_verdicts(table: FeatureTable, rules: RuleSet) -> PieceVerdicts:
         population[feature] = population_stats(masked, label, s.mad_floor[f"piece_{feature}"], MIN_PIECE_SCANS)
         zscores[feature] = robust_z(values[feature], label, population[feature])
     with np.errstate(invalid="ignore"):
-        unnatural = learned & ((zscores["log_share"] > s.piece_threshold) | (zscores["gap_mm"] > s.piece_threshold))
+        score = np.clip(zscores["log_share"], 0.0, None) + np.clip(zscores["gap_mm"], 0.0, None)
+        unnatural = learned & (score > s.piece_threshold)
     return PieceVerdicts(row, wrong_side, unnatural, wrong_side | unnatural, zscores, population, midline)
 
 

@@ -37,8 +37,11 @@ import numpy as np
 from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.solf.labelsets import is_totalvibe
 
-OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity")
-"""Features tested against the population (log scale for the size-like ones)."""
+OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity", "log_volume_share")
+"""Features tested against the population (log scale for the size-like ones). ``log_volume_share``
+is the organ's share of all labelled volume of its scan: the subject's size cancels out, so an
+organ that leaked into its neighbours (the scan's labelled volume unchanged) stands out more
+clearly than in its absolute volume, which varies with body size."""
 
 EXTRA_FLOORS = ("position_mm", "piece_log_share", "piece_gap_mm")
 """MAD floors besides the shape features: organ position, and the two features of extra pieces."""
@@ -97,21 +100,23 @@ class Settings:
     per feature so that a very homogeneous population does not turn noise into outliers
     (log-volume 0.1 ≈ 10 % volume, positions in mm). ``method`` chooses the decision rule
     (``ours``, ``paper``: the UKBOB paper's two-of-three percentile vote with ``epsilon``, or
-    ``both``; see :mod:`swinbob.solf.paper`). ``piece_threshold`` is the robust z above which an
-    extra piece of a ``learn_pieces`` organ is larger (share of the organ) or farther from its main
-    body (gap) than the cohort's pieces of that organ, i.e. a fragment to clean.
+    ``both``; see :mod:`swinbob.solf.paper`). ``piece_threshold`` bounds the sum of an extra
+    piece's robust z-scores of size (share of its organ) and gap to the main body against the
+    cohort's pieces of that organ (``learn_pieces`` organs): natural pieces are small or close, a
+    piece that is both larger and farther than them, or extremely either, is a fragment to clean.
     """
 
     method: str = "ours"
     epsilon: float = 2.0
     mad_threshold: float = 4.5
     position_threshold: float = 4.5
-    piece_threshold: float = 4.5
+    piece_threshold: float = 6.0
     min_population: int = 20
     max_rejected_fraction: float = 0.25
     mad_floor: dict[str, float] = field(default_factory=lambda: {
         "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0,
-        "piece_log_share": 0.5, "piece_gap_mm": 3.0})
+        "piece_log_share": 0.5, "piece_gap_mm": 3.0,
+        "log_volume_share": 0.05})
 
 
 @dataclass(frozen=True)
