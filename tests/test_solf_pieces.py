@@ -223,3 +223,20 @@ def test_organ_filtering_finds_single_channel_images_named_like_the_labels(tmp_p
     island = np.zeros(SHAPE, bool)
     island[26:30, 9:13, 9:13] = True
     assert np.array_equal(cleaned == IGNORE_LABEL, island)
+
+
+def test_a_structure_that_leaked_into_its_neighbour_stands_out_by_its_share_of_the_scan():
+    """wm_left takes half its volume from the surrounding gm_left: its absolute volume is within the
+    population's spread floor (z < 4.5), its share of the scan's labelled volume is not."""
+    def leak(label):
+        wm = np.argwhere(label == ID["wm_left"])
+        grown = ndimage.binary_dilation(label == ID["wm_left"], iterations=2) & (label == ID["gm_left"])
+        extra = np.argwhere(grown)[: wm.shape[0] // 2]
+        label[tuple(extra.T)] = ID["wm_left"]
+    records, _ = _cohort({6: leak})
+    table = build_table(records)
+    decisions = decide(table, default_rules(BRAIN))
+    row = next(r for r, (c, lab) in enumerate(zip(table.columns["case_index"], table.columns["label"]))
+               if table.case_ids[c] == "sub006" and lab == ID["wm_left"])
+    assert decisions.decision[row] == REJECTED and "outlier_log_volume_share" in decisions.reasons[row].split(";")
+    assert abs(decisions.zscores["log_volume"][row]) < 4.5
