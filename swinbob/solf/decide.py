@@ -245,7 +245,7 @@ def piece_verdicts(table: FeatureTable, rules: RuleSet) -> PieceVerdicts:
 def _rule_arrays(rules: RuleSet, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Each organ-rule field as an array aligned with ``labels``."""
     fields = ("min_components", "max_components", "min_voxels", "min_largest_share", "check_shape",
-              "check_position", "expected")
+              "check_position", "expected", "check_volume_share")
     lookup = {f: np.array([getattr(rules.organs.get(i), f, 0) if i else 0 for i in range(LABEL_SLOTS)])
               for f in fields}
     return {f: lookup[f][labels] for f in fields}
@@ -285,6 +285,7 @@ def _flags(table: FeatureTable, rules: RuleSet, derived: dict[str, np.ndarray],
     shape_checked = rule["check_shape"].astype(bool)
     for feature in OUTLIER_FEATURES:
         flags[f"outlier_{feature}"] = shape_checked & (np.nan_to_num(np.abs(zscores[feature])) > s.mad_threshold)
+    flags["outlier_log_volume_share"] &= rule["check_volume_share"].astype(bool)
     flags["misplaced"] = rule["check_position"].astype(bool) & (np.nan_to_num(zscores["position"]) > s.position_threshold)
     flags["wrong_side"] = wrong_side_rows(table, derived["centroid_x"], zscores["rel_x"], rules.labels)
     return flags

@@ -41,7 +41,9 @@ OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity", "
 """Features tested against the population (log scale for the size-like ones). ``log_volume_share``
 is the organ's share of all labelled volume of its scan: the subject's size cancels out, so an
 organ that leaked into its neighbours (the scan's labelled volume unchanged) stands out more
-clearly than in its absolute volume, which varies with body size."""
+clearly than in its absolute volume, which varies with body size. It is tested for organs with
+``check_volume_share`` (label sets given with ``--labels``; TotalVibeSegmentator's table keeps its
+four shape features)."""
 
 EXTRA_FLOORS = ("position_mm", "piece_log_share", "piece_gap_mm")
 """MAD floors besides the shape features: organ position, and the two features of extra pieces."""
@@ -90,6 +92,7 @@ class OrganRule:
     expected: bool = True
     learn_components: bool = False
     learn_pieces: bool = False
+    check_volume_share: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def default_rules(labels: dict[int, str] | None = None) -> RuleSet:
         organs[label] = OrganRule(min_components=low, max_components=high,
                                   min_largest_share=0.5 if high == 1 else 0.0,
                                   expected=not (known and name in NOT_EXPECTED), learn_components=not known,
-                                  learn_pieces=not known)
+                                  learn_pieces=not known, check_volume_share=not known)
     return RuleSet(Settings(), organs, labels)
 
 
