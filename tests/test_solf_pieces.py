@@ -240,3 +240,23 @@ def test_a_structure_that_leaked_into_its_neighbour_stands_out_by_its_share_of_t
                if table.case_ids[c] == "sub006" and lab == ID["wm_left"])
     assert decisions.decision[row] == REJECTED and "outlier_log_volume_share" in decisions.reasons[row].split(";")
     assert abs(decisions.zscores["log_volume"][row]) < 4.5
+
+
+def test_one_error_does_not_exclude_a_scan_of_a_small_label_set():
+    """A swap rejects two of four structures (50 %): the scan stays, its two correct structures kept;
+    a scan with three rejected structures is left out. TotalVibeSegmentator's default is unchanged."""
+    def swap(label):
+        left, right = label == ID["gm_left"], label == ID["gm_right"]
+        label[left], label[right] = ID["gm_right"], ID["gm_left"]
+
+    def three(label):
+        swap(label)
+        label[label == ID["wm_left"]] = 0
+        label[6:8, 6:8, 6:8] = ID["wm_left"]
+    records, _ = _cohort({4: swap, 7: three})
+    table = build_table(records)
+    decisions = decide(table, default_rules(BRAIN))
+    assert decisions.scan_rejected_fraction[4] == 0.5 and not decisions.scan_excluded[4]
+    assert decisions.scan_rejected_fraction[7] == 0.75 and decisions.scan_excluded[7]
+    assert decisions.scan_excluded.sum() == 1
+    assert default_rules().settings.min_rejected_to_exclude == 1

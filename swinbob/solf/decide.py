@@ -27,7 +27,8 @@ Three kinds of evidence, all vectorised over the whole (scan × organ) table:
   an organ is cleaned of those pieces only (``fragments``), not of every piece beyond a count.
 
 Any reject reason rejects the organ; otherwise a clean reason cleans it; otherwise it is kept. A
-scan whose share of rejected organs exceeds ``max_rejected_fraction`` is excluded.
+scan whose share of rejected organs exceeds ``max_rejected_fraction`` is excluded (if at least
+``min_rejected_to_exclude`` of its organs are rejected).
 
 ``settings.method`` picks the rule: ``ours`` (the above), ``paper`` (the UKBOB paper's vote,
 :mod:`swinbob.solf.paper`: flagged organs are rejected, nothing is cleaned) or ``both`` (rejected
@@ -328,5 +329,6 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     present = np.bincount(cols["case_index"], minlength=n_cases)
     rejected = np.bincount(cols["case_index"], weights=reject.astype(float), minlength=n_cases)
     fraction = rejected / np.maximum(present, 1)
-    return Decisions(decision, reasons, zscores, keep, population, fraction, fraction > s.max_rejected_fraction,
+    excluded = (fraction > s.max_rejected_fraction) & (rejected >= s.min_rejected_to_exclude)
+    return Decisions(decision, reasons, zscores, keep, population, fraction, excluded,
                      paper_reasons, rules, pieces)

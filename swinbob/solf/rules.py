@@ -107,6 +107,10 @@ class Settings:
     piece's robust z-scores of size (share of its organ) and gap to the main body against the
     cohort's pieces of that organ (``learn_pieces`` organs): natural pieces are small or close, a
     piece that is both larger and farther than them, or extremely either, is a fragment to clean.
+    A scan is excluded when more than ``max_rejected_fraction`` of its organs are rejected and at
+    least ``min_rejected_to_exclude``: label sets given with ``--labels`` default to 3, because one
+    segmentation error often rejects two structures (a swap both partners, a leak the neighbour it
+    emptied), which in a four-structure set would otherwise drop the scan's correct ones with it.
     """
 
     method: str = "ours"
@@ -116,6 +120,7 @@ class Settings:
     piece_threshold: float = 6.0
     min_population: int = 20
     max_rejected_fraction: float = 0.25
+    min_rejected_to_exclude: int = 1
     mad_floor: dict[str, float] = field(default_factory=lambda: {
         "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0,
         "piece_log_share": 0.5, "piece_gap_mm": 3.0,
@@ -143,6 +148,7 @@ def default_rules(labels: dict[int, str] | None = None) -> RuleSet:
     labels = dict(TOTALVIBE_LABELS if labels is None else labels)
     known = is_totalvibe(labels)
     organs = {}
+    settings = Settings() if known else Settings(min_rejected_to_exclude=3)
     for label, name in labels.items():
         if label == 0:
             continue
@@ -151,7 +157,7 @@ def default_rules(labels: dict[int, str] | None = None) -> RuleSet:
                                   min_largest_share=0.5 if high == 1 else 0.0,
                                   expected=not (known and name in NOT_EXPECTED), learn_components=not known,
                                   learn_pieces=not known, check_volume_share=not known)
-    return RuleSet(Settings(), organs, labels)
+    return RuleSet(settings, organs, labels)
 
 
 def learn_component_rules(rules: RuleSet, labels: np.ndarray, n_components: np.ndarray) -> RuleSet:
@@ -221,6 +227,8 @@ def validate_rules(rules: RuleSet) -> RuleSet:
         raise RulesError(f"epsilon (percent in each tail) must be in (0, 50), got {s.epsilon}")
     if not 0.0 <= s.max_rejected_fraction <= 1.0:
         raise RulesError(f"max_rejected_fraction must be in [0, 1], got {s.max_rejected_fraction}")
+    if s.min_rejected_to_exclude < 1:
+        raise RulesError(f"min_rejected_to_exclude must be at least 1, got {s.min_rejected_to_exclude}")
     if s.min_population < 3:
         raise RulesError(f"min_population must be at least 3, got {s.min_population}")
     if set(s.mad_floor) != set(OUTLIER_FEATURES) | set(EXTRA_FLOORS):
