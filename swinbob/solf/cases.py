@@ -34,7 +34,7 @@ from swinbob.files import NIFTI_SUFFIXES, NiftiError, TransientReadError, check_
 from swinbob.solf.features import MAX_LABEL, LabelError, measure_scan, validate_labels
 from swinbob.solf.structures import is_structure_folder, mask_files, read_label_source
 
-FEATURE_FORMAT = 2
+FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
 
 
@@ -52,6 +52,8 @@ class CaseTask:
     body_path: str | None = None
     structures: tuple[tuple[str, int], ...] = ()
     """``(name, id)`` of the label set when ``label_path`` is a folder of per-structure masks."""
+    pieces: bool = False
+    """Measure the extra pieces of every organ (label sets whose pieces SOLF learns)."""
 
 
 def case_id_of(path: Path) -> str | None:
@@ -186,7 +188,7 @@ def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
 
 
 def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL,
-                structures: tuple[tuple[str, int], ...] = ()) -> str:
+                structures: tuple[tuple[str, int], ...] = (), pieces: bool = False) -> str:
     """Identity of a scan's inputs (size and modification time of each file, feature format).
 
     A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
@@ -199,6 +201,8 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int
         parts.append(["max_label", max_label])
     if structures:
         parts.append(["structures", [list(s) for s in structures]])
+    if pieces:  # records measured with their pieces
+        parts.append(["pieces", 2])
     for path in paths:
         try:
             stat = os.stat(path)
@@ -210,10 +214,11 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
               channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None,
-              structures: tuple[tuple[str, int], ...] = ()) -> CaseTask:
+              structures: tuple[tuple[str, int], ...] = (), pieces: bool = False) -> CaseTask:
     """The :class:`CaseTask` of one case, with its image channels resolved if images are used, and
     its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used;
-    ``structures`` names the IDs of a folder of per-structure masks (unused for label files)."""
+    ``structures`` names the IDs of a folder of per-structure masks (unused for label files);
+    ``pieces``: measure every organ's extra pieces too."""
     image_paths: tuple[str, ...] = ()
     image_error = None
     if image_dir is not None:
@@ -230,8 +235,9 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
     structures = structures if folder else ()
     labels = [str(p) for p in mask_files(label_path)] if folder else [str(label_path)]
     inputs = [*labels, *image_paths, *([body] if body else [])]
-    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label, structures),
-                    image_error, max_label, body, structures)
+    return CaseTask(case_id, str(label_path), image_paths, names,
+                    fingerprint(inputs, names, max_label, structures, pieces), image_error, max_label, body, structures,
+                    pieces)
 
 
 def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
@@ -290,7 +296,7 @@ def measure_case(task: CaseTask) -> dict:
         if task.image_error:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None
-        organs, pieces = measure_scan(label, affine, images, task.channel_names)
+        organs, pieces = measure_scan(label, affine, images, task.channel_names, with_pieces=task.pieces)
         if not organs["label"]:  # a failed segmentation: training on it would teach "no organs"
             raise LabelError("no organ labelled (the label map is all background or ignore)")
         body = {"body_volume_mm3": body_volume(task.body_path, label.shape, affine)} if task.body_path else {}

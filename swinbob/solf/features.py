@@ -19,8 +19,9 @@ Conventions, chosen so that features are comparable across scanners and orientat
   covariance (0 for a ball, → 1 for a line);
 * connected components use 26-connectivity: thin oblique vessels on anisotropic grids break up
   under 6-connectivity although they are one structure;
-* every component but the largest ("piece") of an organ with at most :data:`MAX_PIECES` pieces
-  is also described on its own (:data:`PIECE_COLUMNS`): its number in ``scipy.ndimage.label``'s
+* on request (label sets other than TotalVibeSegmentator's, whose rules clean every extra piece
+  by count), every component but the largest ("piece") of an organ with at most
+  :data:`MAX_PIECES` pieces is also described on its own (:data:`PIECE_COLUMNS`): its number in ``scipy.ndimage.label``'s
   scan order inside the organ's bounding box (how cleaning finds it again), size, world centroid
   and gap to the largest component. Pass 2 uses them to check the side of the body of every
   piece of a left/right structure and to learn what natural extra pieces look like.
@@ -182,10 +183,11 @@ def _geometry(mask: np.ndarray, count: int, offset: np.ndarray, affine: np.ndarr
     }
 
 
-def _shape_row(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray,
-               shape: tuple[int, ...]) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+def _shape_row(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray, shape: tuple[int, ...],
+               with_pieces: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
     """All :data:`SHAPE_COLUMNS` of one organ given its mask inside its bounding box, and its
-    pieces (see :func:`_pieces`; None for a single component or more than :data:`MAX_PIECES` pieces)."""
+    pieces (see :func:`_pieces`; None for a single component, more than :data:`MAX_PIECES` pieces,
+    or ``with_pieces`` False)."""
     offset = np.array([s.start for s in box], dtype=np.float64)
     components, n, sizes, largest = _components(mask)
     count = int(sizes.sum())
@@ -197,7 +199,7 @@ def _shape_row(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray,
         main_box = ndimage.find_objects(components, max_label=largest)[largest - 1]
         main_offset = offset + [s.start for s in main_box]
         main = _geometry(components[main_box] == largest, int(sizes[largest]), main_offset, affine)
-        if n - 1 <= MAX_PIECES:
+        if with_pieces and n - 1 <= MAX_PIECES:
             pieces = _pieces(mask, components, n, sizes, largest, offset, affine)
     starts = [s.start for s in box]
     stops = [s.stop for s in box]
@@ -249,9 +251,11 @@ def _intensity_rows(label: np.ndarray, images: np.ndarray, present: np.ndarray,
 
 
 def measure_scan(label: np.ndarray, affine: np.ndarray, images: np.ndarray | None = None,
-                 channel_names: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, list], dict[str, list]]:
+                 channel_names: list[str] | tuple[str, ...] = (),
+                 with_pieces: bool = True) -> tuple[dict[str, list], dict[str, list]]:
     """Features of every organ present in ``label`` as columns (``label`` plus the feature names),
-    and the pieces of the organs that have a few (:data:`PIECE_COLUMNS` as columns).
+    and the pieces of the organs that have a few (:data:`PIECE_COLUMNS` as columns; none without
+    ``with_pieces``: the distance transforms are most of pass 1's time on a whole-body volume).
 
     ``label`` must already be validated (uint8, see :func:`validate_labels`); ``images`` is an
     optional (C, X, Y, Z) array on the same grid, ``channel_names`` its C names. The ignore value
@@ -265,7 +269,7 @@ def measure_scan(label: np.ndarray, affine: np.ndarray, images: np.ndarray | Non
     pieces: dict[str, list] = {name: [] for name in PIECE_COLUMNS}
     for organ in present:
         box = boxes[organ - 1]
-        row, organ_pieces = _shape_row(label[box] == organ, box, affine, label.shape)
+        row, organ_pieces = _shape_row(label[box] == organ, box, affine, label.shape, with_pieces)
         for name in SHAPE_COLUMNS:
             columns[name].append(row[name])
         if organ_pieces is not None:
@@ -284,4 +288,4 @@ def measure_scan(label: np.ndarray, affine: np.ndarray, images: np.ndarray | Non
 def measure_organs(label: np.ndarray, affine: np.ndarray, images: np.ndarray | None = None,
                    channel_names: list[str] | tuple[str, ...] = ()) -> dict[str, list]:
     """The organ columns of :func:`measure_scan` (without the pieces)."""
-    return measure_scan(label, affine, images, channel_names)[0]
+    return measure_scan(label, affine, images, channel_names, with_pieces=False)[0]

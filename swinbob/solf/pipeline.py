@@ -37,7 +37,7 @@ from swinbob.errors import ConfigError
 from swinbob.files import NIFTI_SUFFIXES, OutputError, check_writable_folder, folder_lock, remove_stale_temp_files
 from swinbob.solf.cases import CaseTask, discover_inputs, failed_record, infer_channels, make_task, measure_case
 from swinbob.solf.decide import decide
-from swinbob.solf.labelsets import label_set_channels, load_label_set
+from swinbob.solf.labelsets import is_totalvibe, label_set_channels, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
 from swinbob.solf.pool import WORKER_DIED, parallel_map
@@ -159,8 +159,9 @@ def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]
     channels = config.channels(names, list(labels)) if config.image_dir is not None else UKBOB_CHANNELS
     if config.image_dir is not None and not config.channel_names:
         log.info("image channels: %s", ", ".join(channels))
+    pieces = not is_totalvibe(label_set)  # TotalVibeSegmentator's rules clean every extra piece by count
     tasks = {case: make_task(case, path, config.image_dir, names, channels, max(label_set), config.body_dir,
-                             structures) for case, path in labels.items()}
+                             structures, pieces) for case, path in labels.items()}
     return tasks, skipped
 
 
