@@ -91,7 +91,10 @@ def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") 
         raise DatasetJsonError(f"{path}: 'labels': the ignore value {ignore_value} is also the label {label_map[ignore_value]!r}")
     region_sets = {n: tuple(_int(v, path, n) for v in (ids if isinstance(ids, (list, tuple)) else [ids]))
                    for n, ids in named.items() if n != label_map.get(0)} if regions else {}
-    order = content.get("regions_class_order") or [max(ids) for ids in region_sets.values()]
+    order = content.get("regions_class_order") or []
+    if regions and not order:  # no default is right for every nesting (BraTS's max-id order writes 3 everywhere)
+        raise DatasetJsonError(f"{path}: region labels need 'regions_class_order', the label each region writes "
+                               f"(later regions over earlier ones, as nnU-Net), e.g. [1, 2, 3] for {list(region_sets)}")
     if regions and len(order) != len(region_sets):
         raise DatasetJsonError(f"{path}: 'regions_class_order' needs one label per region ({len(region_sets)})")
     return {"label_map": label_map, "regions": region_sets, "region_labels": tuple(int(o) for o in order),
