@@ -22,7 +22,7 @@ from swinbob.data.shifts import apply_shift
 from swinbob.data.transforms import NormalizeForegroundd
 from swinbob.infer.outputs import ordered_regions_to_labels
 from swinbob.infer.statistics import structure_statistics
-from swinbob.viz import LEGEND_WIDTH, GifSettings, write_gif
+from swinbob.viz import LEGEND_WIDTH, GifSettings, ras_spacing, to_ras, write_gif
 from tiny import (ANISOTROPIC_AFFINE, OBLIQUE_AFFINE, OBLIQUE_RAS_SPACING, PERMUTED_AFFINE, PERMUTED_RAS_SPACING,
                   corner_touching_labels)
 
@@ -165,3 +165,13 @@ def test_statistics_volume_is_the_voxel_count_times_the_affines_determinant(irre
     assert stats["corner"]["volume_ml"] == pytest.approx(16 * voxel_mm3 / 1000)
     assert stats["all"]["voxels"] == 48 and stats["all"]["volume_ml"] == pytest.approx(48 * voxel_mm3 / 1000)
     assert stats["all"]["components"] == 4 and stats["all"]["mean_intensity"] == 1.0
+
+
+def test_gif_volumes_are_turned_to_ras_as_the_affine_says():
+    volume = np.arange(4 * 5 * 6).reshape(4, 5, 6)  # stored P, S, L
+    ras = to_ras(volume, PERMUTED_AFFINE)
+    # by hand: R runs against the stored L axis, A against P, S along S
+    assert ras.shape == (6, 4, 5) and ras[0, 0, 0] == volume[3, 0, 5] and ras[5, 3, 4] == volume[0, 4, 0]
+    assert np.array_equal(ras, np.flip(volume, (0, 2)).transpose(2, 0, 1))
+    assert ras_spacing(PERMUTED_AFFINE) == pytest.approx(PERMUTED_RAS_SPACING)
+    assert ras_spacing(OBLIQUE_AFFINE) == pytest.approx(OBLIQUE_RAS_SPACING)
