@@ -175,3 +175,13 @@ def test_gif_volumes_are_turned_to_ras_as_the_affine_says():
     assert np.array_equal(ras, np.flip(volume, (0, 2)).transpose(2, 0, 1))
     assert ras_spacing(PERMUTED_AFFINE) == pytest.approx(PERMUTED_RAS_SPACING)
     assert ras_spacing(OBLIQUE_AFFINE) == pytest.approx(OBLIQUE_RAS_SPACING)
+
+
+def test_region_tasks_give_integer_labels_by_the_brats_rule_or_the_given_order():
+    from swinbob.infer.outputs import to_labels
+
+    logits = torch.tensor([[5.0, -5, -5, 5], [5, 5, -5, 5], [-5, -5, -5, 5]])[:, :, None, None]  # TC, WT, ET
+    brats = to_labels(logits, "regions", et_label=4)
+    assert brats.flatten().tolist() == [1, 2, 0, 4] and not brats.is_floating_point()  # NCR, SNFH, none, ET
+    ordered = to_labels(torch.sigmoid(logits), "regions", are_logits=False, region_labels=(1, 2, 3))
+    assert ordered.flatten().tolist() == [2, 2, 0, 3] and not ordered.is_floating_point()

@@ -109,3 +109,14 @@ def test_thick_slices_of_a_constant_stay_constant_and_each_slab_is_severity_plus
     out = apply_shift(impulse, "thick_slices", severity, 0)[0, 0]
     assert out.sum() == pytest.approx(1.0, abs=1e-5)  # mass kept: one slab's share, spread linearly
     assert np.count_nonzero(out > 1e-6) == 2 * slab - 1  # hat of half-width one slab
+
+
+def test_thick_slices_by_hand_at_the_volume_end_where_slabs_run_out():
+    ramp = np.tile(np.arange(8, dtype=np.float32), (3, 2, 1))  # 0..7 along the last axis, 3 x 2 in plane
+    out = apply_shift(ramp, "thick_slices", 2, seed=0)
+    assert out.shape == ramp.shape
+    # 3-voxel slabs (edge voxel repeated) at slices 0, 3, 6: 1/3, 3, 6; linear between; beyond the last, the last
+    np.testing.assert_allclose(out[2, 1], [1 / 3, 11 / 9, 19 / 9, 3, 4, 5, 6, 6], rtol=1e-6)
+    out = apply_shift(ramp, "thick_slices", 3, seed=0)
+    # 4-voxel slabs (slices i-2..i+1, edge repeated) at 0 and 4: (0+0+0+1)/4, (2+3+4+5)/4
+    np.testing.assert_allclose(out[0, 0], [0.25, 1.0625, 1.875, 2.6875, 3.5, 3.5, 3.5, 3.5], rtol=1e-6)
