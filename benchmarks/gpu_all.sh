@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU row of issue 15 in one go (under 10 minutes on an H100/H200, feature_size 48), through
+# Every GPU row in one go (feature_size 48; meant to fit in 10 minutes on one GPU), through
 # the engine: training 14 and 73 outputs against the fp16-AMP reference (patches/s, peak memory),
 # the NIfTI data pipeline against in-memory batches, inference of a 240×240×160 phantom against
 # fp32 and bf16 window batch 4 (speed, logits error, Dice agreement), and ETTA against plain

@@ -59,7 +59,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout_rate", type=float, default=0.0, help="kept for upstream compatibility (unused by MONAI 1.6)")
     g.add_argument("--dropout_path_rate", type=float, default=0.0, help="stochastic depth rate")
     g.add_argument("--norm_name", default="instance", help="decoder normalisation")
-    g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing (less memory, ~25%% slower)")
+    g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing (less memory, more compute)")
     g.add_argument("--use_v2", action="store_true", help="Swin-UNETR v2 (residual conv blocks in the encoder)")
     for axis in "xyz":
         g.add_argument(f"--roi_{axis}", type=int, default=None, help=f"patch size along {axis} (multiple of 32; default: the task's)")

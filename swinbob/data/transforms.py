@@ -251,7 +251,7 @@ class NormalizeForegroundd(T.MapTransform):
 
     Why not MONAI's ``NormalizeIntensityd(nonzero=True)``: with noise in the background every voxel
     is non-zero, so the "brain" statistics become those of the whole field of view and the tissue
-    contrast that the network learnt moves (the issue's real-MRI failure: grey matter predicted in
+    contrast that the network learnt moves (the failure seen on real MRI: grey matter predicted in
     the noisy background). Otsu's threshold separates the dark background from tissue whatever the
     gain, clipping to the foreground's ``low_pct``..``high_pct`` percentiles flattens background noise
     below the darkest tissue and bright outliers, and the mean and std come from the clipped
