@@ -185,3 +185,27 @@ def test_region_tasks_give_integer_labels_by_the_brats_rule_or_the_given_order()
     assert brats.flatten().tolist() == [1, 2, 0, 4] and not brats.is_floating_point()  # NCR, SNFH, none, ET
     ordered = to_labels(torch.sigmoid(logits), "regions", are_logits=False, region_labels=(1, 2, 3))
     assert ordered.flatten().tolist() == [2, 2, 0, 3] and not ordered.is_floating_point()
+
+
+class _Saturated(torch.nn.Module):
+    """Logits +-100 everywhere (channel 0 high): probabilities of exactly 1 and 0 in float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        high = torch.full_like(x[:, :1], 100.0)
+        return torch.cat([high, -high], 1) + 0 * self.anchor
+
+
+@pytest.mark.parametrize("mode", ["softmax", "regions"])
+def test_flip_tta_of_certain_predictions_gives_finite_logits_of_a_millionth_margin(mode):
+    from swinbob.infer.tta import flip_tta_logits
+    from swinbob.infer.window import WindowSettings
+
+    out = flip_tta_logits(_Saturated().eval(), torch.zeros(1, 1, 8, 8, 8), WindowSettings((8, 8, 8), 1, 0.0), mode)
+    assert torch.isfinite(out).all()
+    # probabilities kept inside [1e-6, 1 - 1e-6]: log(1 - 1e-6), log(1e-6); logit(1 - 1e-6) = -logit(1e-6) = ln(999999)
+    expected = [-1e-6, np.log(1e-6)] if mode == "softmax" else [np.log(999999.0), -np.log(999999.0)]
+    assert out[0, :, 3, 3, 3].tolist() == pytest.approx(expected, abs=0.02)  # float32 rounding of 1 - 1e-6

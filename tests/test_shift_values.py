@@ -121,3 +121,19 @@ def test_thick_slices_by_hand_at_the_volume_end_where_slabs_run_out():
     out = apply_shift(ramp, "thick_slices", 3, seed=0)
     # 4-voxel slabs (slices i-2..i+1, edge repeated) at 0 and 4: (0+0+0+1)/4, (2+3+4+5)/4
     np.testing.assert_allclose(out[0, 0], [0.25, 1.0625, 1.875, 2.6875, 3.5, 3.5, 3.5, 3.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, control", [((30,), 4), ((10, 10, 10), 2)])
+def test_smooth_field_peaks_at_one_also_when_the_spline_stays_below_the_control_values(shape, control):
+    for seed in range(4):  # here the cubic spline peaks below 1 before scaling (0.34 .. 0.99)
+        field = smooth_field(shape, np.random.default_rng(seed), control)
+        assert np.abs(field).max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_shift_input_is_read_as_float_and_a_wrong_name_lists_the_choices():
+    ramp = np.tile(np.arange(9), (2, 2, 1))  # integers 0..8
+    # 2-voxel slabs (edge repeated) at slices 0, 2, .., 8: 0, 1.5, 3.5, 5.5, 7.5; linear between (no integer rounding)
+    np.testing.assert_allclose(apply_shift(ramp, "thick_slices", 1, 0)[1, 0],
+                               [0, 0.75, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5], rtol=1e-6)
+    with pytest.raises(ValueError, match="choose one of bias_field, gaussian_noise, blur, gamma"):
+        apply_shift(ramp, "motion", 1, 0)
