@@ -81,6 +81,7 @@ def test_probability_maps_are_on_the_input_grid_and_give_the_written_labels(perf
         written = nib.load(out / "probabilities" / f"{name}.nii.gz")
         probs = np.asarray(written.dataobj)
         assert written.shape == (*SHAPE, 14) and written.get_data_dtype() == np.float32
+        assert written.header.get_xyzt_units()[0] == "mm"  # spacing in mm, as the labels
         assert np.array_equal(written.affine, NON_RAS)
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)  # softmax channels, everywhere
         assert np.array_equal(probs.argmax(-1), truth)
