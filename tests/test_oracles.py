@@ -209,3 +209,16 @@ def test_flip_tta_of_certain_predictions_gives_finite_logits_of_a_millionth_marg
     # probabilities kept inside [1e-6, 1 - 1e-6]: log(1 - 1e-6), log(1e-6); logit(1 - 1e-6) = -logit(1e-6) = ln(999999)
     expected = [-1e-6, np.log(1e-6)] if mode == "softmax" else [np.log(999999.0), -np.log(999999.0)]
     assert out[0, :, 3, 3, 3].tolist() == pytest.approx(expected, abs=0.02)  # float32 rounding of 1 - 1e-6
+
+
+def test_probabilities_take_the_input_grid_of_a_4d_image_and_refuse_another_grid(tmp_path, monkeypatch):
+    from swinbob.infer import statistics
+
+    reference = tmp_path / "two_channels.nii.gz"  # a 4D input (two channels in one file): its grid is the first 3 axes
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.float32), PERMUTED_AFFINE), reference)
+    probs = torch.rand(3, 4, 5, 6)
+    monkeypatch.setattr(statistics, "invert_to_input", lambda values, image, preprocess: values)  # already on the input grid
+    written = nib.load(statistics.write_probabilities(tmp_path / "p.nii.gz", probs, None, None, reference))
+    assert written.shape == (4, 5, 6, 3) and np.allclose(written.get_fdata(), probs.permute(1, 2, 3, 0).numpy())
+    with pytest.raises(ValueError, match=r"shape \(4, 5, 5\) differ from the input image's \(4, 5, 6\)"):
+        statistics.write_probabilities(tmp_path / "q.nii.gz", probs[:, :, :, :5], None, None, reference)
