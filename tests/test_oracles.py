@@ -8,7 +8,6 @@ touch at a corner) because regular data hides axis mix-ups and connectivity mist
 
 from __future__ import annotations
 
-
 import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
