@@ -48,7 +48,7 @@ TABLE = [
     (TRAIN + EVALUATE, ["--roi_x=64"], "--roi_x, --roi_y, --roi_z"),
     (TRAIN + EVALUATE, ["--json_list=BAD_JSON"], "bad.json"),
     (TRAIN + EVALUATE, ["--task=auto", "--json_list=NO_LABELS"], "'labels'"),
-    (TRAIN + EVALUATE, ["--task=auto", "--json_list=NO_REGION_ORDER"], "'regions_class_order'"),
+    (TRAIN, ["--task=auto", "--json_list=NO_REGION_ORDER"], "'regions_class_order'"),  # evaluation: the checkpoint's order
     (EVALUATE, ["--json_list=TWO_CHANNELS"], "two_channels.json"),
     (EVALUATE + PREDICT, ["MODEL=missing.pt"], "missing.pt"),
     (EVALUATE + PREDICT, ["MODEL=garbage.pt"], "garbage.pt"),

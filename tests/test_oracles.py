@@ -8,6 +8,8 @@ touch at a corner) because regular data hides axis mix-ups and connectivity mist
 
 from __future__ import annotations
 
+import json
+
 import imageio.v3 as iio
 import nibabel as nib
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from swinbob.data.dataset_task import DatasetJsonError, ct_intensity, median_spacing, parse_labels
+from swinbob.data.dataset_task import DatasetJsonError, ct_intensity, median_spacing, parse_labels, task_from_dataset
 from swinbob.data.shifts import apply_shift
 from swinbob.data.transforms import NormalizeForegroundd
 from swinbob.infer.outputs import ordered_regions_to_labels
@@ -58,14 +60,17 @@ def test_median_spacing_of_sagittal_oblique_and_axial_images_is_taken_along_ras(
 BRATS_REGIONS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3}
 
 
-def test_a_region_dataset_json_without_regions_class_order_is_refused_naming_file_and_field():
-    with pytest.raises(DatasetJsonError, match=r"^brats\.json: .*'regions_class_order'") as refused:
-        parse_labels({"labels": BRATS_REGIONS}, "brats.json")
+def test_a_region_dataset_json_without_regions_class_order_is_refused_naming_file_and_field(tmp_path):
+    path = tmp_path / "brats.json"
+    path.write_text(json.dumps({"labels": BRATS_REGIONS, "channel_names": {"0": "T1"}}))
+    with pytest.raises(DatasetJsonError, match=r"brats\.json: .*'regions_class_order'") as refused:
+        task_from_dataset(path, spacing=(1, 1, 1))
     assert "\n" not in str(refused.value)
+    assert parse_labels({"labels": BRATS_REGIONS}, "brats.json")["label_map"][3] == "enhancing_tumor"  # names alone: fine
     with pytest.raises(DatasetJsonError, match="one label per region"):
         parse_labels({"labels": BRATS_REGIONS, "regions_class_order": [1, 2]}, "brats.json")
-    given = parse_labels({"labels": BRATS_REGIONS, "regions_class_order": [1, 2, 3]}, "brats.json")
-    assert given["region_labels"] == (1, 2, 3)
+    path.write_text(json.dumps({"labels": BRATS_REGIONS, "channel_names": {"0": "T1"}, "regions_class_order": [1, 2, 3]}))
+    assert task_from_dataset(path, spacing=(1, 1, 1)).region_labels == (1, 2, 3)
     assert parse_labels({"labels": {"background": 0, "liver": 1}}, "x.json")["region_labels"] == ()  # not a region task
 
 
