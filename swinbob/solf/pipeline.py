@@ -244,7 +244,8 @@ def merge_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> FeatureTab
 def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dict[str, str]) -> dict[str, str]:
     """Write the cleaned labels that are new or changed; remove stale ones; return failures."""
     manifest_path = config.features_dir / "cleaned_manifest.json"
-    manifest = {} if config.overwrite else read_manifest(manifest_path)
+    previous = read_manifest(manifest_path)  # what earlier runs wrote, --overwrite or not: stale files go
+    manifest = {} if config.overwrite else previous
     keys = {t.case_id: t.key(fingerprints[t.case_id]) for t in tasks}
     todo = [t for t in tasks if manifest.get(t.case_id) != keys[t.case_id] or not Path(t.output_path).exists()]
     failures = {}
@@ -253,13 +254,13 @@ def _write_cleaned(config: SolfConfig, tasks: list[CleanTask], fingerprints: dic
             failures[case_id] = error
             log.warning("scan %s could not be cleaned: %s", case_id, error)
     remove_stale_temp_files(config.labels_dir)  # left by a worker that died mid-write (and was retried)
-    for case_id in set(manifest) - set(keys):  # exact names: a case id may hold glob characters
+    for case_id in set(previous) - set(keys):  # exact names: a case id may hold glob characters
         for suffix in NIFTI_SUFFIXES:
             path = config.labels_dir / f"{case_id}{suffix}"
             if path.parent == config.labels_dir:  # a tampered manifest cannot name files elsewhere
                 path.unlink(missing_ok=True)
     new_manifest = {c: k for c, k in sorted(keys.items()) if c not in failures}
-    if new_manifest != manifest:
+    if new_manifest != previous:
         write_json(manifest_path, new_manifest)
     log.info("cleaned labels: %d written, %d unchanged, %d failed", len(todo) - len(failures), len(tasks) - len(todo), len(failures))
     return failures
