@@ -214,10 +214,12 @@ def test_nnunet_image_names_are_matched_in_channel_order(reference, cohort, tmp_
     assert (tmp_path / "out" / "report" / "features.csv").read_bytes() == (reference / "report" / "features.csv").read_bytes()
 
 
-def test_excluding_scans_removes_them_and_their_stale_outputs(reference, cohort, tmp_path):
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)], ids=["rerun", "overwrite"])
+def test_excluding_scans_removes_them_and_their_stale_outputs(reference, cohort, tmp_path, overwrite):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    assert _run(cohort / "labelsTr", out, "--image_dir", str(cohort / "imagesTr"), "--max_rejected_fraction", "0") == 0
+    assert _run(cohort / "labelsTr", out, "--image_dir", str(cohort / "imagesTr"), "--max_rejected_fraction", "0",
+                *overwrite) == 0
     rejected_cases = {d["case_id"] for d in _decisions(out) if d["decision"] == "rejected"}
     dataset = json.loads((out / "dataset.json").read_text())
     listed = {Path(e["label"]).name.removesuffix(".nii.gz") for e in dataset["training"] + dataset["validation"]}

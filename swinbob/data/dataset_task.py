@@ -129,11 +129,11 @@ def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") 
     _check_classes(label_map, ignore_value, path)
     region_sets = {n: tuple(_int(v, path, n) for v in (ids if isinstance(ids, (list, tuple)) else [ids]))
                    for n, ids in named.items() if n != label_map.get(0)} if regions else {}
-    order = content.get("regions_class_order") or [max(ids) for ids in region_sets.values()]
+    order = content.get("regions_class_order") or []  # no default: task_from_dataset requires it for regions
     if not isinstance(order, (list, tuple)):
         raise DatasetJsonError(f"{path}: 'regions_class_order' must be a list of labels, one per region, got {_shown(order)}")
     order = [_int(o, path, "entry", "regions_class_order") for o in order]
-    if regions and len(order) != len(region_sets):
+    if regions and order and len(order) != len(region_sets):
         raise DatasetJsonError(f"{path}: 'regions_class_order' needs one label per region ({len(region_sets)})")
     return {"label_map": label_map, "regions": region_sets, "region_labels": tuple(order),
             "ignore_value": ignore_value}
@@ -228,6 +228,9 @@ def task_from_dataset(
     median spacing and CT statistics when ``spacing``/``window`` are not given."""
     content = read_dataset_json(path)
     labels = parse_labels(content, path)
+    if labels["regions"] and not labels["region_labels"]:  # no order is right for every nesting (nnU-Net refuses too)
+        raise DatasetJsonError(f"{path}: region labels need 'regions_class_order', the label each region writes "
+                               f"(later regions over earlier ones, as nnU-Net), e.g. [1, 2, 3] for {list(labels['regions'])}")
     channels = parse_channels(content, path)
     intensity = modality_intensity(channels, window)
     if intensity is None:
