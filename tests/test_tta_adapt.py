@@ -169,3 +169,35 @@ def test_swin_unetr_with_decoder_norms_is_episodic():
     assert outcome.fallback is None or "foreground" in outcome.fallback
     assert snapshot(model).keys() == before.keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_evaluation_engine_runs_selftrain_when_asked(tmp_path):
+    from swinbob.data.transforms import DataConfig
+    from swinbob.infer.evaluate import ETTA, NO_ETTA, EvalSettings, predict_case
+    from swinbob.tasks import get_task
+
+    task = get_task("btcv")
+    image, truth = make_case(gain=0.55)
+    settings = EvalSettings(task=task, data=DataConfig.from_task(task, roi=ROI), window=WINDOW, output_dir=tmp_path,
+                            methods=(NO_ETTA, ETTA), adapt="selftrain", selftrain=CONFIG)
+    labels, record = predict_case(make_model(), image[0], settings)
+    _, adapted, _ = run(make_model(), image)
+    assert np.array_equal(labels[ETTA].numpy() == 1, adapted)
+    assert dice(labels[ETTA].numpy() == 1, truth) > dice(labels[NO_ETTA].numpy() == 1, truth)
+    assert record["applied"] and "changed" in record  # the self-training record, not ETTA's entropies
+
+
+def test_command_lines_select_selftrain_and_refuse_bad_settings():
+    from swinbob.errors import ConfigError
+    from swinbob.infer import cli as eval_cli
+    from swinbob.infer import predict
+
+    args = eval_cli.build_parser("btcv").parse_args(["--tta_adapt", "selftrain", "--selftrain_lr", "0.01", "--etta_seed", "3"])
+    config = eval_cli.selftrain_config(args)
+    assert (args.tta_adapt, config.lr, config.seed) == ("selftrain", 0.01, 3)
+    bad = eval_cli.build_parser("btcv").parse_args(["--selftrain_confidence", "1.5"])
+    with pytest.raises(ConfigError, match="--selftrain_.*confidence"):
+        eval_cli.selftrain_config(bad)
+    argv = predict.evaluate_argv(predict.build_parser().parse_args(["-i", "in", "-o", "out", "-m", "m.pt",
+                                                                    "--tta_adapt", "selftrain", "--tta", "flip"]))
+    assert "--etta" in argv and "--tta_adapt=selftrain" in argv and "--tta=flip" in argv
