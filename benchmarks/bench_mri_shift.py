@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -195,7 +196,7 @@ the brain is near-symmetric left-right and a 2-core CPU cannot afford 8 passes p
 
 
 def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | None,
-                    flip_axes: tuple[int, ...] | None, selftrain: SelfTrainConfig | None = None
+                    flip_axes: tuple[int, ...] | None, selftrain: Sequence[SelfTrainConfig] = ()
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, float]]:
     """Labels of none / ETTA and, with ``flip_axes``, flip / flip+ETTA / flip+selftrain for one
     normalised volume (1, 1, X, Y, Z), each method's record and its seconds.
@@ -207,7 +208,8 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
     ``--tta flip`` does), ETTA the plain source with the plain adapted prediction (as without
     ``--tta``). Window centres come from the flip-TTA source's foreground; on this one-window grid
     every window is the whole volume anyway. flip+selftrain is ``--tta flip --tta_adapt selftrain``:
-    the flip-TTA source is the teacher and the adapted model predicts with flip TTA. Seconds: none
+    the flip-TTA source is the teacher and the adapted model predicts with flip TTA (several
+    settings: ``flip+selftrain#i``, each from the checkpoint). Seconds: none
     the plain pass, flip that plus the mirrored pass, each adapted method its source plus its own
     adaptation call (the two ETTA rows share one call).
     """
@@ -220,15 +222,16 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
             seconds["flip"] = time.perf_counter() - tic
     labels = {tta: to_labels(logits[0], "softmax") for tta, logits in sources.items()}
     records: dict[str, Any] = {}
-    if selftrain is not None and flip_axes:
+    for index, config in enumerate(selftrain if flip_axes else ()):
         tic = time.perf_counter()
         flip_predict = lambda m, image, window: flip_tta_logits(m, image, window, "softmax", flip_axes)  # noqa: E731
-        outcome = selftrain_predict(model, x, sources["flip"], "softmax", selftrain, WINDOW, flip_predict)
-        labels["flip+selftrain"] = labels["flip"].clone()
+        outcome = selftrain_predict(model, x, sources["flip"], "softmax", config, WINDOW, flip_predict)
+        name = "flip+selftrain" if len(selftrain) == 1 else f"flip+selftrain#{index}"
+        labels[name] = labels["flip"].clone()
         if outcome.applied:
-            labels["flip+selftrain"][outcome.box] = to_labels(outcome.probs, "softmax", are_logits=False)
-        records["flip+selftrain"] = {"applied": outcome.applied, "fallback": outcome.fallback, **outcome.info}
-        seconds["flip+selftrain"] = seconds["flip"] + time.perf_counter() - tic
+            labels[name][outcome.box] = to_labels(outcome.probs, "softmax", are_logits=False)
+        records[name] = {"applied": outcome.applied, "fallback": outcome.fallback, **outcome.info}
+        seconds[name] = seconds["flip"] + time.perf_counter() - tic
     if etta is None:
         return labels, records, seconds
     adapted: dict[str, list[torch.Tensor]] = {"none": [], "flip": []}  # one per adapted state
@@ -262,7 +265,7 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
 
 
 def evaluate_cases(model: torch.nn.Module, task: Task, cases: list[Case], etta: EttaConfig | None,
-                   flip_axes: tuple[int, ...] | None, selftrain: SelfTrainConfig | None = None) -> list[dict[str, Any]]:
+                   flip_axes: tuple[int, ...] | None, selftrain: Sequence[SelfTrainConfig] = ()) -> list[dict[str, Any]]:
     """Per case, method and class: Dice, HD95 (mm), the method's seconds and its adaptation record,
     on the volume normalised as the model was trained (the grid already is the task's RAS 3 mm grid)."""
     normalise = intensity_transform(task.intensity)
@@ -303,7 +306,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_grid(model: torch.nn.Module, task: Task, groups: dict[str, list[Case]], etta: EttaConfig | None,
-             flip_axes: tuple[int, ...] | None, selftrain: SelfTrainConfig | None = None) -> dict[str, dict[str, Any]]:
+             flip_axes: tuple[int, ...] | None, selftrain: Sequence[SelfTrainConfig] = ()) -> dict[str, dict[str, Any]]:
     """Summaries keyed ``"<shift>|<method>"`` for every shift group and method."""
     results = {}
     for shift, cases in groups.items():
@@ -337,9 +340,13 @@ def etta_config(text: str) -> EttaConfig:
     return EttaConfig(**overrides)
 
 
-def selftrain_config(text: str | None) -> SelfTrainConfig | None:
-    """``--selftrain`` JSON overrides of the default :class:`SelfTrainConfig` (None: not run)."""
-    return None if text is None else SelfTrainConfig(**json.loads(text))
+def selftrain_configs(text: str | None) -> list[SelfTrainConfig]:
+    """``--selftrain`` JSON overrides of the default :class:`SelfTrainConfig`, one object or a list
+    of them (several settings in one run); none given: not run."""
+    if text is None:
+        return []
+    overrides = json.loads(text)
+    return [SelfTrainConfig(**o) for o in (overrides if isinstance(overrides, list) else [overrides])]
 
 
 def print_drop(results: dict[str, dict[str, Any]], shifts: tuple[str, ...] = HELD_OUT_SHIFTS) -> None:
@@ -359,7 +366,7 @@ def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     entries = json.loads(datalist.read_text())["validation"][: args.subjects]
     groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *TUNING_SHIFTS)), args.severity)
     model, task = load_model(work, args.recipe, args.steps)
-    selftrain = selftrain_config(args.selftrain)
+    selftrain = selftrain_configs(args.selftrain)
     etta = None if selftrain else etta_config(args.etta)
     results = run_grid(model, task, groups, etta, FLIP_AXES if selftrain else None, selftrain)
     print_table(f"tune {args.recipe} {selftrain or etta}", results)
@@ -367,7 +374,7 @@ def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
     out = work / "tune" / f"{args.recipe}{steps}_{args.tag or 'default'}.json"
     out.parent.mkdir(exist_ok=True)
-    config = {"selftrain": dataclasses.asdict(selftrain)} if selftrain else {"etta": dataclasses.asdict(etta)}
+    config = {"selftrain": [dataclasses.asdict(c) for c in selftrain]} if selftrain else {"etta": dataclasses.asdict(etta)}
     atomic_write_text(out, json.dumps({**config, "results": results}, indent=1))
 
 
@@ -379,14 +386,14 @@ def report(args: argparse.Namespace, work: Path, datalist: Path) -> None:
     model, task = load_model(work, args.recipe, args.steps)
     tic = time.perf_counter()
     etta = None if args.no_etta else etta_config(args.etta)
-    selftrain = selftrain_config(args.selftrain)
+    selftrain = selftrain_configs(args.selftrain)
     results = run_grid(model, task, groups, etta, FLIP_AXES, selftrain)
-    print_table(f"report {args.recipe} {etta} {selftrain or ''} ({time.perf_counter() - tic:.0f} s)", results)
+    print_table(f"report {args.recipe} {etta} {selftrain} ({time.perf_counter() - tic:.0f} s)", results)
     print_drop(results)
     steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
     name = f"report_{args.recipe}{steps}{'_no_etta' if args.no_etta else ''}{'_' + args.tag if args.tag else ''}.json"
     atomic_write_text(work / name, json.dumps({"etta": etta and dataclasses.asdict(etta),
-                                               "selftrain": selftrain and dataclasses.asdict(selftrain),
+                                               "selftrain": [dataclasses.asdict(c) for c in selftrain],
                                                "results": results}, indent=1))
 
 
