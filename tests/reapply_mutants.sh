@@ -1,5 +1,5 @@
 #!/bin/bash
-# Re-apply each of the seven hand-made mutants of issue 16 in a scratch copy of HEAD, run the test
+# Re-apply each of the seven hand-made science mutants in a scratch copy of HEAD, run the test
 # that must catch it, and print the outcome (each line must report failures); the working tree is
 # never touched. Usage: tests/reapply_mutants.sh [python]  (see tests/mutation_equivalents.md)
 set -u

@@ -371,7 +371,7 @@ class LowerHalfModel(nn.Module):
 
 
 def test_flip_tta_setting_is_applied_to_the_source_prediction(tmp_path):
-    """Mutation testing (issue 16): `--tta flip` must change what is predicted, not only the summary."""
+    """`--tta flip` must change what is predicted, not only the summary."""
     model, image = LowerHalfModel().eval(), torch.zeros(1, 32, 32, 32)
     plain, _ = predict_case(model, image, settings_for(get_task("btcv"), tmp_path))
     flipped, _ = predict_case(model, image, settings_for(get_task("btcv"), tmp_path, tta="flip", tta_axes=(2,)))
@@ -381,7 +381,7 @@ def test_flip_tta_setting_is_applied_to_the_source_prediction(tmp_path):
 
 
 def test_prediction_files_are_written_for_unlabelled_cases_only_unless_asked(tmp_path):
-    """Mutation testing (issue 16): without ``save_predictions`` a labelled case is only scored and
+    """Without ``save_predictions`` a labelled case is only scored and
     an unlabelled one (nothing to score) still gets its prediction file."""
     labelled = write_btcv_case(tmp_path / "data", "with_label", NON_RAS, 0)
     unlabelled = Case("no_label", labelled.image, None)

@@ -1,7 +1,7 @@
 """The evaluation's optional outputs and its use of flip TTA and of an ETTA outcome, checked by
 what a user reads: probability maps, ``statistics.json``, GIFs, kept or replaced files, and the
-labels pasted from an adaptation (issue 16: these were the surviving mutants of ``predict_case``,
-``predict_case_outputs`` and ``evaluate_case``; tests/mutation_equivalents.md lists the rest).
+labels pasted from an adaptation (they kill mutants of ``predict_case``, ``predict_case_outputs``
+and ``evaluate_case``; tests/mutation_equivalents.md lists the equivalent survivors).
 
 Models are oracles or fixed-logit modules, so every expected value is exact."""
 

@@ -2,7 +2,7 @@
 headers, checkpoint model configs and label maps. Every generated input must be either accepted
 or refused with the toolkit's own error type (a one-line message), never an uncaught exception,
 and nothing accepted may exceed the resource limits. 720 generated inputs per run, derandomized
-so CI is reproducible; the CI profile takes well under a minute on two cores."""
+so CI is reproducible; the CI profile takes well under a minute."""
 
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ def test_any_stored_task_is_rebuilt_or_refused_with_a_checkpoint_error(stored):
 def test_fuzz_inputs_are_counted_in_the_fault_report():
     """Runs last in this module: one report row per fuzzed consumer, with the count generated."""
     if not COUNTS:
-        pytest.skip("the fuzz tests did not run in this session")
+        pytest.skip("the fuzz tests did not run in this run")
     for kind, count in sorted(COUNTS.items()):
         record_input("fuzzed (Hypothesis)", f"{count} generated {kind}s", "none raised an uncaught exception")
     assert sum(COUNTS.values()) >= 500 or len(COUNTS) < 5

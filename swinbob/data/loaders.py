@@ -26,6 +26,7 @@ from monai.utils import MAX_SEED
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
+from swinbob.data.nnunet_raw import RawDatasetError
 from swinbob.data.transforms import case_name, load_datalist
 from swinbob.files import (
     NiftiError, atomic_write_text, check_finite, file_identity, load_nifti_header, read_nifti, same_grid,
@@ -56,15 +57,20 @@ def load_splits(
     data_dir: str | os.PathLike,
     fold: int | None = None,
     allow_absolute: bool = False,
+    splits: str | os.PathLike | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training and validation entries of a Decathlon datalist (``fold`` selects BraTS folds).
+    """Training and validation entries of a Decathlon datalist (``fold`` selects BraTS folds), or
+    of an nnU-Net v2 raw folder (``fold`` of ``splits``, see :mod:`swinbob.data.nnunet_raw`).
 
     Any problem reading the list itself (not found, bad JSON, a path escaping ``data_dir``)
-    becomes a :class:`DatalistError` so that the caller has one error type to report.
+    becomes a :class:`DatalistError` so that the caller has one error type to report; the raw
+    folder's problems (missing or extra channel and label files) are listed one by one.
     """
     try:
-        train = load_datalist(json_list, data_dir, "training", fold, allow_absolute)
-        val = load_datalist(json_list, data_dir, "validation", fold, allow_absolute)
+        train = load_datalist(json_list, data_dir, "training", fold, allow_absolute, splits)
+        val = load_datalist(json_list, data_dir, "validation", fold, allow_absolute, splits)
+    except RawDatasetError as exc:
+        raise DatalistError(exc.problems, source=exc.source) from exc
     except (OSError, ValueError) as exc:
         raise DatalistError([str(exc)], source=str(json_list)) from exc
     if not train:

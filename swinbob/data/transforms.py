@@ -21,6 +21,7 @@ from monai import transforms as T
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 
+from swinbob.data.nnunet_raw import is_raw_dataset, raw_entries
 from swinbob.files import NiftiError, check_finite, load_nifti_header, nifti_stem, resolve_inside
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
@@ -96,12 +97,15 @@ def load_datalist(
     split: str = "training",
     fold: int | None = None,
     allow_absolute: bool = False,
+    splits: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Read a Decathlon datalist and return entries with paths resolved inside ``data_dir``.
 
     ``split`` is ``"training"`` or ``"validation"``. With ``fold`` (BraTS), entries of the
     ``training`` list whose ``"fold"`` equals it form the validation split and the others the
-    training split, as in the upstream BraTS folds file.
+    training split, as in the upstream BraTS folds file. An nnU-Net v2 dataset.json (no case
+    lists) is read from its raw folder instead: ``fold`` of ``splits`` (``splits_final.json``),
+    ``split="test"`` for ``imagesTs`` (:mod:`swinbob.data.nnunet_raw`).
     """
     path = find_datalist(json_list, data_dir)
     try:
@@ -111,6 +115,8 @@ def load_datalist(
     if not isinstance(content, dict):
         raise ValueError(f"datalist {path} must be a JSON object with 'training' (and 'validation') lists, "
                          f"got a JSON {type(content).__name__}")
+    if is_raw_dataset(content):
+        return raw_entries(path, content, split, fold, splits)
     for name in ("training", "validation", split):
         if not isinstance(content.get(name, []), list):
             raise ValueError(f"datalist {path}: '{name}' must be a list of entries, got {json.dumps(content[name])[:60]}")
@@ -251,7 +257,7 @@ class NormalizeForegroundd(T.MapTransform):
 
     Why not MONAI's ``NormalizeIntensityd(nonzero=True)``: with noise in the background every voxel
     is non-zero, so the "brain" statistics become those of the whole field of view and the tissue
-    contrast that the network learnt moves (the issue's real-MRI failure: grey matter predicted in
+    contrast that the network learnt moves (the failure seen on real MRI: grey matter predicted in
     the noisy background). Otsu's threshold separates the dark background from tissue whatever the
     gain, clipping to the foreground's ``low_pct``..``high_pct`` percentiles flattens background noise
     below the darkest tissue and bright outliers, and the mean and std come from the clipped

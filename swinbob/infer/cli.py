@@ -66,8 +66,8 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     io_.add_argument("--pretrained_model_name", default="model_final.pt", help="checkpoint file name")
     io_.add_argument("--exp_name", default="test", help="outputs go to ./outputs/<exp_name> unless --output_dir")
     io_.add_argument("--output_dir", default=None, help="output folder (default ./outputs/<exp_name>)")
-    io_.add_argument("--split", default="validation", help="datalist split to evaluate")
-    io_.add_argument("--fold", type=int, default=None, help="BraTS fold used as the evaluated split")
+    io_.add_argument("--split", default="validation", help="datalist split to evaluate (nnU-Net raw dataset: validation or training of --fold, or test = imagesTs)")
+    io_.add_argument("--fold", type=int, default=None, help="fold used as the evaluated split (BraTS datalists; nnU-Net raw datasets, default 0)")
     io_.add_argument("--input_dir", default=None, help="predict every image in this folder (no labels, no datalist)")
     io_.add_argument("--save_predictions", dest="save_predictions", action="store_true", default=True,
                      help="write NIfTI predictions (the default; kept for upstream commands)")
@@ -305,7 +305,8 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
         if recorded is not None:
             check_dataset(recorded, path, args, strict=True)
             return recorded
-        entries = load_datalist(args.json_list, args.data_dir, split="training", allow_absolute=args.allow_absolute_paths)
+        entries = load_datalist(args.json_list, args.data_dir, split="training", fold=args.fold,
+                                allow_absolute=args.allow_absolute_paths, splits=args.splits)
         return cli.auto_task(args, entries)
     task = get_task(args.task or args.script_task, et_label=args.et_label)
     return trained_preprocessing(task, stored)
@@ -335,7 +336,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
         entries = load_datalist(args.json_list, args.data_dir, split=args.split, fold=args.fold,
-                                allow_absolute=args.allow_absolute_paths)
+                                allow_absolute=args.allow_absolute_paths, splits=args.splits)
         cases = datalist_cases(entries, task.channel_names)
     if not cases:
         source = args.input_dir or f"split {args.split!r} of {args.json_list}"

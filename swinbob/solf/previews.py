@@ -24,6 +24,7 @@ from swinbob.files import NiftiError, atomic_write, read_nifti
 from swinbob.solf.decide import REJECTED, Decisions
 from swinbob.solf.labelsets import name_of, side_pairs
 from swinbob.solf.store import FeatureTable
+from swinbob.solf.structures import read_label_source, structure_ids
 from swinbob.viz import ras_spacing, to_ras
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, labe
         log.warning("matplotlib is not installed; skipping the previews of rejected organs (pip install matplotlib)")
         return 0
     cols, labels = table.columns, decisions.rules.labels
+    structures = structure_ids(labels)
     partners = {a: b for pair in side_pairs(labels) for a, b in (pair, pair[::-1])}
     wanted: dict[str, list[int]] = {}
     for row in rows:
@@ -101,7 +103,8 @@ def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, labe
     written: set[str] = set()
     for case_id, case_rows in wanted.items():
         try:
-            label, affine = read_nifti(label_paths[case_id], ndim=3)
+            source = read_label_source(label_paths[case_id], structures)
+            label, affine = source.data, source.affine
             channels = image_paths.get(case_id, ())
             image = read_nifti(channels[0], ndim=3)[0] if channels else None
         except (NiftiError, OSError) as exc:
