@@ -16,7 +16,7 @@ from typing import Any
 from swinbob.data.transforms import DataConfig, find_datalist
 from swinbob.data.dataset_task import task_from_dataset
 from swinbob.errors import ConfigError
-from swinbob.limits import DEFAULTS, HELP, set_limit
+from swinbob.limits import DEFAULTS, HELP, check_environment, set_limit
 from swinbob.runtime.fast import COMPILE_CHOICES
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
@@ -229,8 +229,10 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_limit_args(args: argparse.Namespace) -> None:
-    """Set every limit given on the command line (raises ``ValueError`` for values below 1)."""
+    """Set every limit given on the command line, then parse the environment's (``ValueError``,
+    naming the flag or the variable, for a value that is not a whole number of at least 1)."""
     for name in DEFAULTS:
         value = getattr(args, name, None)
         if value is not None:
             set_limit(name, value)
+    check_environment()

@@ -21,7 +21,7 @@ from swinbob.data.inputs import folder_cases
 from swinbob.infer.outputs import regions_to_labels
 from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.tasks import Intensity, get_task
-from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
+from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, write_gif
 from tiny import WIDE_ROI, tiny_config
 
 SHAPE = (37, 45, 29)
@@ -259,7 +259,7 @@ def test_gif_has_the_requested_frames_duration_and_panels(tmp_path, with_label):
     path = write_gif(tmp_path / "case.gif", image, labels, labels if with_label else None, NON_RAS,
                      {1: "spleen", 6: "liver"}, GifSettings(frames=12, downsample=2, duration=0.7))
     frames = iio.imread(path, index=None)
-    height, width = panel_shape(to_ras(image, NON_RAS).shape, 2, ras_spacing(NON_RAS))
+    height, width = 133, 105  # RAS 29 x 37 voxels in plane (1.5 mm), halved to 15 x 19, enlarged 7x to >= 128 rows
     assert frames.shape == (12, height, (3 if with_label else 2) * width + LEGEND_WIDTH, 3)
     assert iio.immeta(path)["duration"] == 700
 

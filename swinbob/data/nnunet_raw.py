@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from swinbob.files import NIFTI_SUFFIXES
+from swinbob.files import NIFTI_SUFFIXES, read_bounded_text
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ def crossval_splits(case_ids: Sequence[str], num_folds: int = NUM_FOLDS, seed: i
 def read_splits(path: Path) -> list[dict[str, list[str]]]:
     """A ``splits_final.json``: a list of ``{"train": [case ids], "val": [case ids]}`` (ValueError naming it)."""
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        content = json.loads(read_bounded_text(path, "splits file"))
+    except (OSError, ValueError) as exc:  # unreadable, too large (--max_table_mb), not UTF-8, not JSON
         raise ValueError(f"{path}: cannot read the splits file ({exc})") from exc
     if not isinstance(content, list) or not content:
         raise ValueError(f"{path}: a splits file holds a non-empty list of {{\"train\": [...], \"val\": [...]}} folds")

@@ -22,7 +22,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 
 from swinbob.data.nnunet_raw import is_raw_dataset, raw_entries
-from swinbob.files import NiftiError, check_finite, load_nifti_header, nifti_stem, resolve_inside
+from swinbob.files import (
+    NiftiError, check_finite, check_resampled_size, load_nifti_header, nifti_stem, read_bounded_text, resolve_inside,
+)
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
 
@@ -109,7 +111,11 @@ def load_datalist(
     """
     path = find_datalist(json_list, data_dir)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        text = read_bounded_text(path, "datalist")
+    except (OSError, ValueError) as exc:  # not a regular file, too large, not UTF-8
+        raise ValueError(f"datalist {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from exc
+    try:
+        content = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
     if not isinstance(content, dict):
@@ -170,13 +176,22 @@ class LoadCheckedImaged(T.LoadImaged):
 
     Trailing singleton dimensions beyond one channel axis are squeezed, as :func:`read_nifti`
     does, so that a label saved as X×Y×Z×1×1 loads as the datalist check saw it.
+
+    With ``spacing`` (the chain's target, mm), a volume whose resampled size would exceed
+    ``--max_voxels`` is refused from its header, before it is read or resampled.
     """
+
+    def __init__(self, *args: Any, spacing: Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         sources = {key: data[key] for key in self.key_iterator(dict(data))}
         for source in sources.values():
             for path in _file_paths(source):
-                load_nifti_header(path)
+                header = load_nifti_header(path)
+                if self.spacing is not None:
+                    check_resampled_size(path, header.shape, header.affine, self.spacing)
         d = super().__call__(data, reader)
         for key, source in sources.items():
             if d[key].ndim < 3:  # would fail deep in the network ("Inputs must have 5 dimensions")
@@ -327,7 +342,7 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     chain: list[T.Transform] = [
-        LoadCheckedImaged(keys=keys, image_only=True),
+        LoadCheckedImaged(keys=keys, image_only=True, spacing=config.spacing),
         T.EnsureChannelFirstd(keys=keys),
         T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),

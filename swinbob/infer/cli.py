@@ -30,7 +30,7 @@ from swinbob.infer.selftrain import ADAPT_CHOICES, SelfTrainConfig
 from swinbob.infer.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
-    NiftiError, OutputError, check_writable_folder, folder_lock,
+    NiftiError, OutputError, check_writable_folder, folder_lock, read_bounded_text,
 )
 from swinbob.infer.model_loading import load_inference_model, stored_config, stored_task, trained_preprocessing
 from swinbob.data.inputs import Case, datalist_cases, folder_cases
@@ -45,8 +45,8 @@ from swinbob.viz import GifSettings
 log = logging.getLogger(__name__)
 
 
-EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed; "
-              "2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
+EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed and none is "
+              "done from an earlier run (docs/reruns.md); 2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
 
 
 def build_parser(default_task: str) -> argparse.ArgumentParser:
@@ -175,8 +175,8 @@ def read_label_map_text(text: str) -> str:
     if text.lstrip().startswith("{"):
         return text
     try:
-        return Path(text).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return read_bounded_text(text, "--label_map file")
+    except (OSError, ValueError) as exc:  # unreadable, not a regular file, too large, not UTF-8
         raise ConfigError(f"--label_map {text!r} is neither a JSON object nor a readable JSON file "
                           f"({getattr(exc, 'strerror', None) or exc})") from exc
 
@@ -296,8 +296,12 @@ def check_dataset(task: Task, path: Path, args: argparse.Namespace, strict: bool
 
 
 def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Path) -> Task:
-    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given."""
-    recorded = stored_task(stored)
+    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given.
+    A stored task is validated before any scan is read (a :class:`CheckpointError` naming ``path``)."""
+    try:
+        recorded = stored_task(stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     if args.task is None and recorded is not None and not args.label_map:
         check_dataset(recorded, path, args)
         return recorded
@@ -309,7 +313,10 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
                                 allow_absolute=args.allow_absolute_paths, splits=args.splits)
         return cli.auto_task(args, entries)
     task = get_task(args.task or args.script_task, et_label=args.et_label)
-    return trained_preprocessing(task, stored)
+    try:
+        return trained_preprocessing(task, stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
@@ -404,7 +411,7 @@ def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
         if "interrupted" in summary:
             return EXIT_INTERRUPTED
         attempted = summary["cases"]["evaluated"] + summary["cases"]["failed"]
-        return 1 if attempted and not summary["cases"]["evaluated"] else 0
+        return 1 if attempted and not summary["cases"]["evaluated"] and not summary["cases"]["skipped"] else 0
     finally:
         for handler in handlers:
             logging.getLogger("swinbob").removeHandler(handler)

@@ -195,11 +195,19 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
 
 
 def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
-    """Volume (mm³) of the non-zero voxels of a body mask on the label grid."""
+    """Volume (mm³) of the non-zero voxels of a body mask on the label grid.
+
+    A mask with NaN/Inf voxels or without any body voxel is refused (the scan fails, naming the
+    file): NaN counted as body and an empty mask was silently replaced by the union of the labels.
+    """
     mask, mask_affine = read_nifti(path, ndim=3)
     if mask.shape != shape or not same_grid(mask_affine, affine):
         raise NiftiError(f"{path}: body mask/label grid mismatch (shape {mask.shape}, label shape {shape})")
-    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(affine[:3, :3])))
+    check_finite(mask, [path], "body mask")
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        raise NiftiError(f"{path}: the body mask is empty (no non-zero voxel)")
+    return float(count) * abs(float(np.linalg.det(affine[:3, :3])))
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:

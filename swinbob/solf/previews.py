@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob.files import NiftiError, atomic_write, read_nifti
+from swinbob.files import NiftiError, atomic_write, read_nifti, short_name
 from swinbob.solf.decide import REJECTED, Decisions
 from swinbob.solf.labelsets import name_of, side_pairs
 from swinbob.solf.store import FeatureTable
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def preview_name(case_id: str, label: int, name: str) -> str:
-    """File name of one preview (characters that are unsafe in file names become ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_id}__{label:03d}_{name}") + ".png"
+    """File name of one preview (characters that are unsafe in file names become ``_``; a long organ or
+    case name is shortened with a stable hash of the full name, :func:`~swinbob.files.short_name`)."""
+    return short_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_id}__{label:03d}_{name}"), ".png")
 
 
 def rejected_rows(decisions: Decisions, limit: int) -> list[int]:

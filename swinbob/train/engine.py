@@ -154,7 +154,8 @@ def check_files(plan: TrainPlan, ctx: DistContext) -> None:
     entries = shard(plan.train_entries + plan.val_entries, ctx.rank, ctx.world_size)
     # Reading files waits on the disk and on zlib (which releases the GIL): use a few threads at least.
     workers, read_images = max(4, plan.options.workers), plan.options.data_check == "full"
-    problems = all_gather_objects(check_datalist(entries, plan.task, workers=workers, read_images=read_images))
+    problems = all_gather_objects(check_datalist(entries, plan.task, workers=workers, read_images=read_images,
+                                                      spacing=plan.data.spacing))
     found = [p for rank_problems in problems for p in rank_problems]
     if found:
         raise DatalistError(found, source=str(plan.options.json_list))
