@@ -42,7 +42,6 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,14 +58,11 @@ from swinbob.infer.window import WindowSettings, predict_logits  # noqa: E402
 from swinbob.infer.tta import flip_tta_logits  # noqa: E402
 from swinbob.infer.metrics import score_case  # noqa: E402
 from swinbob.model import ModelConfig  # noqa: E402
+from swinbob.data.mni_cohort import SPACING, load_template, make_subject  # noqa: E402
 from swinbob.data.shifts import HELD_OUT_SHIFTS, TUNING_SHIFTS, apply_shift  # noqa: E402
 from swinbob.tasks import Intensity, Task  # noqa: E402
 from swinbob.train.cli import build_parser, resolve_plan  # noqa: E402
 
-SPACING = 3.0
-GRID = (64, 64, 64)
-"""3 mm grid around the brain (192 mm a side): one 64³ window per volume, so that a small CPU can
-train two models and evaluate every method in about an hour."""
 CLASSES = {"grey_matter": (1,), "white_matter": (2,)}
 RECIPES = {
     "old": {"intensity": Intensity("zscore_nonzero"), "shift_augment": False},
@@ -79,56 +75,17 @@ ALL_RECIPES = ("old", "fg")
 """What ``all`` trains and reports: the reference recipe and the MRI default (``new`` is its own stage)."""
 
 
-def nilearn_file(name: str) -> Path:
-    """A file of the installed nilearn package's data folder (no download)."""
-    try:
-        import nilearn.datasets
-    except ImportError as exc:
-        raise SystemExit("this benchmark needs nilearn: pip install '.[bench]'") from exc
-    return Path(nilearn.datasets.__file__).parent / "data" / name
-
-
-def load_template() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """MNI152 2009 T1 (1 mm), GM and WM probabilities in [0, 1], all in the T1's voxel grid."""
-    stem = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
-    t1, gm, wm = (np.asarray(nib.load(nilearn_file(stem.format(k))).dataobj, dtype=np.float32) for k in ("t1", "gm", "wm"))
-    return t1, gm / 255.0, wm / 255.0
-
-
-def make_subject(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One deformed subject on the 2 mm ``GRID``: T1 image (float32) and labels 0/1 GM/2 WM (uint8)."""
-    rng = np.random.default_rng(seed)
-    centre = np.array(ndimage.center_of_mass(t1 > 0))
-    angles = np.deg2rad(rng.uniform(-6, 6, 3))
-    rotation = np.eye(3)
-    for axis, angle in enumerate(angles):
-        a, b = [i for i in range(3) if i != axis]
-        r = np.eye(3)
-        r[a, a], r[a, b], r[b, a], r[b, b] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
-        rotation = rotation @ r
-    matrix = rotation @ np.diag(rng.uniform(0.94, 1.06, 3)) * SPACING  # output voxel -> template mm (= voxel)
-    grid = np.stack(np.meshgrid(*[np.arange(g) - g / 2 for g in GRID], indexing="ij")).reshape(3, -1)
-    coords = matrix @ grid + centre[:, None] + rng.uniform(-3, 3, 3)[:, None]
-    for axis in range(3):  # smooth displacement, up to ~5 mm
-        coarse = rng.normal(0.0, 2.0, (5, 5, 5))
-        field = ndimage.zoom(coarse, [g / 5 for g in GRID], order=3)[: GRID[0], : GRID[1], : GRID[2]]
-        coords[axis] += field.reshape(-1)
-    sample = [ndimage.map_coordinates(v, coords, order=1, mode="constant").reshape(GRID) for v in (t1, gm, wm)]
-    image = sample[0] * rng.uniform(0.9, 1.1)
-    label = np.argmax(np.stack([1.0 - sample[1] - sample[2], sample[1], sample[2]]), axis=0).astype(np.uint8)
-    return image.astype(np.float32), label
-
-
 def write_subjects(work: Path, train: int, val: int, test: int) -> Path:
-    """Write the subjects as NIfTI (RAS, 2 mm) and ``dataset.json`` (training / validation / test)."""
+    """Write the subjects as NIfTI (RAS, 3 mm; :mod:`swinbob.data.mni_cohort`) and ``dataset.json`` (training / validation / test)."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    t1, gm, wm = load_template()
+    template = load_template()
     affine = np.diag([SPACING, SPACING, SPACING, 1.0])
     splits: dict[str, list[dict[str, str]]] = {"training": [], "validation": [], "test": []}
     names = ["training"] * train + ["validation"] * val + ["test"] * test
     for index, split in enumerate(names):
-        image, label = make_subject(t1, gm, wm, seed=1000 + index)
+        subject = make_subject(template, seed=1000 + index)
+        image, label = subject.image, subject.tissue
         entry = {"image": f"sub{index:02d}_t1.nii.gz", "label": f"sub{index:02d}_gmwm.nii.gz"}
         nib.save(nib.Nifti1Image(image, affine), data / entry["image"])
         nib.save(nib.Nifti1Image(label, affine), data / entry["label"])

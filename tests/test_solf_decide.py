@@ -9,7 +9,7 @@ import pytest
 from swinbob.labels import TOTALVIBE_LABELS, ids_by_name
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, decide
 from swinbob.solf.features import measure_organs
-from swinbob.solf.rules import apply_overrides, default_rules
+from swinbob.solf.rules import OUTLIER_FEATURES, apply_overrides, default_rules
 from swinbob.solf.store import build_table
 
 ID = ids_by_name(TOTALVIBE_LABELS)
@@ -284,12 +284,11 @@ def test_flags_are_strictly_above_their_thresholds():
     s = rules.settings
     min_voxels = rules.organs[ID["liver"]].min_voxels
     table = _table([(0, "liver", {"voxel_count": min_voxels}), (0, "spleen", {"voxel_count": min_voxels - 1})], 1)
-    at = {f: np.array([s.mad_threshold, s.mad_threshold + 1e-9]) for f in ("log_volume", "log_surface", "sphericity", "eccentricity")}
+    at = {f: np.array([s.mad_threshold, s.mad_threshold + 1e-9]) for f in OUTLIER_FEATURES}
     at["position"] = np.array([s.position_threshold, s.position_threshold + 1e-9])
     at["rel_x"] = np.zeros(2)
     flags = _flags(table, rules, {"centroid_x": np.zeros(2)}, at)
-    for reason in ("too_small", "misplaced", "outlier_log_volume", "outlier_log_surface", "outlier_sphericity",
-                   "outlier_eccentricity"):
+    for reason in ("too_small", "misplaced", *(f"outlier_{f}" for f in OUTLIER_FEATURES if f != "log_volume_share")):
         assert flags[reason].tolist() == [False, True], reason
 
 

@@ -6,7 +6,12 @@ merged on the fly, see :mod:`swinbob.solf.structures`). Its images, when
 an image folder is given, are found by case id in either naming scheme:
 
 * UKBOB: ``{case_id}_{channel}.nii.gz`` per channel name (``fat``, ``in_phase``, ...);
-* nnU-Net: ``{case_id}_0000.nii.gz``, ``{case_id}_0001.nii.gz``, ... in channel-name order.
+* nnU-Net: ``{case_id}_0000.nii.gz``, ``{case_id}_0001.nii.gz``, ... in channel-name order;
+* one channel only: also ``{case_id}.nii.gz``, the label's own file name (TotalSegmentator and
+  most single-modality cohorts keep image and label apart by folder, not by suffix).
+
+The channels themselves come from ``--channel_names``, else from the ``--labels`` dataset.json,
+else from the image folder (:func:`infer_channels`).
 
 Every problem with one scan becomes a failed record with a readable reason; only configuration
 problems (missing folders, no scans) raise.
@@ -26,7 +31,7 @@ import numpy as np
 
 from swinbob.errors import ConfigError
 from swinbob.files import NIFTI_SUFFIXES, NiftiError, TransientReadError, check_finite, nifti_stem, read_nifti, same_grid
-from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
+from swinbob.solf.features import MAX_LABEL, LabelError, measure_scan, validate_labels
 from swinbob.solf.structures import is_structure_folder, mask_files, read_label_source
 
 FEATURE_FORMAT = 1
@@ -47,6 +52,8 @@ class CaseTask:
     body_path: str | None = None
     structures: tuple[tuple[str, int], ...] = ()
     """``(name, id)`` of the label set when ``label_path`` is a folder of per-structure masks."""
+    pieces: bool = False
+    """Measure the extra pieces of every organ (label sets whose pieces SOLF learns)."""
 
 
 def case_id_of(path: Path) -> str | None:
@@ -124,14 +131,46 @@ def discover_cases(input_dir: Path) -> dict[str, Path]:
     return discover_inputs(input_dir)[0]
 
 
+SINGLE_CHANNEL = "image"
+"""Name of the one channel of an image folder whose files are named like the labels (when no
+``--channel_names`` or dataset.json names it)."""
+
+
+def _image_file(image_names: set[str], stem: str) -> str | None:
+    """The listed NIfTI file named ``stem`` + a NIfTI suffix, if any."""
+    return next((stem + suffix for suffix in NIFTI_SUFFIXES if stem + suffix in image_names), None)
+
+
+def infer_channels(image_names: set[str], case_ids: list[str], default: tuple[str, ...]) -> tuple[str, ...]:
+    """The channels of an image folder when nobody named them: ``default`` (UKBOB's Dixon
+    channels) if some case has all of them in either naming scheme, else one channel
+    (:data:`SINGLE_CHANNEL`) if some case has an image named like its label or a lone
+    ``{case}_0000``; else ``default``, so that missing images are reported by their UKBOB names."""
+    for case in case_ids:
+        try:
+            find_image_channels(image_names, Path("."), case, default)
+            return default
+        except FileNotFoundError:
+            pass
+    for case in case_ids:
+        lone = _image_file(image_names, f"{case}_0000") and not _image_file(image_names, f"{case}_0001")
+        if _image_file(image_names, case) or lone:
+            return (SINGLE_CHANNEL,)
+    return default
+
+
 def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
                         channel_names: tuple[str, ...]) -> tuple[str, ...]:
     """Paths of the image channels of ``case_id`` in channel order (UKBOB or nnU-Net naming).
 
     ``image_names`` is the listing of ``image_dir`` (read once per run, not once per case).
-    Raises ``FileNotFoundError`` naming what was looked for when no complete set exists.
+    A single channel may also be named like the label (``{case_id}.nii.gz``). Raises
+    ``FileNotFoundError`` naming what was looked for when no complete set exists.
     """
-    for pattern in ("{case}_{name}{suffix}", "{case}_{index:04d}{suffix}"):
+    patterns = ["{case}_{name}{suffix}", "{case}_{index:04d}{suffix}"]
+    if len(channel_names) == 1:
+        patterns.append("{case}{suffix}")
+    for pattern in patterns:
         found = []
         for index, name in enumerate(channel_names):
             for suffix in NIFTI_SUFFIXES:
@@ -141,12 +180,15 @@ def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
                     break
         if len(found) == len(channel_names):
             return tuple(found)
+    if len(channel_names) == 1:
+        raise FileNotFoundError(f"image not found in {image_dir}: expected {case_id}.nii.gz, "
+                                f"{case_id}_{channel_names[0]}.nii.gz or {case_id}_0000.nii.gz")
     raise FileNotFoundError(f"images not found in {image_dir}: expected {case_id}_{{{','.join(channel_names)}}}.nii.gz "
                             f"or {case_id}_0000..{len(channel_names) - 1:04d}.nii.gz")
 
 
 def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL,
-                structures: tuple[tuple[str, int], ...] = ()) -> str:
+                structures: tuple[tuple[str, int], ...] = (), pieces: bool = False) -> str:
     """Identity of a scan's inputs (size and modification time of each file, feature format).
 
     A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
@@ -159,6 +201,8 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int
         parts.append(["max_label", max_label])
     if structures:
         parts.append(["structures", [list(s) for s in structures]])
+    if pieces:  # records measured with their pieces
+        parts.append(["pieces", 2])
     for path in paths:
         try:
             stat = os.stat(path)
@@ -170,10 +214,11 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
               channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None,
-              structures: tuple[tuple[str, int], ...] = ()) -> CaseTask:
+              structures: tuple[tuple[str, int], ...] = (), pieces: bool = False) -> CaseTask:
     """The :class:`CaseTask` of one case, with its image channels resolved if images are used, and
     its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used;
-    ``structures`` names the IDs of a folder of per-structure masks (unused for label files)."""
+    ``structures`` names the IDs of a folder of per-structure masks (unused for label files);
+    ``pieces``: measure every organ's extra pieces too."""
     image_paths: tuple[str, ...] = ()
     image_error = None
     if image_dir is not None:
@@ -190,8 +235,9 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
     structures = structures if folder else ()
     labels = [str(p) for p in mask_files(label_path)] if folder else [str(label_path)]
     inputs = [*labels, *image_paths, *([body] if body else [])]
-    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label, structures),
-                    image_error, max_label, body, structures)
+    return CaseTask(case_id, str(label_path), image_paths, names,
+                    fingerprint(inputs, names, max_label, structures, pieces), image_error, max_label, body, structures,
+                    pieces)
 
 
 def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
@@ -250,7 +296,7 @@ def measure_case(task: CaseTask) -> dict:
         if task.image_error:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None
-        organs = measure_organs(label, affine, images, task.channel_names)
+        organs, pieces = measure_scan(label, affine, images, task.channel_names, with_pieces=task.pieces)
         if not organs["label"]:  # a failed segmentation: training on it would teach "no organs"
             raise LabelError("no organ labelled (the label map is all background or ignore)")
         body = {"body_volume_mm3": body_volume(task.body_path, label.shape, affine)} if task.body_path else {}
@@ -267,5 +313,6 @@ def measure_case(task: CaseTask) -> dict:
         "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
         "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
         "orientation": "".join(nib.aff2axcodes(affine)), **body, "organs": organs,
+        **({"pieces": pieces} if pieces["label"] else {}),
         **({"notes": source.notes} if source.notes else {}),
     }

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cleaned labelsTr/, dataset.json and resume state (default: %(default)s)")
     p.add_argument("--image_dir", type=Path, default=None, help="Dixon images {case}_{channel}.nii.gz or {case}_0000.nii.gz")
     p.add_argument("--report", type=Path, default=None, help="report folder (default: OUTPUT_DIR/report)")
-    p.add_argument("--channel_names", default=",".join(UKBOB_CHANNELS), help="image channels in order (default: %(default)s)")
+    p.add_argument("--channel_names", default=None, help="image channels in order (default: the --labels dataset.json's "
+                   f"channel_names, else {','.join(UKBOB_CHANNELS)}, or one channel when the images are named like the labels)")
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="features: pass 1 only; merge: shard logs -> features.csv; decide: merge + pass 2 (default: all)")
     p.add_argument("--merge", action="store_true", help="same as --stage merge")
@@ -71,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
     """:class:`SolfConfig` from parsed flags."""
     return SolfConfig(
         input_dir=args.input_dir, output_dir=args.output_dir, image_dir=args.image_dir, report_dir=args.report,
-        channel_names=tuple(c.strip() for c in args.channel_names.split(",") if c.strip()),
+        channel_names=None if args.channel_names is None else tuple(c.strip() for c in args.channel_names.split(",") if c.strip()),
         stage="merge" if args.merge else args.stage, workers=args.workers, num_shards=args.num_shards,
         shard_id=args.shard_id, rules_path=args.rules, mad_threshold=args.mad_threshold,
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,

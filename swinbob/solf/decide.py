@@ -14,10 +14,21 @@ Three kinds of evidence, all vectorised over the whole (scan × organ) table:
   subject's **right** (nibabel, "Coordinate systems and affines"), so a ``*_right`` organ must
   have a larger centroid x than its ``*_left`` partner. When a pair is inverted, the blame goes
   to the partner(s) whose own lateral position is atypical (|z| >= 2), or to both if neither or
-  both are: a swapped pair flags both organs, an organ moved across the midline only itself.
+  both are: a swapped pair flags both organs, an organ moved across the midline only itself;
+* pieces (every connected component but the largest, see :mod:`swinbob.solf.features`). The
+  body's midline is estimated per scan as the median over its left/right pairs of the midpoint of
+  the two main bodies; a piece of a left or right structure whose centroid lies on the other side,
+  beyond :data:`SIDE_MARGIN` of its main body's distance from the midline, is an island on the
+  wrong side (``wrong_side_island``) and is cleaned, however many pieces the structure has. For
+  ``learn_pieces`` organs (label sets other than TotalVibeSegmentator) the cohort's pieces of each
+  organ define what natural extra pieces look like: natural pieces are small or close to the main
+  body, so a piece is a fragment when the sum of its robust z-scores of size share and gap (each
+  counted from 0 up) exceeds ``piece_threshold``; natural pieces are kept. Such
+  an organ is cleaned of those pieces only (``fragments``), not of every piece beyond a count.
 
 Any reject reason rejects the organ; otherwise a clean reason cleans it; otherwise it is kept. A
-scan whose share of rejected organs exceeds ``max_rejected_fraction`` is excluded.
+scan whose share of rejected organs exceeds ``max_rejected_fraction`` is excluded (if at least
+``min_rejected_to_exclude`` of its organs are rejected).
 
 ``settings.method`` picks the rule: ``ours`` (the above), ``paper`` (the UKBOB paper's vote,
 :mod:`swinbob.solf.paper`: flagged organs are rejected, nothing is cleaned) or ``both`` (rejected
@@ -30,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swinbob.solf.features import MAX_PIECES
 from swinbob.solf.labelsets import LABEL_SLOTS, finite_values_by_label, side_pairs
 from swinbob.solf.paper import paper_flags
 from swinbob.solf.rules import OUTLIER_FEATURES, RuleSet, learn_component_rules
@@ -41,9 +53,18 @@ MAD_TO_Z = 0.6745
 BLAME_Z = 2.0
 """Lateral |z| above which one partner of an inverted left/right pair is taken as the wrong one."""
 
+SIDE_MARGIN = 0.5
+"""A piece is on the wrong side when it lies beyond the midline by more than this share of its main
+body's distance from the midline: pieces at the medial surface never count, nor does the tilt of
+the true midline plane in a rotated head, which a single midline x per scan cannot follow."""
+MIN_PIECE_SCANS = 3
+"""Scans that must show pieces of an organ before its natural pieces are learned; below this
+every extra piece of it is a fragment (its component-count rule applies)."""
+
 REJECT_REASONS = ("unexpected_label", "too_small", "too_few_components", "fragmented", "wrong_side", "misplaced",
                   *(f"outlier_{f}" for f in OUTLIER_FEATURES))
-CLEAN_REASONS = ("fragments",)
+CLEAN_REASONS = ("fragments", "wrong_side_island")
+PIECE_FEATURES = ("log_share", "gap_mm")
 POSITION_AXES = ("x", "y", "z")
 
 
@@ -64,20 +85,44 @@ class Decisions:
     reasons: list[str]
     zscores: dict[str, np.ndarray]
     keep_components: np.ndarray
+    """Components a cleaned row keeps (the largest ones); 0: no count limit, its dropped pieces
+    (``pieces.drop``) are removed instead."""
     population: dict[str, Population]
     scan_rejected_fraction: np.ndarray
     scan_excluded: np.ndarray
     paper_reasons: list[str]
     rules: RuleSet
     """The rules applied, with component counts learned from the cohort (label names in ``rules.labels``)."""
+    pieces: PieceVerdicts | None = None
+    """What happens to each row of ``table.pieces`` when its organ is cleaned."""
 
 
-def derived_features(table: FeatureTable, rules: RuleSet) -> dict[str, np.ndarray]:
+@dataclass
+class PieceVerdicts:
+    """Per piece of ``table.pieces``: its organ's row, robust z-scores, and whether cleaning drops it.
+
+    ``drop`` is set for pieces on the wrong side and for pieces of ``learn_pieces`` organs that are
+    unlike the cohort's; ``population`` holds the learned statistics per feature of
+    :data:`PIECE_FEATURES` (median NaN for organs whose pieces were not learned)."""
+
+    row: np.ndarray
+    wrong_side: np.ndarray
+    unnatural: np.ndarray
+    drop: np.ndarray
+    zscores: dict[str, np.ndarray]
+    population: dict[str, Population]
+    midline_x: np.ndarray
+
+
+def derived_features(table: FeatureTable, rules: RuleSet, by_pieces: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Features tested against the population: log sizes, shape, world centroid, position
-    relative to the body. Single-piece organs are described by their largest component (what
-    cleaning keeps), so that debris is cleaned rather than making the organ look abnormal."""
+    relative to the body. Single-piece organs, and rows whose pieces are judged one by one
+    (``by_pieces``), are described by their largest component, so that debris is cleaned rather
+    than making the organ look abnormal."""
     cols = table.columns
     single = _rule_arrays(rules, cols["label"])["max_components"] == 1
+    if by_pieces is not None:
+        single = single | by_pieces
 
     def pick(name: str) -> np.ndarray:
         return np.where(single, cols[f"main_{name}"], cols[name])
@@ -92,6 +137,7 @@ def derived_features(table: FeatureTable, rules: RuleSet) -> dict[str, np.ndarra
     case = cols["case_index"]
     n_cases = len(table.case_ids)
     weight = np.bincount(case, weights=volume, minlength=n_cases)
+    out["log_volume_share"] = np.log(volume / np.maximum(weight[case], 1e-12))
     for axis in POSITION_AXES:
         centroid = pick(f"centroid_{axis}")
         body = np.bincount(case, weights=volume * centroid, minlength=n_cases) / np.maximum(weight, 1e-12)
@@ -136,22 +182,98 @@ def wrong_side_rows(table: FeatureTable, centroid_x: np.ndarray, lateral_z: np.n
     return flagged
 
 
+def _row_index(table: FeatureTable) -> np.ndarray:
+    """(scan, label) -> row of ``table`` (-1 where the scan has no such organ)."""
+    cols = table.columns
+    row_of = np.full((len(table.case_ids), LABEL_SLOTS), -1, dtype=np.int64)
+    row_of[cols["case_index"], cols["label"]] = np.arange(cols["label"].size)
+    return row_of
+
+
+def scan_midlines(table: FeatureTable, labels: dict[int, str]) -> np.ndarray:
+    """World x of each scan's body midline: median over its left/right pairs (both present, not
+    inverted) of the midpoint of their main bodies; NaN for a scan without such a pair. A swapped
+    pair has the same midpoint, so swaps do not move the estimate."""
+    row_of = _row_index(table)
+    x = table.columns["main_centroid_x"]
+    midpoints = []
+    for left, right in side_pairs(labels):
+        rows_l, rows_r = row_of[:, left], row_of[:, right]
+        ok = (rows_l >= 0) & (rows_r >= 0)
+        mid = np.full(len(table.case_ids), np.nan)
+        mid[ok] = np.where(x[rows_r[ok]] > x[rows_l[ok]], (x[rows_l[ok]] + x[rows_r[ok]]) / 2, np.nan)
+        midpoints.append(mid)
+    if not midpoints:
+        return np.full(len(table.case_ids), np.nan)
+    stacked = np.stack(midpoints)
+    out = np.full(len(table.case_ids), np.nan)
+    seen = np.isfinite(stacked).any(axis=0)
+    out[seen] = np.nanmedian(stacked[:, seen], axis=0)
+    return out
+
+
+def piece_verdicts(table: FeatureTable, rules: RuleSet) -> PieceVerdicts:
+    """Wrong-side islands and unnatural pieces (see the module docstring) for every piece."""
+    pieces, cols, s = table.pieces, table.columns, rules.settings
+    row_of = _row_index(table)
+    case, label = pieces["case_index"], pieces["label"]
+    row = row_of[case, label]
+    midline = scan_midlines(table, rules.labels) if label.size else np.full(len(table.case_ids), np.nan)
+    side = np.zeros(LABEL_SLOTS)
+    for left, right in side_pairs(rules.labels):
+        side[left], side[right] = -1.0, 1.0
+    offset = side[label] * (cols["main_centroid_x"][row] - midline[case])  # > 0: main body on its own side
+    depth = side[label] * (pieces["centroid_x"] - midline[case])  # < 0: the piece lies across the midline
+    with np.errstate(invalid="ignore"):
+        wrong_side = (side[label] != 0) & (offset > 0) & (depth < -SIDE_MARGIN * offset)
+    values = {"log_share": np.log(pieces["voxel_count"] / cols["voxel_count"][row]), "gap_mm": pieces["gap_mm"]}
+    learn = np.array([bool(getattr(rules.organs.get(i), "learn_pieces", False)) for i in range(LABEL_SLOTS)])
+    candidates = learn[label] & ~wrong_side
+    scans_with = np.zeros(LABEL_SLOTS, dtype=np.int64)
+    np.add.at(scans_with, np.unique(np.stack([label[candidates], case[candidates]]), axis=1)[0], 1)
+    learned = candidates & (scans_with[label] >= MIN_PIECE_SCANS)
+    population, zscores = {}, {}
+    for feature in PIECE_FEATURES:
+        masked = np.where(learned, values[feature], np.nan)
+        population[feature] = population_stats(masked, label, s.mad_floor[f"piece_{feature}"], MIN_PIECE_SCANS)
+        zscores[feature] = robust_z(values[feature], label, population[feature])
+    with np.errstate(invalid="ignore"):
+        score = np.clip(zscores["log_share"], 0.0, None) + np.clip(zscores["gap_mm"], 0.0, None)
+        unnatural = learned & (score > s.piece_threshold)
+    return PieceVerdicts(row, wrong_side, unnatural, wrong_side | unnatural, zscores, population, midline)
+
+
 def _rule_arrays(rules: RuleSet, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Each organ-rule field as an array aligned with ``labels``."""
     fields = ("min_components", "max_components", "min_voxels", "min_largest_share", "check_shape",
-              "check_position", "expected")
+              "check_position", "expected", "check_volume_share")
     lookup = {f: np.array([getattr(rules.organs.get(i), f, 0) if i else 0 for i in range(LABEL_SLOTS)])
               for f in fields}
     return {f: lookup[f][labels] for f in fields}
 
 
+def piece_rows(table: FeatureTable, pieces: PieceVerdicts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``table``: whether its organ's pieces were learned and it lists every piece (then
+    its pieces, not its component count, decide on fragments), whether it has a wrong-side
+    piece, and whether it has an unnatural piece."""
+    cols = table.columns
+    learned = np.isfinite(pieces.population["gap_mm"].median)[cols["label"]] & (cols["n_components"] - 1 <= MAX_PIECES)
+    wrong = np.zeros(learned.size, dtype=bool)
+    unnatural = np.zeros(learned.size, dtype=bool)
+    wrong[pieces.row[pieces.wrong_side]] = True
+    unnatural[pieces.row[pieces.unnatural]] = True
+    return learned, wrong, unnatural
+
+
 def _flags(table: FeatureTable, rules: RuleSet, derived: dict[str, np.ndarray],
-           zscores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One boolean array per reason: does the reason apply to the row?"""
+           zscores: dict[str, np.ndarray], pieces: PieceVerdicts | None = None) -> dict[str, np.ndarray]:
+    """One boolean array per reason: does the reason apply to the row? (``pieces``: computed if not given)"""
+    pieces = piece_verdicts(table, rules) if pieces is None else pieces
     cols = table.columns
     rule = _rule_arrays(rules, cols["label"])
     s = rules.settings
     n_comp = cols["n_components"]
+    by_pieces, wrong_piece, unnatural = piece_rows(table, pieces)
     too_many = n_comp > rule["max_components"]
     flags = {
         "unexpected_label": ~rule["expected"].astype(bool),
@@ -159,10 +281,12 @@ def _flags(table: FeatureTable, rules: RuleSet, derived: dict[str, np.ndarray],
         "too_few_components": n_comp < rule["min_components"],
         "fragmented": too_many & (rule["max_components"] == 1) & (cols["largest_share"] <= rule["min_largest_share"]),
     }
-    flags["fragments"] = too_many & ~flags["fragmented"]
+    flags["fragments"] = np.where(by_pieces, unnatural, too_many) & ~flags["fragmented"]
+    flags["wrong_side_island"] = wrong_piece
     shape_checked = rule["check_shape"].astype(bool)
     for feature in OUTLIER_FEATURES:
         flags[f"outlier_{feature}"] = shape_checked & (np.nan_to_num(np.abs(zscores[feature])) > s.mad_threshold)
+    flags["outlier_log_volume_share"] &= rule["check_volume_share"].astype(bool)
     flags["misplaced"] = rule["check_position"].astype(bool) & (np.nan_to_num(zscores["position"]) > s.position_threshold)
     flags["wrong_side"] = wrong_side_rows(table, derived["centroid_x"], zscores["rel_x"], rules.labels)
     return flags
@@ -174,7 +298,9 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     labels = cols["label"]
     s = rules.settings
     rules = learn_component_rules(rules, labels, cols["n_components"])
-    derived = derived_features(table, rules)
+    pieces = piece_verdicts(table, rules)
+    by_pieces = piece_rows(table, pieces)[0]
+    derived = derived_features(table, rules, by_pieces)
     population, zscores = {}, {}
     for feature in (*OUTLIER_FEATURES, *(f"rel_{a}" for a in POSITION_AXES)):
         values = derived[feature]
@@ -182,7 +308,7 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
         population[feature] = population_stats(values, labels, floor, s.min_population)
         zscores[feature] = robust_z(values, labels, population[feature])
     zscores["position"] = np.abs(np.stack([zscores[f"rel_{a}"] for a in POSITION_AXES])).max(axis=0, initial=0.0)
-    flags = _flags(table, rules, derived, zscores)
+    flags = _flags(table, rules, derived, zscores, pieces)
     order = [*REJECT_REASONS, *CLEAN_REASONS]
     matrix = np.stack([flags[r] for r in order]).reshape(len(order), labels.size)
     reject = matrix[: len(REJECT_REASONS)].any(axis=0)
@@ -198,10 +324,11 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     decision = np.where(reject, REJECTED, np.where(clean, CLEANED, KEPT))
     for row in np.flatnonzero(matrix.any(axis=0)):
         reasons[row] = ";".join(r for r, on in zip(order, matrix[:, row]) if on)
-    keep = _rule_arrays(rules, labels)["max_components"]
+    keep = np.where(by_pieces, 0, _rule_arrays(rules, labels)["max_components"])
     n_cases = len(table.case_ids)
     present = np.bincount(cols["case_index"], minlength=n_cases)
     rejected = np.bincount(cols["case_index"], weights=reject.astype(float), minlength=n_cases)
     fraction = rejected / np.maximum(present, 1)
-    return Decisions(decision, reasons, zscores, keep, population, fraction, fraction > s.max_rejected_fraction,
-                     paper_reasons, rules)
+    excluded = (fraction > s.max_rejected_fraction) & (rejected >= s.min_rejected_to_exclude)
+    return Decisions(decision, reasons, zscores, keep, population, fraction, excluded,
+                     paper_reasons, rules, pieces)

@@ -18,7 +18,13 @@ Conventions, chosen so that features are comparable across scanners and orientat
   voxel has a finite covariance; eccentricity is ``sqrt(1 - λ_min / λ_max)`` of the physical
   covariance (0 for a ball, → 1 for a line);
 * connected components use 26-connectivity: thin oblique vessels on anisotropic grids break up
-  under 6-connectivity although they are one structure.
+  under 6-connectivity although they are one structure;
+* on request (label sets other than TotalVibeSegmentator's, whose rules clean every extra piece
+  by count), every component but the largest ("piece") of an organ with at most
+  :data:`MAX_PIECES` pieces is also described on its own (:data:`PIECE_COLUMNS`): its number in ``scipy.ndimage.label``'s
+  scan order inside the organ's bounding box (how cleaning finds it again), size, world centroid
+  and gap to the largest component. Pass 2 uses them to check the side of the body of every
+  piece of a left/right structure and to learn what natural extra pieces look like.
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ SHAPE_COLUMNS = (
 """Per-organ feature columns always present (bbox in voxel indices, max exclusive). ``main_*``
 describe the largest connected component alone: what remains of a single-piece organ after its
 fragments are cleaned, so that far-away debris does not make the organ itself look abnormal."""
+PIECE_COLUMNS = ("label", "piece", "voxel_count", "centroid_x", "centroid_y", "centroid_z", "gap_mm")
+"""Per-piece columns: organ ID, component number (1-based, scan order in the organ's bounding
+box), voxels, world centroid (mm) and the shortest distance (mm, voxel centre to voxel centre)
+from the piece to the organ's largest component."""
+MAX_PIECES = 64
+"""Organs with more extra pieces than this are many-piece structures: their pieces are not listed."""
 MAIN_GEOMETRY = ("surface_mm2", "sphericity", "eccentricity", "centroid_x", "centroid_y", "centroid_z")
 
 
@@ -128,16 +140,29 @@ def _index_moments(mask: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, np
     return mean, cov
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, tuple[slice, ...]] | None]:
-    """Sizes of the 26-connected components of ``mask`` (largest first) and, if there are several,
-    the largest one's mask inside its own bounding box (ties: the first in scan order)."""
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """26-connected components of ``mask``: the component image, their number, the size of each
+    (index = component number, 0 unused) and the largest one's number (ties: first in scan order)."""
     components, n = ndimage.label(mask, structure=CONNECTIVITY)
-    if n == 1:
-        return np.array([np.count_nonzero(mask)], dtype=np.int64), None
-    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
-    largest = int(np.argmax(sizes)) + 1
-    box = ndimage.find_objects(components, max_label=largest)[largest - 1]
-    return np.sort(sizes)[::-1], (components[box] == largest, box)
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return components, n, sizes, int(np.argmax(sizes))
+
+
+def _pieces(mask: np.ndarray, components: np.ndarray, n: int, sizes: np.ndarray, largest: int,
+            offset: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`PIECE_COLUMNS` (without ``label``) of every component except ``largest``.
+
+    The gap is the Euclidean distance transform of "not the largest component" (physical voxel
+    spacing) at the piece's nearest voxel, computed inside the organ's bounding box only."""
+    ids = np.array([i for i in range(1, n + 1) if i != largest], dtype=np.int64)
+    linear = affine[:3, :3]
+    centre = np.array(ndimage.center_of_mass(mask, components, ids)).reshape(-1, 3)
+    world = (centre + offset) @ linear.T + affine[:3, 3]
+    distance = ndimage.distance_transform_edt(components != largest, sampling=np.linalg.norm(linear, axis=0))
+    gap = np.asarray(ndimage.minimum(distance, components, ids), dtype=np.float64).reshape(-1)
+    return {"piece": ids, "voxel_count": sizes[ids], "centroid_x": world[:, 0], "centroid_y": world[:, 1],
+            "centroid_z": world[:, 2], "gap_mm": gap}
 
 
 def _geometry(mask: np.ndarray, count: int, offset: np.ndarray, affine: np.ndarray) -> dict[str, float]:
@@ -158,31 +183,38 @@ def _geometry(mask: np.ndarray, count: int, offset: np.ndarray, affine: np.ndarr
     }
 
 
-def _shape_row(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, float]:
-    """All :data:`SHAPE_COLUMNS` of one organ given its mask inside its bounding box."""
+def _shape_row(mask: np.ndarray, box: tuple[slice, ...], affine: np.ndarray, shape: tuple[int, ...],
+               with_pieces: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """All :data:`SHAPE_COLUMNS` of one organ given its mask inside its bounding box, and its
+    pieces (see :func:`_pieces`; None for a single component, more than :data:`MAX_PIECES` pieces,
+    or ``with_pieces`` False)."""
     offset = np.array([s.start for s in box], dtype=np.float64)
-    sizes, largest = _components(mask)
+    components, n, sizes, largest = _components(mask)
     count = int(sizes.sum())
     whole = _geometry(mask, count, offset, affine)
-    if largest is None:
+    pieces = None
+    if n == 1:
         main = whole
     else:
-        main_mask, main_box = largest
+        main_box = ndimage.find_objects(components, max_label=largest)[largest - 1]
         main_offset = offset + [s.start for s in main_box]
-        main = _geometry(main_mask, int(sizes[0]), main_offset, affine)
+        main = _geometry(components[main_box] == largest, int(sizes[largest]), main_offset, affine)
+        if with_pieces and n - 1 <= MAX_PIECES:
+            pieces = _pieces(mask, components, n, sizes, largest, offset, affine)
     starts = [s.start for s in box]
     stops = [s.stop for s in box]
-    return {
+    row = {
         "voxel_count": count,
         "volume_mm3": count * abs(float(np.linalg.det(affine[:3, :3]))),
         **whole,
-        "n_components": int(sizes.size),
-        "largest_share": float(sizes[0]) / count,
+        "n_components": int(n),
+        "largest_share": float(sizes[largest]) / count,
         "bbox_min_i": starts[0], "bbox_min_j": starts[1], "bbox_min_k": starts[2],
         "bbox_max_i": stops[0], "bbox_max_j": stops[1], "bbox_max_k": stops[2],
-        "touches_border": int(any(a == 0 for a in starts) or any(b == n for b, n in zip(stops, shape))),
+        "touches_border": int(any(a == 0 for a in starts) or any(b == size for b, size in zip(stops, shape))),
         **{f"main_{key}": main[key] for key in MAIN_GEOMETRY},
     }
+    return row, pieces
 
 
 def _intensity_rows(label: np.ndarray, images: np.ndarray, present: np.ndarray,
@@ -218,9 +250,12 @@ def _intensity_rows(label: np.ndarray, images: np.ndarray, present: np.ndarray,
     return out
 
 
-def measure_organs(label: np.ndarray, affine: np.ndarray, images: np.ndarray | None = None,
-                   channel_names: list[str] | tuple[str, ...] = ()) -> dict[str, list]:
-    """Features of every organ present in ``label`` as columns (``label`` plus the feature names).
+def measure_scan(label: np.ndarray, affine: np.ndarray, images: np.ndarray | None = None,
+                 channel_names: list[str] | tuple[str, ...] = (),
+                 with_pieces: bool = True) -> tuple[dict[str, list], dict[str, list]]:
+    """Features of every organ present in ``label`` as columns (``label`` plus the feature names),
+    and the pieces of the organs that have a few (:data:`PIECE_COLUMNS` as columns; none without
+    ``with_pieces``: the distance transforms are most of pass 1's time on a whole-body volume).
 
     ``label`` must already be validated (uint8, see :func:`validate_labels`); ``images`` is an
     optional (C, X, Y, Z) array on the same grid, ``channel_names`` its C names. The ignore value
@@ -231,15 +266,26 @@ def measure_organs(label: np.ndarray, affine: np.ndarray, images: np.ndarray | N
     boxes = ndimage.find_objects(label, max_label=MAX_ORGAN_ID)
     present = np.array([i + 1 for i, box in enumerate(boxes) if box is not None], dtype=np.int64)
     columns: dict[str, list] = {"label": present.tolist(), **{name: [] for name in SHAPE_COLUMNS}}
+    pieces: dict[str, list] = {name: [] for name in PIECE_COLUMNS}
     for organ in present:
         box = boxes[organ - 1]
-        row = _shape_row(label[box] == organ, box, affine, label.shape)
+        row, organ_pieces = _shape_row(label[box] == organ, box, affine, label.shape, with_pieces)
         for name in SHAPE_COLUMNS:
             columns[name].append(row[name])
+        if organ_pieces is not None:
+            pieces["label"] += [int(organ)] * organ_pieces["piece"].size
+            for name in PIECE_COLUMNS[1:]:
+                pieces[name] += organ_pieces[name].tolist()
     if images is not None:
         names = list(channel_names)
         if len(names) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} image channels but {len(names)} channel names")
         for name, values in _intensity_rows(label, images, present, names).items():
             columns[name] = values.tolist()
-    return columns
+    return columns, pieces
+
+
+def measure_organs(label: np.ndarray, affine: np.ndarray, images: np.ndarray | None = None,
+                   channel_names: list[str] | tuple[str, ...] = ()) -> dict[str, list]:
+    """The organ columns of :func:`measure_scan` (without the pieces)."""
+    return measure_scan(label, affine, images, channel_names, with_pieces=False)[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob.data.dataset_task import MAX_NAME_CHARS, DatasetJsonError, parse_labels
+from swinbob.data.dataset_task import MAX_NAME_CHARS, DatasetJsonError, parse_channels, parse_labels
 from swinbob.files import read_bounded_text
 from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
 
@@ -139,6 +139,23 @@ def load_label_set(spec: str | Path | None) -> dict[int, str]:
         raise LabelSetError(f"{path}: invalid JSON ({exc})") from exc
     block = content.get("labels", content) if isinstance(content, dict) else content
     return labels_from_mapping(block, str(path))
+
+
+def label_set_channels(spec: str | Path | None) -> tuple[str, ...] | None:
+    """The image channels a ``--labels`` dataset.json names (``channel_names`` or ``modality``), or
+    None for presets, CSV files and JSON files that name none."""
+    if spec is None or str(spec) in PRESETS or Path(spec).suffix.lower() == ".csv":
+        return None
+    try:
+        content = json.loads(Path(spec).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # load_label_set reports an unreadable file
+    if not isinstance(content, dict) or not ({"channel_names", "modality"} & set(content)):
+        return None
+    try:
+        return parse_channels(content, str(spec))
+    except DatasetJsonError as exc:
+        raise LabelSetError(str(exc)) from exc
 
 
 def is_totalvibe(labels: dict[int, str]) -> bool:

@@ -50,10 +50,13 @@ class CleanTask:
     max_label: int = MAX_LABEL
     structures: tuple[tuple[str, int], ...] = ()
     """``(name, id)`` of the label set, for inputs that are folders of per-structure masks."""
+    drop_pieces: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def key(self, fingerprint: str) -> str:
         """Manifest key: changes when the input or the decisions for this scan change."""
         payload = [fingerprint, sorted(self.rejected), sorted(self.keep_components.items()), IGNORE_LABEL]
+        if self.drop_pieces:  # left out when empty: keys of earlier runs stay valid
+            payload.append(sorted((k, list(v)) for k, v in self.drop_pieces.items()))
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
 
@@ -65,27 +68,34 @@ def output_dtype(stored: np.dtype) -> np.dtype:
     return np.dtype(np.uint8)
 
 
-def clean_label(label: np.ndarray, rejected: tuple[int, ...] | list[int], keep_components: dict[int, int]) -> np.ndarray:
+def clean_label(label: np.ndarray, rejected: tuple[int, ...] | list[int], keep_components: dict[int, int],
+                drop_pieces: dict[int, tuple[int, ...]] | None = None) -> np.ndarray:
     """Cleaned copy of a validated uint8 label map.
 
     Rejected organs become the ignore value; for each organ in ``keep_components`` only its
-    N largest 26-connected components stay (ties broken by scan order), the rest become ignore.
+    N largest 26-connected components stay (ties broken by scan order; N = 0: no limit), and the
+    components numbered in ``drop_pieces`` (scan order inside the organ's bounding box, as pass 1
+    numbers them) go too; what goes becomes ignore.
     """
     lut = np.arange(256, dtype=np.uint8)
     lut[list(rejected)] = IGNORE_LABEL
     out = lut[label]
-    if not keep_components:
+    drop_pieces = drop_pieces or {}
+    if not keep_components and not drop_pieces:
         return out
     boxes = ndimage.find_objects(label, max_label=MAX_ORGAN_ID)
-    for organ, n_keep in keep_components.items():
+    for organ in sorted(set(keep_components) | set(drop_pieces)):
         box = boxes[organ - 1]
         if box is None:
             continue
         components, n = ndimage.label(label[box] == organ, structure=CONNECTIVITY)
-        sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
-        drop = np.ones(n + 1, dtype=bool)
-        drop[0] = False
-        drop[np.argsort(-sizes, kind="stable")[:n_keep] + 1] = False
+        drop = np.zeros(n + 1, dtype=bool)
+        n_keep = keep_components.get(organ, 0)
+        if n_keep > 0:
+            sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+            drop[np.argsort(-sizes, kind="stable")[n_keep:] + 1] = True
+        pieces = [p for p in drop_pieces.get(organ, ()) if 1 <= p <= n]
+        drop[pieces] = True
         out[box][drop[components]] = IGNORE_LABEL
     return out
 
@@ -95,7 +105,8 @@ def clean_case(task: CleanTask) -> tuple[str, str | None]:
     try:
         source = read_label_source(task.label_path, task.structures)
         header = label_header(source, task.label_path).copy()
-        cleaned = clean_label(validate_labels(source.data, task.max_label), task.rejected, task.keep_components)
+        cleaned = clean_label(validate_labels(source.data, task.max_label), task.rejected, task.keep_components,
+                              task.drop_pieces)
         affine = source.affine
         dtype = output_dtype(header.get_data_dtype())
         header.set_slope_inter(1.0, 0.0)
@@ -115,6 +126,12 @@ def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, inc
     wanted = {index[c] for c in included}
     rejected: dict[int, list[int]] = {i: [] for i in wanted}
     keep: dict[int, dict[int, int]] = {i: {} for i in wanted}
+    drops: dict[int, dict[int, tuple[int, ...]]] = {i: {} for i in wanted}
+    pieces = decisions.pieces
+    dropped: dict[int, list[int]] = {}
+    if pieces is not None:
+        for index in np.flatnonzero(pieces.drop):
+            dropped.setdefault(int(pieces.row[index]), []).append(int(table.pieces["piece"][index]))
     for row in np.flatnonzero(decisions.decision != KEPT):
         case = int(cols["case_index"][row])
         if case not in wanted:
@@ -122,11 +139,14 @@ def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, inc
         label = int(cols["label"][row])
         if decisions.decision[row] == REJECTED:
             rejected[case].append(label)
-        else:
+            continue
+        if decisions.keep_components[row] > 0:
             keep[case][label] = int(decisions.keep_components[row])
+        if int(row) in dropped:
+            drops[case][label] = tuple(sorted(dropped[int(row)]))
     return [CleanTask(table.case_ids[i], str(label_paths[table.case_ids[i]]),
                       str(labels_dir / f"{table.case_ids[i]}{suffix}"), tuple(rejected[i]), keep[i],
-                      max(decisions.rules.labels), structure_ids(decisions.rules.labels))
+                      max(decisions.rules.labels), structure_ids(decisions.rules.labels), drops[i])
             for i in sorted(wanted)]
 
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 from swinbob.errors import ConfigError
 from swinbob.files import NIFTI_SUFFIXES, OutputError, check_writable_folder, folder_lock, remove_stale_temp_files
-from swinbob.solf.cases import CaseTask, discover_inputs, failed_record, make_task, measure_case
+from swinbob.solf.cases import CaseTask, discover_inputs, failed_record, infer_channels, make_task, measure_case
 from swinbob.solf.decide import decide
-from swinbob.solf.labelsets import load_label_set
+from swinbob.solf.labelsets import is_totalvibe, label_set_channels, load_label_set
 from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_json, read_manifest, split_cases,
                                   summary, write_decisions_csv, write_failures, write_json)
 from swinbob.solf.pool import WORKER_DIED, parallel_map
@@ -60,7 +60,7 @@ class SolfConfig:
     output_dir: Path
     image_dir: Path | None = None
     report_dir: Path | None = None
-    channel_names: tuple[str, ...] = UKBOB_CHANNELS
+    channel_names: tuple[str, ...] | None = None
     stage: str = "all"
     workers: int = 1
     num_shards: int = 1
@@ -100,6 +100,14 @@ class SolfConfig:
         """The ``{id: name}`` table of ``--labels`` (a preset or a file; TotalVibeSegmentator by default)."""
         return load_label_set(self.labels)
 
+    def channels(self, image_names: set[str], case_ids: list[str]) -> tuple[str, ...]:
+        """The image channels: ``--channel_names``, else the ``--labels`` dataset.json's
+        ``channel_names``, else what the image folder holds (UKBOB's Dixon channels, or one channel
+        named like the labels: :func:`swinbob.solf.cases.infer_channels`)."""
+        if self.channel_names:
+            return self.channel_names
+        return label_set_channels(self.labels) or infer_channels(image_names, case_ids, UKBOB_CHANNELS)
+
     def rules(self) -> RuleSet:
         """Default rules, the rules file, then the threshold flags (in that order of precedence)."""
         return load_rules(self.rules_path, self.label_set(), mad_threshold=self.mad_threshold,
@@ -125,7 +133,8 @@ def check_config(config: SolfConfig) -> None:
         raise ConfigError(f"body mask folder {config.body_dir} does not exist")
     if config.labels_dir.resolve() == config.input_dir.resolve():
         raise ConfigError("the output labels folder is the input folder; inputs are never modified")
-    if len(set(config.channel_names)) != len(config.channel_names) or not config.channel_names:
+    if config.channel_names is not None and (len(set(config.channel_names)) != len(config.channel_names)
+                                             or not config.channel_names):
         raise ConfigError(f"channel names must be distinct and non-empty, got {config.channel_names}")
     folders = [(config.features_dir, "--output_dir features folder")]
     if config.stage != "features":
@@ -147,8 +156,12 @@ def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
     label_set = config.label_set()
     structures = structure_ids(label_set)
-    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max(label_set), config.body_dir,
-                             structures) for case, path in labels.items()}
+    channels = config.channels(names, list(labels)) if config.image_dir is not None else UKBOB_CHANNELS
+    if config.image_dir is not None and not config.channel_names:
+        log.info("image channels: %s", ", ".join(channels))
+    pieces = not is_totalvibe(label_set)  # TotalVibeSegmentator's rules clean every extra piece by count
+    tasks = {case: make_task(case, path, config.image_dir, names, channels, max(label_set), config.body_dir,
+                             structures, pieces) for case, path in labels.items()}
     return tasks, skipped
 
 
@@ -270,7 +283,7 @@ def run_decide(config: SolfConfig, table: FeatureTable, tasks: dict[str, CaseTas
     json_path = config.output_dir / "dataset.json"
     label_files = {t.case_id: Path(t.output_path) for t in cleaning}
     images = {c: tasks[c].image_paths for c in usable}
-    channels = config.channel_names if config.image_dir is not None else ()
+    channels = next(iter(tasks.values())).channel_names if tasks else ()  # () without --image_dir
     datalist = dataset_json(json_path, train, validation, label_files, images, channels, rules.labels)
     write_json(json_path, datalist)
     log.info("train on it with: --json_list=%s --data_dir=%s", json_path, os.path.normpath(json_path.parent / datalist["data_root"]))

@@ -17,7 +17,10 @@ are errors, so a typo never silently leaves a default in place.
 
 Other label sets (``--labels``): SOLF has no organ table for them, so every organ starts with
 ``learn_components``: its expected connected-component count is learned from the cohort
-(:func:`learn_component_rules`). A rules file can still set any organ's range by name. ``organ_filtering.py --dump_rules`` prints the
+(:func:`learn_component_rules`), and with ``learn_pieces``: what its natural extra pieces look
+like (size share, gap to the main body) is learned too, so that a thin structure that often
+comes in several pieces (cortex) keeps them and only pieces unlike them are cleaned
+(:mod:`swinbob.solf.decide`). A rules file can still set any organ's range by name. ``organ_filtering.py --dump_rules`` prints the
 complete effective table in this format.
 """
 
@@ -35,8 +38,16 @@ from swinbob.files import read_bounded_text
 from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.solf.labelsets import is_totalvibe
 
-OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity")
-"""Features tested against the population (log scale for the size-like ones)."""
+OUTLIER_FEATURES = ("log_volume", "log_surface", "sphericity", "eccentricity", "log_volume_share")
+"""Features tested against the population (log scale for the size-like ones). ``log_volume_share``
+is the organ's share of all labelled volume of its scan: the subject's size cancels out, so an
+organ that leaked into its neighbours (the scan's labelled volume unchanged) stands out more
+clearly than in its absolute volume, which varies with body size. It is tested for organs with
+``check_volume_share`` (label sets given with ``--labels``; TotalVibeSegmentator's table keeps its
+four shape features)."""
+
+EXTRA_FLOORS = ("position_mm", "piece_log_share", "piece_gap_mm")
+"""MAD floors besides the shape features: organ position, and the two features of extra pieces."""
 
 COMPONENT_RANGES: dict[str, tuple[int, int]] = {
     "thyroid_gland": (1, 2),
@@ -81,6 +92,8 @@ class OrganRule:
     check_position: bool = True
     expected: bool = True
     learn_components: bool = False
+    learn_pieces: bool = False
+    check_volume_share: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,17 +104,28 @@ class Settings:
     per feature so that a very homogeneous population does not turn noise into outliers
     (log-volume 0.1 ≈ 10 % volume, positions in mm). ``method`` chooses the decision rule
     (``ours``, ``paper``: the UKBOB paper's two-of-three percentile vote with ``epsilon``, or
-    ``both``; see :mod:`swinbob.solf.paper`).
+    ``both``; see :mod:`swinbob.solf.paper`). ``piece_threshold`` bounds the sum of an extra
+    piece's robust z-scores of size (share of its organ) and gap to the main body against the
+    cohort's pieces of that organ (``learn_pieces`` organs): natural pieces are small or close, a
+    piece that is both larger and farther than them, or extremely either, is a fragment to clean.
+    A scan is excluded when more than ``max_rejected_fraction`` of its organs are rejected and at
+    least ``min_rejected_to_exclude``: label sets given with ``--labels`` default to 3, because one
+    segmentation error often rejects two structures (a swap both partners, a leak the neighbour it
+    emptied), which in a four-structure set would otherwise drop the scan's correct ones with it.
     """
 
     method: str = "ours"
     epsilon: float = 2.0
     mad_threshold: float = 4.5
     position_threshold: float = 4.5
+    piece_threshold: float = 6.0
     min_population: int = 20
     max_rejected_fraction: float = 0.25
+    min_rejected_to_exclude: int = 1
     mad_floor: dict[str, float] = field(default_factory=lambda: {
-        "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0})
+        "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0,
+        "piece_log_share": 0.5, "piece_gap_mm": 3.0,
+        "log_volume_share": 0.05})
 
 
 @dataclass(frozen=True)
@@ -125,14 +149,16 @@ def default_rules(labels: dict[int, str] | None = None) -> RuleSet:
     labels = dict(TOTALVIBE_LABELS if labels is None else labels)
     known = is_totalvibe(labels)
     organs = {}
+    settings = Settings() if known else Settings(min_rejected_to_exclude=3)
     for label, name in labels.items():
         if label == 0:
             continue
         low, high = COMPONENT_RANGES.get(name, (1, 1)) if known else (1, 1)
         organs[label] = OrganRule(min_components=low, max_components=high,
                                   min_largest_share=0.5 if high == 1 else 0.0,
-                                  expected=not (known and name in NOT_EXPECTED), learn_components=not known)
-    return RuleSet(Settings(), organs, labels)
+                                  expected=not (known and name in NOT_EXPECTED), learn_components=not known,
+                                  learn_pieces=not known, check_volume_share=not known)
+    return RuleSet(settings, organs, labels)
 
 
 def learn_component_rules(rules: RuleSet, labels: np.ndarray, n_components: np.ndarray) -> RuleSet:
@@ -194,18 +220,20 @@ def _replace_checked(obj, values: dict, where: str):
 def validate_rules(rules: RuleSet) -> RuleSet:
     """Check ranges (counts ≥ 0, min ≤ max, positive thresholds); return ``rules`` unchanged."""
     s = rules.settings
-    if s.mad_threshold <= 0 or s.position_threshold <= 0:
-        raise RulesError("mad_threshold and position_threshold must be positive")
+    if s.mad_threshold <= 0 or s.position_threshold <= 0 or s.piece_threshold <= 0:
+        raise RulesError("mad_threshold, position_threshold and piece_threshold must be positive")
     if s.method not in METHODS:
         raise RulesError(f"unknown method {s.method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 < s.epsilon < 50.0:
         raise RulesError(f"epsilon (percent in each tail) must be in (0, 50), got {s.epsilon}")
     if not 0.0 <= s.max_rejected_fraction <= 1.0:
         raise RulesError(f"max_rejected_fraction must be in [0, 1], got {s.max_rejected_fraction}")
+    if s.min_rejected_to_exclude < 1:
+        raise RulesError(f"min_rejected_to_exclude must be at least 1, got {s.min_rejected_to_exclude}")
     if s.min_population < 3:
         raise RulesError(f"min_population must be at least 3, got {s.min_population}")
-    if set(s.mad_floor) != set(OUTLIER_FEATURES) | {"position_mm"}:
-        raise RulesError(f"mad_floor needs exactly the keys {', '.join(OUTLIER_FEATURES)}, position_mm")
+    if set(s.mad_floor) != set(OUTLIER_FEATURES) | set(EXTRA_FLOORS):
+        raise RulesError(f"mad_floor needs exactly the keys {', '.join(OUTLIER_FEATURES + EXTRA_FLOORS)}")
     if any(not isinstance(v, (int, float)) or v <= 0 for v in s.mad_floor.values()):
         raise RulesError("mad_floor values must be positive numbers")
     for label, rule in rules.organs.items():

@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from swinbob.files import atomic_write, atomic_write_text
 from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.solf.labelsets import name_of
-from swinbob.solf.features import SHAPE_COLUMNS
+from swinbob.solf.features import PIECE_COLUMNS, SHAPE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,34 @@ class FeatureTable:
 
     ``case_ids`` are the scans measured successfully; ``columns`` holds ``case_index`` (into
     ``case_ids``), ``label`` and every feature as numpy arrays with one entry per (scan, organ);
-    ``scans`` has one summary record per input scan (ok or failed) in case order.
+    ``scans`` has one summary record per input scan (ok or failed) in case order. ``pieces``
+    holds the extra components of organs that have a few (``case_index`` plus
+    :data:`~swinbob.solf.features.PIECE_COLUMNS`; empty for records measured without them).
     """
 
     case_ids: list[str]
     columns: dict[str, np.ndarray]
     scans: list[dict]
     feature_names: list[str]
+    pieces: dict[str, np.ndarray] = field(default_factory=lambda: empty_pieces())
+
+
+def empty_pieces() -> dict[str, np.ndarray]:
+    """A pieces table without rows."""
+    return {"case_index": np.zeros(0, np.int64), **{n: np.zeros(0, np.int64 if n in ("label", "piece") else np.float64)
+                                                     for n in PIECE_COLUMNS}}
+
+
+def pieces_table(ok: list[dict]) -> dict[str, np.ndarray]:
+    """The pieces of every record (``case_index`` = position in ``ok``) as columns."""
+    parts = [(i, r["pieces"]) for i, r in enumerate(ok) if isinstance(r.get("pieces"), dict) and r["pieces"].get("label")]
+    if not parts:
+        return empty_pieces()
+    table = {"case_index": np.concatenate([np.full(len(p["label"]), i, np.int64) for i, p in parts])}
+    for name in PIECE_COLUMNS:
+        kind = np.int64 if name in ("label", "piece") else np.float64
+        table[name] = np.concatenate([np.asarray(p[name], dtype=kind) for _, p in parts])
+    return table
 
 
 def select_current(logged: dict[str, dict[str, dict]], fingerprints: dict[str, str]) -> tuple[list[dict], list[str]]:
@@ -184,7 +205,7 @@ def build_table(records: list[dict]) -> FeatureTable:
         "orientation": r.get("orientation", ""),
         "notes": "; ".join(r.get("notes", [])),
     } for r in records]
-    return FeatureTable(case_ids, columns, scans, feature_names)
+    return FeatureTable(case_ids, columns, scans, feature_names, pieces_table(ok))
 
 
 def format_value(value: object) -> str:
