@@ -16,7 +16,9 @@ Stages (run in order; each reuses the previous ones' files under ``--work_dir``)
     python benchmarks/bench_mri_shift.py train --recipe fg       # zscore_foreground alone (the MRI default)
     python benchmarks/bench_mri_shift.py train --recipe new      # zscore_foreground + --shift_augment
     python benchmarks/bench_mri_shift.py tune --recipe fg --etta '{"lr": 0.01}'  # validation x tuning shifts
+    python benchmarks/bench_mri_shift.py tune --recipe fg --selftrain '{"lr": 0.01}'  # self-training, flip teacher
     python benchmarks/bench_mri_shift.py report                  # test x (clean + held-out), none/flip/ETTA/both
+    python benchmarks/bench_mri_shift.py report --selftrain '{}' # ... and flip+selftrain (--tta_adapt selftrain)
     python benchmarks/bench_mri_shift.py all                     # data, old + fg trained and reported
 
 Training and evaluation drive the library the scripts use: ``swinbob.train.engine`` (UKBOB/main.py's
@@ -35,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -46,6 +49,7 @@ from swinbob.train import engine as train  # noqa: E402
 from swinbob.data.transforms import intensity_transform  # noqa: E402
 from swinbob.runtime.distributed import launch  # noqa: E402
 from swinbob.infer.etta import EttaConfig, etta_predict, integrate  # noqa: E402
+from swinbob.infer.selftrain import SelfTrainConfig, selftrain_predict  # noqa: E402
 from swinbob.files import atomic_write_text  # noqa: E402
 from swinbob.infer.model_loading import load_inference_model  # noqa: E402
 from swinbob.runtime.logs import configure_logging  # noqa: E402
@@ -149,22 +153,44 @@ the brain is near-symmetric left-right and a small CPU cannot afford 8 passes pe
 
 
 def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | None,
-                    flip_axes: tuple[int, ...] | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Labels of none / ETTA and, with ``flip_axes``, flip / flip+ETTA for one normalised volume (1, 1, X, Y, Z).
+                    flip_axes: tuple[int, ...] | None, selftrain: Sequence[SelfTrainConfig] = ()
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, float]]:
+    """Labels of none / ETTA and, with ``flip_axes``, flip / flip+ETTA / flip+selftrain for one
+    normalised volume (1, 1, X, Y, Z), each method's record and its seconds.
 
     The library calls of test_etta.py (``predict_logits``, ``flip_tta_logits``, ``etta_predict``,
-    ``integrate``), arranged so that one adaptation serves both ETTA rows: ``etta_predict`` adapts once
-    and predicts the box with the adapted model both plainly and with flip TTA; flip+ETTA integrates
-    the flip-TTA source with the flipped adapted prediction (as ``--tta flip`` does), ETTA the plain
-    source with the plain adapted prediction (as without ``--tta``). Window centres come from the
-    flip-TTA source's foreground; on this one-window grid every window is the whole volume anyway.
+    ``integrate``, ``selftrain_predict``), arranged so that one adaptation serves both ETTA rows:
+    ``etta_predict`` adapts once and predicts the box with the adapted model both plainly and with
+    flip TTA; flip+ETTA integrates the flip-TTA source with the flipped adapted prediction (as
+    ``--tta flip`` does), ETTA the plain source with the plain adapted prediction (as without
+    ``--tta``). Window centres come from the flip-TTA source's foreground; on this one-window grid
+    every window is the whole volume anyway. flip+selftrain is ``--tta flip --tta_adapt selftrain``:
+    the flip-TTA source is the teacher and the adapted model predicts with flip TTA (several
+    settings: ``flip+selftrain#i``, each from the checkpoint). Seconds: none
+    the plain pass, flip that plus the mirrored pass, each adapted method its source plus its own
+    adaptation call (the two ETTA rows share one call).
     """
+    tic = time.perf_counter()
     with torch.no_grad():
         sources = {"none": predict_logits(model, x, WINDOW)}
+        seconds = {"none": time.perf_counter() - tic}
         if flip_axes:
             sources["flip"] = flip_tta_logits(model, x, WINDOW, "softmax", flip_axes, plain=sources["none"])
+            seconds["flip"] = time.perf_counter() - tic
+    labels = {tta: to_labels(logits[0], "softmax") for tta, logits in sources.items()}
+    records: dict[str, Any] = {}
+    for index, config in enumerate(selftrain if flip_axes else ()):
+        tic = time.perf_counter()
+        flip_predict = lambda m, image, window: flip_tta_logits(m, image, window, "softmax", flip_axes)  # noqa: E731
+        outcome = selftrain_predict(model, x, sources["flip"], "softmax", config, WINDOW, flip_predict)
+        name = "flip+selftrain" if len(selftrain) == 1 else f"flip+selftrain#{index}"
+        labels[name] = labels["flip"].clone()
+        if outcome.applied:
+            labels[name][outcome.box] = to_labels(outcome.probs, "softmax", are_logits=False)
+        records[name] = {"applied": outcome.applied, "fallback": outcome.fallback, **outcome.info}
+        seconds[name] = seconds["flip"] + time.perf_counter() - tic
     if etta is None:
-        return {tta: to_labels(logits[0], "softmax") for tta, logits in sources.items()}, {}
+        return labels, records, seconds
     adapted: dict[str, list[torch.Tensor]] = {"none": [], "flip": []}  # one per adapted state
 
     def predict_adapted(m: torch.nn.Module, image: torch.Tensor, window: WindowSettings) -> torch.Tensor:
@@ -176,11 +202,10 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
         adapted["flip"].append(flipped[0])
         return flipped
 
+    tic = time.perf_counter()
     outcome = etta_predict(model, x, sources["flip" if flip_axes else "none"], "softmax", etta, WINDOW, predict_adapted)
-    labels, records = {}, {}
     for tta, logits in sources.items():
-        source = to_labels(logits[0], "softmax")
-        labels[tta] = source
+        source = labels[tta]
         name = "etta" if tta == "none" else "flip+etta"
         labels[name], records[name] = source.clone(), {"applied": False, "fallback": outcome.fallback, **outcome.info}
         if adapted[tta] and outcome.box is not None:
@@ -190,23 +215,24 @@ def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | 
             records[name] = {"applied": probs is not None, "fallback": info.get("fallback"), **info}
             if probs is not None:
                 labels[name][box] = to_labels(probs, "softmax", are_logits=False)
-    return labels, records
+    adaptation = time.perf_counter() - tic
+    for tta in sources:
+        seconds["etta" if tta == "none" else "flip+etta"] = seconds[tta] + adaptation
+    return labels, records, seconds
 
 
 def evaluate_cases(model: torch.nn.Module, task: Task, cases: list[Case], etta: EttaConfig | None,
-                   flip_axes: tuple[int, ...] | None) -> list[dict[str, Any]]:
-    """Per case, method and class: Dice, HD95 (mm), seconds and the ETTA record, on the volume
-    normalised as the model was trained (the grid already is the task's RAS 3 mm grid)."""
+                   flip_axes: tuple[int, ...] | None, selftrain: Sequence[SelfTrainConfig] = ()) -> list[dict[str, Any]]:
+    """Per case, method and class: Dice, HD95 (mm), the method's seconds and its adaptation record,
+    on the volume normalised as the model was trained (the grid already is the task's RAS 3 mm grid)."""
     normalise = intensity_transform(task.intensity)
     rows = []
     for name, image, label in cases:
         x = torch.as_tensor(normalise({"image": torch.from_numpy(image)[None]})["image"])[None]
-        tic = time.perf_counter()
-        labels, records = predict_methods(model, x, etta, flip_axes)
-        seconds = time.perf_counter() - tic
+        labels, records, seconds = predict_methods(model, x, etta, flip_axes, selftrain)
         for method, pred in labels.items():
             for row in score_case(pred.cpu().numpy(), label, CLASSES, (SPACING,) * 3):
-                rows.append({"case": name, "method": method, "seconds": seconds, **row, "etta": records.get(method)})
+                rows.append({"case": name, "method": method, "seconds": seconds[method], **row, "etta": records.get(method)})
     return rows
 
 
@@ -227,19 +253,22 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         applied = [x for x in records.values() if x.get("applied")]
         out["fallback_rate"] = 1 - len(applied) / len(records)
         out["entropy_drop"] = float(np.mean([x["entropy_source"] - x["entropy_adapted"] for x in records.values()
-                                             if "entropy_adapted" in x])) if records else None
+                                             if "entropy_adapted" in x] or [np.nan]))
         out["weight_adapted"] = float(np.mean([x["weight_adapted"] for x in applied])) if applied else None
+        changed = [x["changed"] for x in records.values() if "changed" in x]
+        if changed:
+            out["changed"] = float(np.mean(changed))
     out["seconds"] = float(np.mean([r["seconds"] for r in rows]))
     return out
 
 
 def run_grid(model: torch.nn.Module, task: Task, groups: dict[str, list[Case]], etta: EttaConfig | None,
-             flip_axes: tuple[int, ...] | None) -> dict[str, dict[str, Any]]:
+             flip_axes: tuple[int, ...] | None, selftrain: Sequence[SelfTrainConfig] = ()) -> dict[str, dict[str, Any]]:
     """Summaries keyed ``"<shift>|<method>"`` for every shift group and method."""
     results = {}
     for shift, cases in groups.items():
         tic = time.perf_counter()
-        rows = evaluate_cases(model, task, cases, etta, flip_axes)
+        rows = evaluate_cases(model, task, cases, etta, flip_axes, selftrain)
         print(f"  {shift}: {len(cases)} cases in {time.perf_counter() - tic:.0f} s", flush=True)
         for method in dict.fromkeys(r["method"] for r in rows):
             results[f"{shift}|{method}"] = summarise([r for r in rows if r["method"] == method])
@@ -268,43 +297,61 @@ def etta_config(text: str) -> EttaConfig:
     return EttaConfig(**overrides)
 
 
-def print_drop(results: dict[str, dict[str, Any]]) -> None:
-    """Per method: clean mean Dice, the mean over the held-out shifts present and the drop between them."""
-    print("\n| method | clean | held-out mean | drop |\n|---|---|---|---|")
+def selftrain_configs(text: str | None) -> list[SelfTrainConfig]:
+    """``--selftrain`` JSON overrides of the default :class:`SelfTrainConfig`, one object or a list
+    of them (several settings in one run); none given: not run."""
+    if text is None:
+        return []
+    overrides = json.loads(text)
+    return [SelfTrainConfig(**o) for o in (overrides if isinstance(overrides, list) else [overrides])]
+
+
+def print_drop(results: dict[str, dict[str, Any]], shifts: tuple[str, ...] = HELD_OUT_SHIFTS) -> None:
+    """Per method: clean mean Dice, the mean over the ``shifts`` present, the drop between them and seconds per case."""
+    print("\n| method | clean | shifted mean | drop | s/case |\n|---|---|---|---|---|")
     for method in dict.fromkeys(key.split("|")[1] for key in results):
-        shifted = [results[f"{s}|{method}"]["mean_dice"][0] for s in HELD_OUT_SHIFTS if f"{s}|{method}" in results]
+        shifted = [results[f"{s}|{method}"]["mean_dice"][0] for s in shifts if f"{s}|{method}" in results]
+        seconds = np.mean([r["seconds"] for key, r in results.items() if key.split("|")[1] == method])
         if f"clean|{method}" in results and shifted:
             clean = results[f"clean|{method}"]["mean_dice"][0]
-            print(f"| {method} | {clean:.4f} | {np.mean(shifted):.4f} | {clean - np.mean(shifted):.4f} |")
+            print(f"| {method} | {clean:.4f} | {np.mean(shifted):.4f} | {clean - np.mean(shifted):.4f} | {seconds:.2f} |")
 
 
 def tune(args: argparse.Namespace, work: Path, datalist: Path) -> None:
-    """ETTA settings ``--etta`` on the validation subjects under the tuning shifts (never the test ones)."""
+    """Settings on the validation subjects under the tuning shifts (never the test ones): ETTA's
+    ``--etta`` (plain source), or with ``--selftrain`` none / flip / flip+selftrain."""
     entries = json.loads(datalist.read_text())["validation"][: args.subjects]
     groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *TUNING_SHIFTS)), args.severity)
     model, task = load_model(work, args.recipe, args.steps)
-    etta = etta_config(args.etta)
-    results = run_grid(model, task, groups, etta, None)
-    print_table(f"tune {args.recipe} {etta}", results)
+    selftrain = selftrain_configs(args.selftrain)
+    etta = None if selftrain else etta_config(args.etta)
+    results = run_grid(model, task, groups, etta, FLIP_AXES if selftrain else None, selftrain)
+    print_table(f"tune {args.recipe} {selftrain or etta}", results)
+    print_drop(results, TUNING_SHIFTS)
     steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
     out = work / "tune" / f"{args.recipe}{steps}_{args.tag or 'default'}.json"
     out.parent.mkdir(exist_ok=True)
-    atomic_write_text(out, json.dumps({"etta": dataclasses.asdict(etta), "results": results}, indent=1))
+    config = {"selftrain": [dataclasses.asdict(c) for c in selftrain]} if selftrain else {"etta": dataclasses.asdict(etta)}
+    atomic_write_text(out, json.dumps({**config, "results": results}, indent=1))
 
 
 def report(args: argparse.Namespace, work: Path, datalist: Path) -> None:
-    """Test subjects, clean and every held-out shift: none / flip / ETTA / flip+ETTA of one recipe."""
+    """Test subjects, clean and every held-out shift: none / flip / ETTA / flip+ETTA of one recipe
+    (and flip+selftrain with ``--selftrain``)."""
     entries = json.loads(datalist.read_text())["test"][: args.subjects]
     groups = shifted_cases(entries, datalist.parent, tuple(args.shifts or ("clean", *HELD_OUT_SHIFTS)), args.severity)
     model, task = load_model(work, args.recipe, args.steps)
     tic = time.perf_counter()
     etta = None if args.no_etta else etta_config(args.etta)
-    results = run_grid(model, task, groups, etta, FLIP_AXES)
-    print_table(f"report {args.recipe} {etta} ({time.perf_counter() - tic:.0f} s)", results)
+    selftrain = selftrain_configs(args.selftrain)
+    results = run_grid(model, task, groups, etta, FLIP_AXES, selftrain)
+    print_table(f"report {args.recipe} {etta} {selftrain} ({time.perf_counter() - tic:.0f} s)", results)
     print_drop(results)
     steps = "" if args.steps == DEFAULT_STEPS else f"_{args.steps}steps"
     name = f"report_{args.recipe}{steps}{'_no_etta' if args.no_etta else ''}{'_' + args.tag if args.tag else ''}.json"
-    atomic_write_text(work / name, json.dumps({"etta": etta and dataclasses.asdict(etta), "results": results}, indent=1))
+    atomic_write_text(work / name, json.dumps({"etta": etta and dataclasses.asdict(etta),
+                                               "selftrain": [dataclasses.asdict(c) for c in selftrain],
+                                               "results": results}, indent=1))
 
 
 def shifted_cases(entries: list[dict[str, str]], data: Path, shifts: tuple[str, ...], severity: int
@@ -333,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--severity", type=int, default=2)
     p.add_argument("--etta", default="{}", help="JSON of EttaConfig overrides for 'tune', e.g. '{\"lr\": 0.01}'")
+    p.add_argument("--selftrain", default=None,
+                   help="JSON of SelfTrainConfig overrides, e.g. '{\"lr\": 0.01}': also run flip+selftrain ('tune': instead of ETTA)")
     p.add_argument("--tag", default="", help="name of this 'tune' or 'report' result")
     p.add_argument("--no_etta", action="store_true", help="'report': none and flip only (no adaptation)")
     p.add_argument("--shifts", nargs="+", default=None, help="'tune'/'report': only these shift groups")

@@ -28,6 +28,7 @@ from swinbob.checkpoint import CheckpointError, load_checkpoint
 from swinbob.data.transforms import find_datalist, load_datalist
 from swinbob.data.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
 from swinbob.infer.etta import OPTIMIZERS, EttaConfig
+from swinbob.infer.selftrain import ADAPT_CHOICES, SelfTrainConfig
 from swinbob.infer.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
@@ -116,6 +117,7 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
                             "for the source and the ETTA-adapted predictions")
     adapt.add_argument("--etta_collapse", type=float, default=defaults.collapse,
                        help="fall back to the source prediction if the foreground shrinks by more than this fraction")
+    add_selftrain_args(parser)
     run = parser.add_argument_group("runtime")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
     run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
@@ -127,6 +129,40 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     add_part_args(run)
     add_limit_args(parser)
     return parser
+
+
+def add_selftrain_args(parser: argparse.ArgumentParser) -> None:
+    """``--tta_adapt`` and the self-training settings (:class:`~swinbob.infer.selftrain.SelfTrainConfig`)."""
+    group = parser.add_argument_group("self-training adaptation (--tta_adapt selftrain)")
+    group.add_argument("--tta_adapt", default="entropy", choices=ADAPT_CHOICES,
+                       help="what adapts each case: entropy = the paper's ETTA (--etta_* flags); selftrain = "
+                            "norm layers trained on the source's confident labels under intensity augmentation")
+    defaults = SelfTrainConfig()
+    group.add_argument("--selftrain_steps", type=int, default=defaults.steps, help="Adam steps per case")
+    group.add_argument("--selftrain_lr", type=float, default=defaults.lr, help="Adam learning rate")
+    group.add_argument("--selftrain_windows", type=int, default=defaults.windows, help="ROI windows per step")
+    group.add_argument("--selftrain_confidence", type=float, default=defaults.confidence,
+                       help="teacher probability a voxel needs to be a pseudo-label")
+    group.add_argument("--selftrain_augment", type=float, default=defaults.augment,
+                       help="strength of the windows' intensity augmentation (0: none)")
+    group.add_argument("--selftrain_mix", type=float, default=defaults.mix,
+                       help="share of the adapted probabilities in the result (the source has the rest)")
+    group.add_argument("--selftrain_max_change", type=float, default=defaults.max_change,
+                       help="keep the source if the adapted labels change more than this share of the foreground")
+    group.add_argument("--selftrain_decoder_norms", action=argparse.BooleanOptionalAction, default=defaults.decoder_norms,
+                       help="also adapt the decoder's instance norms (given a scale and shift for the episode)")
+
+
+def selftrain_config(args: argparse.Namespace) -> SelfTrainConfig:
+    """The self-training settings of the flags; a bad value is a :class:`ConfigError` naming its flag group."""
+    try:
+        return SelfTrainConfig(steps=args.selftrain_steps, lr=args.selftrain_lr, windows=args.selftrain_windows,
+                               seed=args.etta_seed, confidence=args.selftrain_confidence,
+                               augment=args.selftrain_augment, mix=args.selftrain_mix,
+                               max_change=args.selftrain_max_change, collapse=args.etta_collapse,
+                               decoder_norms=args.selftrain_decoder_norms, overlap=args.etta_overlap)
+    except ValueError as exc:
+        raise ConfigError(f"--selftrain_*: {exc}") from exc
 
 
 def _label_id(value: Any, what: str) -> int:
@@ -330,6 +366,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         etta=EttaConfig(args.etta_steps, args.etta_lr, args.etta_windows, args.etta_seed, args.etta_collapse,
                         args.etta_overlap, args.etta_diversity, args.etta_decoder_norms,
                         args.etta_min_entropy, args.etta_sharpness, tuple(args.etta_states), args.etta_optimizer),
+        adapt=args.tta_adapt, selftrain=selftrain_config(args),
         tta=args.tta,
         label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
         statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
@@ -338,7 +375,8 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
     )
     context = {"checkpoint": str(path), "device": str(device), "amp": str(window.amp_dtype), "roi": list(window.roi),
                "sw_batch_size": window.sw_batch_size, "compile": args.compile, "overlap": window.overlap,
-               "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta),
+               "tta": settings.tta, "etta_config": dataclasses.asdict(settings.etta), "tta_adapt": settings.adapt,
+               "selftrain_config": dataclasses.asdict(settings.selftrain),
                "label_map": label_map, "class_names": task.class_names}
     return model, cases, settings, context
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.infer.etta import EttaConfig, EttaOutcome, etta_predict
+from swinbob.infer.selftrain import SelfTrainConfig, selftrain_predict
 from swinbob.files import (
     atomic_write_text, read_nifti, remove_stale_temp_files, short_name,
     resolve_inside, voxel_spacing,
@@ -73,6 +74,10 @@ class EvalSettings:
     output_dir: Path
     methods: tuple[str, ...] = (ETTA,)
     etta: EttaConfig = field(default_factory=EttaConfig)
+    adapt: str = "entropy"
+    """What the adaptation step (method ``etta``) runs: ``entropy`` (the paper's ETTA, ``etta``) or
+    ``selftrain`` (pseudo-label self-training, :mod:`swinbob.infer.selftrain`, with ``selftrain``)."""
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     tta: str = "none"
     """``flip``: mirror averaging (:mod:`swinbob.infer.tta`) for the source prediction and ETTA's adapted one."""
     tta_axes: tuple[int, ...] = (0, 1, 2)
@@ -157,7 +162,10 @@ def predict_case_outputs(
     record: dict[str, Any] = {}
     if ETTA in settings.methods:
         try:
-            outcome = etta_predict(model, x, logits, mode, settings.etta, settings.window, predict)
+            if settings.adapt == "selftrain":
+                outcome = selftrain_predict(model, x, logits, mode, settings.selftrain, settings.window, predict)
+            else:
+                outcome = etta_predict(model, x, logits, mode, settings.etta, settings.window, predict)
         except torch.OutOfMemoryError:  # the model is already restored; keep the source prediction
             log.warning("out of memory during ETTA: keeping the source prediction (try fewer --etta_windows)")
             if x.is_cuda:

@@ -5,7 +5,7 @@ preprocessing and network come from the checkpoint, every ``.nii``/``.nii.gz`` i
 (multi-channel tasks: ``<case>_<channel>.nii.gz``) gets ``OUT_DIR/predictions/<case>.nii.gz`` in
 its own geometry; ``--save_probabilities`` adds ``OUT_DIR/probabilities/<case>.nii.gz`` and
 ``--statistics`` ``OUT_DIR/statistics.json``. It runs the evaluation engine
-(:mod:`swinbob.infer.evaluate`) on the folder, without ETTA unless ``--etta`` is given.
+(:mod:`swinbob.infer.evaluate`) on the folder, without adaptation unless ``--etta`` or ``--tta_adapt`` is given.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from swinbob import cli
 
 from swinbob.infer import cli as eval_cli
 from swinbob.infer.parts import add_part_args
+from swinbob.infer.selftrain import ADAPT_CHOICES
+from swinbob.infer.tta import TTA_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_probabilities", action="store_true", help="also write class probabilities (X,Y,Z,C)")
     parser.add_argument("--statistics", action="store_true", help="volume, voxels, mean intensity, components, bbox per structure")
     parser.add_argument("--etta", action="store_true", help="adapt to each scan with ETTA (slower)")
+    parser.add_argument("--tta_adapt", choices=ADAPT_CHOICES, default=None,
+                        help="adapt to each scan with this method (entropy = --etta; selftrain: see docs/adaptation.md)")
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="none", help="flip: mirror averaging over the 3 axes (8 passes)")
     parser.add_argument("--overwrite", action="store_true", help="redo scans whose prediction exists")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
     parser.add_argument("--infer_overlap", type=float, default=None, help="sliding-window overlap (default: the task's)")
@@ -51,7 +56,10 @@ def evaluate_argv(args: argparse.Namespace) -> list[str]:
     model = Path(args.model)
     argv = [f"--input_dir={args.input}", f"--output_dir={args.output}", f"--pretrained_dir={model.parent}",
             f"--pretrained_model_name={model.name}", f"--sw_batch_size={args.sw_batch_size}", f"--workers={args.workers}"]
-    argv.append("--etta" if args.etta else "--no_etta")
+    argv.append("--etta" if args.etta or args.tta_adapt else "--no_etta")
+    if args.tta_adapt:
+        argv.append(f"--tta_adapt={args.tta_adapt}")
+    argv.append(f"--tta={args.tta}")
     argv.append(f"--compile={args.compile}")
     argv.append("--overlap" if args.overlap else "--no-overlap")
     if args.compile_cache:
