@@ -15,7 +15,10 @@ PYTEST_ARGS ?= -m "not slow and not gpu"
 MUTATION_SCOPE ?= "swinbob.infer.metrics*" "swinbob.train.losses*" "swinbob.infer.etta*" "swinbob.solf.decide*" \
 	"swinbob.solf.features*" "swinbob.infer.evaluate.x_predict_case*" "swinbob.infer.evaluate.x_evaluate_case*" \
 	"swinbob.train.engine.x_train_step*" "swinbob.train.engine.x_build_loaders*" "swinbob.data.loaders.x_shard*" \
-	"swinbob.data.loaders.x_train_loader*" "swinbob.data.loaders.xǁEpochSampler*" "swinbob.data.loaders.xǁEpochBatchSampler*"
+	"swinbob.data.loaders.x_train_loader*" "swinbob.data.loaders.xǁEpochSampler*" "swinbob.data.loaders.xǁEpochBatchSampler*" \
+	"swinbob.data.dataset_task*" "swinbob.infer.statistics*" "swinbob.infer.tta*" "swinbob.infer.outputs*" \
+	"swinbob.infer.window*" "swinbob.viz*" "swinbob.data.shifts*" "swinbob.data.transforms.xǁNormalizeForegroundd*" \
+	"swinbob.solf.paper*" "swinbob.solf.labelsets*" "swinbob.train.state.x_init_head_rows*" "swinbob.train.state.x__name_key*"
 MUTATION_CHILDREN ?= 2
 
 .PHONY: install test demo mutation clean

@@ -1,8 +1,8 @@
 """Evaluation bookkeeping cost: time :func:`swinbob.infer.evaluate.run_evaluation` over N cases that all fail
 (their image files do not exist), so that only the per-case records and the summary are timed.
 
-Before issue 13 the evaluation rewrote and fsynced ``summary.json`` and ``metrics.csv`` after every
-case (quadratic); now rows are appended per case and the summary is written once. Usage::
+Rewriting and fsyncing ``summary.json`` and ``metrics.csv`` after every case would be quadratic;
+the evaluation appends rows per case and writes the summary once. Usage::
 
     PYTHONPATH=. python benchmarks/bench_bookkeeping.py --cases 2000 4000 8000
 """

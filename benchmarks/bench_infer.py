@@ -19,7 +19,7 @@ on crops of a :mod:`swinbob.data.phantoms` BTCV phantom so that its foreground, 
 adaptation box, is plausible, then saved as a training run saves ``model.pt``; reference and ours
 load these weights. Each variant's logits are compared with ``ref_fp32``'s (relative L2 error,
 argmax agreement) and its per-organ Dice on the phantom with ``ref_fp32``'s
-(``max_dice_diff_vs_ref_fp32``; the issue asks for 0.005 at most).
+(``max_dice_diff_vs_ref_fp32``; the target is 0.005 at most).
 
     python benchmarks/bench_infer.py --etta                 # GPU: 240×240×160 volume, ROI 96
     python benchmarks/bench_infer.py --device cpu --feature_size 12 --roi 64 32 32 --volume 128 64 48 \

@@ -1,4 +1,4 @@
-"""Training loaders alone (no model), from the same NIfTI files: the configurations before issue 6
+"""Training loaders alone (no model), from the same NIfTI files: a naive configuration
 (workers started every epoch, crop indices found on every sample), the seeded loader with
 persistent workers and a new iterator every epoch, and the engine's one stream of batches across
 epochs (:func:`swinbob.data.loaders.train_loader`, :func:`swinbob.data.loaders.batch_stream`, as
@@ -56,7 +56,7 @@ LOADER_VARIANTS = {
 
 
 def old_loader(dataset, batch_size: int, workers: int, pin_memory: bool):
-    """The training loader before issue 6: shuffled from the global generator, workers started anew
+    """A naive training loader: shuffled from the global generator, workers started anew
     every epoch and reseeded from a base seed drawn at each start."""
     from monai.data import DataLoader
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin_memory)

@@ -23,7 +23,7 @@ Training and evaluation drive the library the scripts use: ``swinbob.train.engin
 engine) with a three-class task built in :func:`gmwm_task`, and test_etta.py's per-case calls
 (``predict_logits``, ``flip_tta_logits``, ``etta_predict``, ``integrate``, ``score_case``; see
 :func:`predict_methods`) on each volume normalised as in training. Work files go to ``--work_dir``
-(default /tmp/bench_mri_shift); figures and commands: benchmarks/RESULTS.md, issue 11.
+(default /tmp/bench_mri_shift); figures and commands: benchmarks/RESULTS.md, "Domain shift on real MRI".
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ Case = tuple[str, np.ndarray, np.ndarray]
 WINDOW = WindowSettings((64, 64, 64), 1, 0.5)
 FLIP_AXES = (0,)
 """Flip TTA mirrors left-right only here (2 passes instead of nnU-Net's 8, which ``--tta flip`` does):
-the brain is near-symmetric left-right and a 2-core CPU cannot afford 8 passes per case and method."""
+the brain is near-symmetric left-right and a small CPU cannot afford 8 passes per case and method."""
 
 
 def predict_methods(model: torch.nn.Module, x: torch.Tensor, etta: EttaConfig | None,

@@ -1,4 +1,4 @@
-"""Read bench_train.py / bench_infer.py results (JSON) and print issue 15's acceptance lines:
+"""Read bench_train.py / bench_infer.py results (JSON) and print the GPU acceptance lines:
 each figure, its target and whether it is met. Exit status 0 when every line present is met, 1
 otherwise (a missing figure counts as not met).
 

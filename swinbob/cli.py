@@ -16,7 +16,7 @@ from typing import Any
 from swinbob.data.transforms import DataConfig, find_datalist
 from swinbob.data.dataset_task import task_from_dataset
 from swinbob.errors import ConfigError
-from swinbob.limits import DEFAULTS, HELP, set_limit
+from swinbob.limits import DEFAULTS, HELP, check_environment, set_limit
 from swinbob.runtime.fast import COMPILE_CHOICES
 from swinbob.model import ModelConfig, validate_roi
 from swinbob.tasks import AUTO, TASK_NAMES, Task, describe_presets, get_task
@@ -59,7 +59,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout_rate", type=float, default=0.0, help="kept for upstream compatibility (unused by MONAI 1.6)")
     g.add_argument("--dropout_path_rate", type=float, default=0.0, help="stochastic depth rate")
     g.add_argument("--norm_name", default="instance", help="decoder normalisation")
-    g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing (less memory, ~25%% slower)")
+    g.add_argument("--use_checkpoint", action="store_true", help="gradient checkpointing (less memory, more compute)")
     g.add_argument("--use_v2", action="store_true", help="Swin-UNETR v2 (residual conv blocks in the encoder)")
     for axis in "xyz":
         g.add_argument(f"--roi_{axis}", type=int, default=None, help=f"patch size along {axis} (multiple of 32; default: the task's)")
@@ -86,7 +86,10 @@ def add_data_args(parser: argparse.ArgumentParser, sw_batch_auto: bool = False) 
     batch defaults to ``auto`` (evaluation: chosen from free GPU memory, 4 on the CPU)."""
     g = parser.add_argument_group("data")
     g.add_argument("--data_dir", default="./data/", help="folder that datalist paths are relative to")
-    g.add_argument("--json_list", default="dataset.json", help="Decathlon datalist (as given, else inside --data_dir)")
+    g.add_argument("--json_list", default="dataset.json", help="Decathlon datalist or nnU-Net v2 raw dataset.json (as given, else inside --data_dir)")
+    g.add_argument("--splits", default=None, metavar="SPLITS_JSON",
+                   help="nnU-Net raw dataset: the splits_final.json whose --fold is used (default: the one beside "
+                        "dataset.json, else nnU-Net's default 5 folds)")
     g.add_argument("--allow_absolute_paths", action="store_true", help="accept absolute paths in the datalist")
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     for name in ("a_min", "a_max", "b_min", "b_max"):
@@ -226,8 +229,10 @@ def add_limit_args(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_limit_args(args: argparse.Namespace) -> None:
-    """Set every limit given on the command line (raises ``ValueError`` for values below 1)."""
+    """Set every limit given on the command line, then parse the environment's (``ValueError``,
+    naming the flag or the variable, for a value that is not a whole number of at least 1)."""
     for name in DEFAULTS:
         value = getattr(args, name, None)
         if value is not None:
             set_limit(name, value)
+    check_environment()

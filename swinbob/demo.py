@@ -14,8 +14,8 @@
 
 Every stage calls the same entry point as the command line, with the equivalent command printed
 first. Sizes are small (feature_size 12, ROI 32x32x64, 3.5/3.5/2 mm, one whole-volume patch per
-step, no augmentation: the scans share one orientation) so that it finishes in minutes on two CPU
-cores; the held-out Dice it reaches is stated in the README.
+step, no augmentation: the scans share one orientation) so that it finishes in minutes on a CPU;
+the held-out Dice it reaches is in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import math
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,7 +59,15 @@ class TransientReadError(NiftiError):
 
 def _read_failure(path: Path, exc: BaseException, what: str) -> NiftiError:
     """The :class:`NiftiError` for ``exc`` raised while reading ``path``: transient for permissions and
-    memory (not a verdict on the file), else ``what`` (truncated, corrupt, not NIfTI)."""
+    memory (not a verdict on the file), else ``what`` (truncated, corrupt, not NIfTI). nibabel turns
+    a refused ``open`` into a generic ``ImageFileError``: the causes it chains are searched too."""
+    causes, seen = [], exc
+    while seen is not None and len(causes) < 16:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    denied = next((c for c in causes if isinstance(c, PermissionError)), None)
+    if denied is not None:
+        return TransientReadError(f"{path}: permission denied ({denied.strerror or denied})")
     if isinstance(exc, PermissionError):
         return TransientReadError(f"{path}: permission denied ({exc.strerror or exc})")
     if isinstance(exc, MemoryError):
@@ -137,6 +147,18 @@ def file_identity(path: str | os.PathLike) -> list[int] | None:
     except OSError:
         return None
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def short_name(stem: str, suffix: str = "", most: int = MAX_NAME_BYTES) -> str:
+    """``stem + suffix``, or, when that exceeds ``most`` bytes, ``stem`` cut at a character boundary plus
+    ``~`` and 10 hex digits of its SHA-256: a legal but long organ or case name still gives a file
+    name the file system accepts, the same one on every run, and two long names sharing a prefix differ."""
+    name = f"{stem}{suffix}"
+    if len(name.encode()) <= most:
+        return name
+    tag = "~" + hashlib.sha256(stem.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    room = most - len(f"{tag}{suffix}".encode())
+    return stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore") + tag + suffix
 
 
 def _temp_stem(name: str, suffix: str) -> str:
@@ -322,14 +344,63 @@ def check_header(img: nib.spatialimages.SpatialImage, path: Path) -> None:
         raise NiftiError(f"{path}: truncated: the header promises {promised} bytes, {data_file.name} has {size}")
 
 
+def read_bounded_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """The UTF-8 text of a regular file no larger than ``--max_table_mb``, read whole.
+
+    A device (``/dev/zero``), a FIFO or an oversized file is refused before its content is read
+    (``OSError``/``ValueError``; callers name the file), so a small flag cannot make a command read
+    without end. ``UnicodeDecodeError`` propagates for callers that name the flag.
+    """
+    path = Path(path)
+    most = limit("max_table_mb") * 2**20
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
+    with open(descriptor, "rb", closefd=True) as handle:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ValueError(f"not a regular file (a {what} must be one)")
+        data = handle.read(most + 1)
+    if len(data) > most:
+        raise ValueError(f"{what} larger than {most // 2**20} MiB (--max_table_mb)")
+    return data.decode("utf-8")
+
+
+def resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> tuple[int, ...]:
+    """The shape of a volume of ``shape`` (channels after the 3 spatial axes) once resampled to
+    ``spacing`` (mm, RAS axes): each file axis grows by its voxel size over the target spacing of
+    the RAS axis it maps to."""
+    to_ras = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    sizes = voxel_spacing(affine)
+    spatial = []
+    for axis in range(3):
+        ras_axis = int(to_ras[axis, 0]) if np.isfinite(to_ras[axis, 0]) else axis
+        spatial.append(max(1, math.ceil(int(shape[axis]) * float(sizes[axis]) / float(spacing[ras_axis]))))
+    return (*spatial, *(int(s) for s in shape[3:]))
+
+
+def check_resampled_size(path: str | os.PathLike, shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> None:
+    """Refuse a volume whose resampling to ``spacing`` would exceed ``--max_voxels`` (a 16^3 scan whose
+    header says 600 mm voxels becomes 6400^3 at 1.5 mm), from its header alone, before any allocation."""
+    if len(shape) < 3:
+        return
+    target = resampled_shape(shape, affine, spacing)
+    if math.prod(target) > (most := limit("max_voxels")):
+        raise NiftiError(f"{path}: volume of shape {tuple(int(s) for s in shape)} resampled to {tuple(spacing)} mm would be "
+                         f"{target}, larger than {most} voxels (--max_voxels)")
+
+
 def load_nifti_header(path: str | os.PathLike) -> nib.Nifti1Image:
     """Open a NIfTI lazily and validate its header: exists, readable, sane size, spacing and affine."""
     path = Path(path)
-    if not path.is_file():  # a FIFO would block its reader for ever: never opened
+    try:
+        regular = path.is_file()
+    except PermissionError as exc:  # a folder on the way that this user may not enter
+        raise _read_failure(path, exc, "not a readable NIfTI file") from exc
+    if not regular:  # a FIFO would block its reader for ever: never opened
         if path.is_symlink() and not path.exists():
             raise NiftiError(f"{path}: a symbolic link to a missing file")
         raise NiftiError(f"{path}: not a regular file" if path.exists() else f"{path}: file not found")
     try:
+        with open(path, "rb"):  # a refused open is transient (permissions): nibabel would call it "not NIfTI"
+            pass
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for broken headers
         raise _read_failure(path, exc, "not a readable NIfTI file") from exc

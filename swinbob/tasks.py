@@ -8,6 +8,7 @@ reference recipe's default hyper-parameters. Command-line flags override these d
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +22,25 @@ from swinbob.labels import (
     TOTALVIBE_LABELS,
     brats_regions,
 )
+from swinbob.limits import limit
+
+INTENSITY_KINDS = ("window", "zscore_nonzero", "zscore_foreground")
+SPACING_RANGE_MM = (0.01, 100.0)
+"""Voxel spacings a task may resample to: 10 µm (micro-CT) to 10 cm; anything else is a corrupt task."""
+MAX_NAME_CHARS = 1024
+"""Longest task, channel or label name (file names built from names are shortened separately)."""
+MAX_ROI = 1024
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: object, what: str) -> int:
+    """An integer from a stored int or its JSON text form (``"3"``); ``ValueError`` naming ``what`` otherwise."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise ValueError(f"{what} {str(value)[:40]!r} is not a whole number")
+    return int(value)
 
 
 class LabelValueError(ValueError):
@@ -45,6 +65,18 @@ class Intensity:
     b_max: float = 1.0
     low_pct: float = 0.5
     high_pct: float = 99.5
+
+    def check(self) -> None:
+        """``ValueError`` for an unknown kind, a non-finite or empty window, or percentiles outside 0..100."""
+        if self.kind not in INTENSITY_KINDS:
+            raise ValueError(f"intensity kind {str(self.kind)[:40]!r} is not one of {', '.join(INTENSITY_KINDS)}")
+        values = (self.a_min, self.a_max, self.b_min, self.b_max, self.low_pct, self.high_pct)
+        if not all(_is_number(v) for v in values):
+            raise ValueError(f"intensity window {[str(v)[:20] for v in values]} must hold finite numbers")
+        if self.a_min >= self.a_max or self.b_min == self.b_max:
+            raise ValueError(f"intensity window [{self.a_min:g}, {self.a_max:g}] -> [{self.b_min:g}, {self.b_max:g}] is empty")
+        if not 0 <= self.low_pct < self.high_pct <= 100:
+            raise ValueError(f"intensity percentiles {self.low_pct:g}..{self.high_pct:g} are not within 0..100")
 
 
 @dataclass(frozen=True)
@@ -114,15 +146,58 @@ class Task:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
-        """Inverse of :meth:`to_dict` (also accepts the JSON form, whose label IDs are strings)."""
+        """Inverse of :meth:`to_dict` (also accepts the JSON form, whose label IDs are strings),
+        validated by :meth:`check` (``ValueError`` naming the field)."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["label_map"] = {int(k): str(v) for k, v in known["label_map"].items()}
-        known["regions"] = {str(n): tuple(int(i) for i in ids) for n, ids in (known.get("regions") or {}).items()}
+        if len(known.get("label_map") or {}) > limit("max_channels"):
+            raise ValueError(f"label_map has {len(known['label_map'])} labels, more than {limit('max_channels')} (--max_channels)")
+        known["label_map"] = {_whole(k, "label_map ID"): v for k, v in known["label_map"].items()}
+        known["regions"] = {str(n): tuple(_whole(i, f"region {n!r} ID") for i in ids)
+                            for n, ids in (known.get("regions") or {}).items()}
         known["intensity"] = Intensity(**known["intensity"])
         for key in ("channel_names", "spacing", "roi", "region_labels"):
             if key in known:
                 known[key] = tuple(known[key])
-        return cls(**known)
+        task = cls(**known)
+        task.check()
+        return task
+
+    def check(self) -> None:
+        """Refuse a task no run could have been trained with (a tampered or corrupt checkpoint): known
+        intensity kind and mode, finite windows, spacings in :data:`SPACING_RANGE_MM`, label IDs below
+        the ignore value and channel counts within ``--max_channels``, before anything is sized from it."""
+        most = limit("max_channels")
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_NAME_CHARS:
+            raise ValueError(f"name {str(self.name)[:40]!r} is not a name")
+        names = [*self.channel_names, *self.label_map.values(), *self.regions]
+        if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names):
+            raise ValueError(f"channel, label and region names must be text of 1..{MAX_NAME_CHARS} characters")
+        if not 1 <= len(self.channel_names) <= most:
+            raise ValueError(f"{len(self.channel_names)} input channels, not within 1..{most} (--max_channels)")
+        if self.mode not in ("softmax", "regions"):
+            raise ValueError(f"mode {str(self.mode)[:40]!r} is not softmax or regions")
+        if not self.label_map or 0 not in self.label_map or min(self.label_map) < 0:
+            raise ValueError("label_map needs background 0 and non-negative IDs")
+        if IGNORE_LABEL in self.label_map:
+            raise ValueError(f"label ID {IGNORE_LABEL} is the ignore value and cannot be a class")
+        if max(self.label_map) + 1 > most:
+            raise ValueError(f"the largest label ID {max(self.label_map)} needs more than {most} output channels (--max_channels)")
+        if self.mode == "regions":
+            if not 1 <= len(self.regions) <= most:
+                raise ValueError(f"{len(self.regions)} regions, not within 1..{most} (--max_channels)")
+            if any(i not in self.label_map for ids in self.regions.values() for i in ids) or \
+                    any(i not in self.label_map for i in self.region_labels):
+                raise ValueError("region IDs and region_labels must be IDs of label_map")
+        if self.ignore_value is not None and not (isinstance(self.ignore_value, int) and 0 <= self.ignore_value <= 65535):
+            raise ValueError(f"ignore_value {str(self.ignore_value)[:40]!r} is not a label value")
+        low, high = SPACING_RANGE_MM
+        if len(self.spacing) != 3 or not all(_is_number(s) and low <= s <= high for s in self.spacing):
+            raise ValueError(f"spacing {list(self.spacing)[:4]} must be 3 spacings within {low:g}..{high:g} mm")
+        if len(self.roi) != 3 or not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= MAX_ROI for r in self.roi):
+            raise ValueError(f"roi {list(self.roi)[:4]} must be 3 sizes within 1..{MAX_ROI}")
+        if not (_is_number(self.infer_overlap) and 0 <= self.infer_overlap < 1):
+            raise ValueError(f"infer_overlap {self.infer_overlap!r} is not within [0, 1)")
+        self.intensity.check()
 
     def with_channels(self, in_channels: int) -> Task:
         """The same task with ``in_channels`` inputs (UKBOB runs on 1 or 4 Dixon channels)."""

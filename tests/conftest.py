@@ -1,10 +1,15 @@
-"""Shared test configuration: GPU tests skip themselves on machines without CUDA, and the
-fault-injection suite prints its summary table at the end of the session."""
+"""Shared test configuration: GPU tests skip themselves on machines without CUDA, the
+fault-injection suite prints its summary table at the end of the session, and irregular data
+(permuted/oblique affines, anisotropic voxels, organs touching at a corner; see tiny.py) is
+offered as fixtures to every module."""
 
 import logging
 
+import numpy as np
 import pytest
 import torch
+
+from tiny import IRREGULAR_AFFINES, corner_touching_labels
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,3 +54,15 @@ def fresh_swinbob_log_level():
     """Entry points run in-process (here or in a module's fixture) set the ``swinbob`` logger's level
     (``--log_level WARNING``); each test starts from the default, so that ``caplog`` sees what it asks for."""
     logging.getLogger("swinbob").setLevel(logging.NOTSET)
+
+
+@pytest.fixture(params=sorted(IRREGULAR_AFFINES))
+def irregular_affine(request) -> np.ndarray:
+    """Each irregular geometry in turn: a sagittal (permuted), an oblique and an anisotropic axial affine."""
+    return IRREGULAR_AFFINES[request.param]
+
+
+@pytest.fixture
+def corner_touching_organs() -> np.ndarray:
+    """A 12^3 label volume whose organs touch at a corner (1), an edge (2), or not at all (3)."""
+    return corner_touching_labels()

@@ -40,7 +40,7 @@ class FaultOutcome:
 INPUTS: list[InputOutcome] = []
 FAULTS: list[FaultOutcome] = []
 CLASSES: dict[str, list[bool]] = {}
-"""Attack classes of tests/test_reliability.py (issue 13): per class, whether each attack was held."""
+"""Attack classes of tests/test_reliability.py: per class, whether each attack was held."""
 
 
 def record_input(category: str, description: str, outcome: str) -> None:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Re-apply each of the seven hand-made mutants of issue 16 in a scratch copy of HEAD, run the test
+# Re-apply each hand-made science mutant (two reviews of seven) in a scratch copy of HEAD, run the test
 # that must catch it, and print the outcome (each line must report failures); the working tree is
 # never touched. Usage: tests/reapply_mutants.sh [python]  (see tests/mutation_equivalents.md)
 set -u
@@ -22,4 +22,12 @@ check swinbob/infer/etta.py 's/    fg_coords = torch.nonzero(fg)$/    fg_coords 
 check swinbob/infer/evaluate.py 's/        if outcome.applied:/        if False:/' "tests/test_etta_end_to_end.py"
 check swinbob/solf/decide.py 's/(blame_l | ~one_sided)/blame_l/; s/(blame_r | ~one_sided)/blame_r/' "tests/test_solf_decide.py"
 check swinbob/train/engine.py 's/train_loader(train_ds, args.batch_size, args.workers, ctx.rank,/train_loader(train_ds, args.batch_size, args.workers, 0,/' "tests/test_train_distributed.py -k own_shard"
-echo "clean:"; $PY -m pytest -q -p no:warnings -p no:cacheprovider tests/test_metrics.py tests/test_train_losses.py tests/test_etta.py tests/test_etta_end_to_end.py tests/test_solf_decide.py tests/test_train_distributed.py -k "not two_gloo" 2>&1 | tail -1
+# the second review: behaviours outside the first mutation scope, each pinned by tests/test_oracles.py
+check swinbob/data/dataset_task.py 's/            ras\[int(target)\] = zooms\[axis\]/            ras[axis] = zooms[axis]/' "tests/test_oracles.py -k median_spacing"
+check swinbob/data/dataset_task.py 's/order = content.get("regions_class_order") or \[\]/order = content.get("regions_class_order") or [max(ids) for ids in region_sets.values()]/' "tests/test_oracles.py -k regions_class_order"
+check swinbob/data/dataset_task.py 's/np.percentile(values, \[0.5, 99.5\])/np.percentile(values, [5, 95])/' "tests/test_oracles.py -k ct_window"
+check swinbob/infer/statistics.py 's/generate_binary_structure(3, 3)/generate_binary_structure(3, 1)/' "tests/test_oracles.py -k touching"
+check swinbob/data/transforms.py 's/        clipped = values.clamp(float(low), float(high))/        clipped = values/' "tests/test_oracles.py -k foreground_zscore"
+check swinbob/viz.py 's/np.flip(plane.T, axis=(0, 1))/np.flip(plane.T, axis=0)/' "tests/test_oracles.py -k gif"
+check swinbob/data/shifts.py 's/order=1, mode="nearest"/order=0, mode="nearest"/' "tests/test_oracles.py -k thick_slices"
+echo "clean:"; $PY -m pytest -q -p no:warnings -p no:cacheprovider tests/test_metrics.py tests/test_train_losses.py tests/test_etta.py tests/test_etta_end_to_end.py tests/test_solf_decide.py tests/test_train_distributed.py tests/test_oracles.py -k "not two_gloo" 2>&1 | tail -1

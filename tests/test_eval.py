@@ -21,7 +21,7 @@ from swinbob.data.inputs import folder_cases
 from swinbob.infer.outputs import regions_to_labels
 from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.tasks import Intensity, get_task
-from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, ras_spacing, to_ras, write_gif
+from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, write_gif
 from tiny import WIDE_ROI, tiny_config
 
 SHAPE = (37, 45, 29)
@@ -259,7 +259,7 @@ def test_gif_has_the_requested_frames_duration_and_panels(tmp_path, with_label):
     path = write_gif(tmp_path / "case.gif", image, labels, labels if with_label else None, NON_RAS,
                      {1: "spleen", 6: "liver"}, GifSettings(frames=12, downsample=2, duration=0.7))
     frames = iio.imread(path, index=None)
-    height, width = panel_shape(to_ras(image, NON_RAS).shape, 2, ras_spacing(NON_RAS))
+    height, width = 133, 105  # RAS 29 x 37 voxels in plane (1.5 mm), halved to 15 x 19, enlarged 7x to >= 128 rows
     assert frames.shape == (12, height, (3 if with_label else 2) * width + LEGEND_WIDTH, 3)
     assert iio.immeta(path)["duration"] == 700
 
@@ -371,7 +371,7 @@ class LowerHalfModel(nn.Module):
 
 
 def test_flip_tta_setting_is_applied_to_the_source_prediction(tmp_path):
-    """Mutation testing (issue 16): `--tta flip` must change what is predicted, not only the summary."""
+    """`--tta flip` must change what is predicted, not only the summary."""
     model, image = LowerHalfModel().eval(), torch.zeros(1, 32, 32, 32)
     plain, _ = predict_case(model, image, settings_for(get_task("btcv"), tmp_path))
     flipped, _ = predict_case(model, image, settings_for(get_task("btcv"), tmp_path, tta="flip", tta_axes=(2,)))
@@ -381,7 +381,7 @@ def test_flip_tta_setting_is_applied_to_the_source_prediction(tmp_path):
 
 
 def test_prediction_files_are_written_for_unlabelled_cases_only_unless_asked(tmp_path):
-    """Mutation testing (issue 16): without ``save_predictions`` a labelled case is only scored and
+    """Without ``save_predictions`` a labelled case is only scored and
     an unlabelled one (nothing to score) still gets its prediction file."""
     labelled = write_btcv_case(tmp_path / "data", "with_label", NON_RAS, 0)
     unlabelled = Case("no_label", labelled.image, None)

@@ -1,7 +1,7 @@
 """The evaluation's optional outputs and its use of flip TTA and of an ETTA outcome, checked by
 what a user reads: probability maps, ``statistics.json``, GIFs, kept or replaced files, and the
-labels pasted from an adaptation (issue 16: these were the surviving mutants of ``predict_case``,
-``predict_case_outputs`` and ``evaluate_case``; tests/mutation_equivalents.md lists the rest).
+labels pasted from an adaptation (they kill mutants of ``predict_case``, ``predict_case_outputs``
+and ``evaluate_case``; tests/mutation_equivalents.md lists the equivalent survivors).
 
 Models are oracles or fixed-logit modules, so every expected value is exact."""
 
@@ -25,7 +25,7 @@ from swinbob.infer.evaluate import ETTA, NO_ETTA, Case, EvalSettings, predict_ca
 from swinbob.infer.window import predict_logits
 from swinbob.data.transforms import DataConfig
 from swinbob.tasks import Intensity, Task, get_task
-from swinbob.viz import GifSettings, write_gif
+from swinbob.viz import LEGEND_WIDTH, GifSettings, class_colour
 
 VOXEL_ML = 1.5 * 1.5 * 2.0 / 1000.0  # NON_RAS spacing
 GIF = GifSettings(frames=3, downsample=2, duration=0.1)
@@ -81,6 +81,7 @@ def test_probability_maps_are_on_the_input_grid_and_give_the_written_labels(perf
         written = nib.load(out / "probabilities" / f"{name}.nii.gz")
         probs = np.asarray(written.dataobj)
         assert written.shape == (*SHAPE, 14) and written.get_data_dtype() == np.float32
+        assert written.header.get_xyzt_units()[0] == "mm"  # spacing in mm, as the labels
         assert np.array_equal(written.affine, NON_RAS)
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)  # softmax channels, everywhere
         assert np.array_equal(probs.argmax(-1), truth)
@@ -111,19 +112,42 @@ def test_statistics_describe_the_primary_prediction_in_ml_hu_and_voxels(perfect_
     assert present == 4
 
 
-def test_gifs_show_the_prediction_and_the_ground_truth_when_there_is_one(perfect_run, tmp_path):
+def test_gifs_show_the_prediction_and_the_ground_truth_when_there_is_one(perfect_run):
     case, out = perfect_run
-    tmp_path = tmp_path / "expected"
-    tmp_path.mkdir()
-    image, truth = _array(case.image[0]), _array(case.label)
-    names = dict(get_task("btcv").label_map)
-    widths = []
-    for name, label in (("labelled", truth), ("unlabelled", None)):
-        expected = iio.imread(write_gif(tmp_path / f"{name}.gif", image, truth, label, NON_RAS, names, GIF), index=None)
-        written = iio.imread(out / "gifs" / f"{name}.gif", index=None)
-        assert written.shape == expected.shape and np.array_equal(written, expected)
-        widths.append(written.shape[2])
-    assert written.shape[0] == GIF.frames and widths[0] > widths[1]  # a ground-truth panel only with a label
+    present = [int(c) for c in np.unique(_array(case.label)) if c > 0]
+    labelled = iio.imread(out / "gifs" / "labelled.gif", index=None)[..., :3].astype(int)
+    unlabelled = iio.imread(out / "gifs" / "unlabelled.gif", index=None)[..., :3].astype(int)
+    assert labelled.shape[0] == unlabelled.shape[0] == GIF.frames
+    width = labelled.shape[2] - unlabelled.shape[2]  # a ground-truth panel only with a label
+    assert width > 0 and labelled.shape[2] == 3 * width + LEGEND_WIDTH and unlabelled.shape[2] == 2 * width + LEGEND_WIDTH
+    below = slice(16, None)  # under the panel titles
+    image, prediction, truth = (labelled[:, below, k * width:(k + 1) * width] for k in range(3))
+    assert np.abs(prediction - truth).max() <= 8  # a perfect model: the prediction panel is the ground truth's
+    assert np.abs(unlabelled[:, below, :2 * width] - labelled[:, below, :2 * width]).max() <= 8
+    overlay = np.abs(prediction - image).max(-1) > 24
+    assert overlay.sum() > 100 and not (np.abs(truth - image).max(-1) > 24)[~overlay].any()
+    # each overlaid pixel is half the grey image and half the colour of a class of the label
+    colours = np.asarray([class_colour(c) for c in present])
+    blended = 2 * prediction[overlay] - image[overlay]
+    nearest = np.abs(blended[:, None, :] - colours[None]).max(-1).min(-1)
+    assert np.mean(nearest <= 40) > 0.95
+    # and where the subject has it: an organ right (+x) of the body's centre is left of the panel's centre,
+    # an anterior (+y) one above it (world coordinates from the affine, not from the GIF's own reorientation)
+    labels = _array(case.label)
+    world = nib.affines.apply_affine(NON_RAS, np.argwhere(labels >= 0)).reshape(*labels.shape, 3)
+    centre = world.reshape(-1, 3).mean(0)
+    nearest_class = np.abs(blended[:, None, :] - colours[None]).max(-1).argmin(-1)
+    frame_rows, frame_cols = np.nonzero(overlay)[1:]
+    checked = 0
+    for k, label in enumerate(present):
+        shown = nearest_class == k
+        offset = world[labels == label].mean(0) - centre
+        if shown.sum() < 20 or min(abs(offset[0]), abs(offset[1])) < 3:
+            continue
+        checked += 1
+        assert np.sign(width / 2 - frame_cols[shown].mean()) == np.sign(offset[0]), label
+        assert np.sign((image.shape[1] + 16) / 2 - 16 - frame_rows[shown].mean()) == np.sign(offset[1]), label
+    assert checked >= 1
 
 
 def test_statistics_follow_the_label_map_and_probabilities_are_written_only_when_asked(tmp_path):

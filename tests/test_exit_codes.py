@@ -48,6 +48,7 @@ TABLE = [
     (TRAIN + EVALUATE, ["--roi_x=64"], "--roi_x, --roi_y, --roi_z"),
     (TRAIN + EVALUATE, ["--json_list=BAD_JSON"], "bad.json"),
     (TRAIN + EVALUATE, ["--task=auto", "--json_list=NO_LABELS"], "'labels'"),
+    (TRAIN, ["--task=auto", "--json_list=NO_REGION_ORDER"], "'regions_class_order'"),  # evaluation: the checkpoint's order
     (EVALUATE, ["--json_list=TWO_CHANNELS"], "two_channels.json"),
     (EVALUATE + PREDICT, ["MODEL=missing.pt"], "missing.pt"),
     (EVALUATE + PREDICT, ["MODEL=garbage.pt"], "garbage.pt"),
@@ -72,13 +73,16 @@ def world(tmp_path_factory):
     (root / "bad.json").write_text("{not json")
     (root / "no_labels.json").write_text(json.dumps({k: v for k, v in content.items() if k != "labels"}))
     (root / "two_channels.json").write_text(json.dumps({**content, "channel_names": {"0": "T1", "1": "T2"}}))
+    regions = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "inner": 3}  # nnU-Net needs their write order
+    (root / "no_region_order.json").write_text(json.dumps({**content, "labels": regions}))
     (root / "images").mkdir()
     return root
 
 
 def _argv(entry: str, flags: list[str], root: Path, out: Path) -> list[str]:
     data = root / "data"
-    files = {"BAD_JSON": root / "bad.json", "NO_LABELS": root / "no_labels.json", "TWO_CHANNELS": root / "two_channels.json"}
+    files = {"BAD_JSON": root / "bad.json", "NO_LABELS": root / "no_labels.json", "TWO_CHANNELS": root / "two_channels.json",
+             "NO_REGION_ORDER": root / "no_region_order.json"}
     model, inputs, rest = root / "models" / "model.pt", root / "images", []
     for flag in flags:
         if flag.startswith("MODEL="):

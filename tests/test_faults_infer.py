@@ -239,7 +239,7 @@ def test_evaluation_killed_while_writing_a_prediction_leaves_no_partial_file_and
     record_fault("evaluation SIGKILLed between writing and renaming a prediction, then rerun",
                  survived=names == complete == ["img0001.nii.gz", "img0002.nii.gz", "img0003.nii.gz"],
                  data_lost=3 - len(complete))
-    assert "img0001: predictions exist, skipped" in caplog.text
+    assert "img0001: outputs exist, skipped" in caplog.text
     assert names == complete == ["img0001.nii.gz", "img0002.nii.gz", "img0003.nii.gz"]
 
 

@@ -13,7 +13,7 @@ only checked to stop with a loadable, resumable ``last.pt``: 2 ranks do not trai
 
 Faults that kill or signal the trainer run it in a subprocess started as ``python
 tests/test_faults_train.py FAULT TRAIN_ARGS``: the fault is installed there by patching, so the
-library carries no test hooks. Resumes run in-process (``swinbob.train.engine.main``).
+library carries no test hooks. Resumes run in-process (``swinbob.train.cli.main``).
 """
 
 from __future__ import annotations

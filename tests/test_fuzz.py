@@ -1,8 +1,9 @@
 """Property-based fuzzing (Hypothesis) of what strangers hand the toolkit: datalists, NIfTI
 headers, checkpoint model configs and label maps. Every generated input must be either accepted
 or refused with the toolkit's own error type (a one-line message), never an uncaught exception,
-and nothing accepted may exceed the resource limits. 720 generated inputs per run, derandomized
-so CI is reproducible; the CI profile takes well under a minute on two cores."""
+and nothing accepted may exceed the resource limits. 1,370 generated inputs per run (dataset.json
+tasks, checkpoint task_specs, label tables and environment limits among them), derandomized
+so CI is reproducible; the CI profile takes well under a minute."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from swinbob.errors import ConfigError
 from swinbob.infer.cli import parse_label_map
 from swinbob.infer.model_loading import stored_task
 from swinbob.files import NiftiError, load_nifti_header, read_nifti
-from swinbob.limits import limit
+from swinbob.data.dataset_task import DatasetJsonError, parse_channels, parse_labels
+from swinbob.labels import IGNORE_LABEL
+from swinbob.limits import LimitError, limit
+from swinbob.solf.labelsets import LabelSetError, _labels_from_csv, labels_from_mapping
 from swinbob.data.loaders import DatalistError, load_splits
 from swinbob.model import ModelConfig
 from swinbob.tasks import get_task
@@ -174,11 +178,90 @@ def test_any_stored_task_is_rebuilt_or_refused_with_a_checkpoint_error(stored):
         pass
 
 
+label_values = st.one_of(st.integers(-3, 300), st.sampled_from([0, 1, 254, 255, 256, 10**9, 2**63]), st.booleans(),
+                         st.floats(allow_nan=True, allow_infinity=True), st.text(string.digits + "-.e", max_size=6),
+                         st.lists(st.integers(-1, 300), max_size=3), json_values)
+label_blocks = st.one_of(
+    json_values,
+    st.dictionaries(st.text(string.ascii_letters + "_", min_size=1, max_size=10), label_values, max_size=6),
+    st.dictionaries(st.integers(0, 300).map(str), st.one_of(st.text(max_size=12), json_values), max_size=6))
+
+
+@settings(FUZZ, max_examples=200)
+@given(labels=label_blocks, order=st.one_of(st.nothing(), json_values, st.lists(label_values, max_size=3)),
+       channels=st.one_of(json_values, st.dictionaries(st.integers(-1, 3).map(str), st.text(max_size=6), max_size=3)))
+def test_any_dataset_json_task_is_parsed_within_limits_or_refused(labels, order, channels):
+    _count("dataset.json task")
+    content = {"labels": labels, "channel_names": channels, **({"regions_class_order": order} if order is not None else {})}
+    try:
+        parsed = parse_labels(content)
+        parse_channels(content)
+    except DatasetJsonError as exc:
+        assert "\n" not in str(exc)
+        return
+    label_map = parsed["label_map"]
+    assert all(type(k) is int and 0 <= k for k in label_map) and 0 in label_map
+    assert IGNORE_LABEL not in label_map or parsed["ignore_value"] == IGNORE_LABEL
+    assert max(label_map) + 1 <= limit("max_channels") and all(type(o) is int for o in parsed["region_labels"])
+
+
+spec_fields = st.sampled_from(["name", "channel_names", "label_map", "mode", "spacing", "intensity", "roi", "regions",
+                               "region_labels", "ignore_value", "infer_overlap"])
+spec_values = st.one_of(json_values, st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=3, max_size=3),
+                        st.fixed_dictionaries({"kind": st.sampled_from(["window", "zscore_nonzero", "evil", ""])},
+                                              optional={"a_min": label_values, "a_max": label_values, "b_min": label_values}),
+                        st.dictionaries(st.integers(0, 2**31).map(str), st.text(max_size=8), max_size=4))
+
+
+@settings(FUZZ, max_examples=200)
+@given(changes=st.dictionaries(spec_fields, spec_values, max_size=3))
+def test_any_checkpoint_task_spec_is_a_valid_task_or_a_checkpoint_error(changes):
+    _count("checkpoint task_spec")
+    spec = {**get_task("btcv").to_dict(), **changes}
+    try:
+        task = stored_task({"task_spec": spec})
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+        return
+    task.check()  # what was accepted is a task a run could use, sized within the limits
+    assert task.out_channels <= limit("max_channels") and all(0.01 <= s <= 100 for s in task.spacing)
+
+
+@settings(FUZZ, max_examples=150)
+@given(block=label_blocks, csv_text=st.text(string.printable + "\0é", max_size=60), as_csv=st.booleans())
+def test_any_label_table_is_a_solf_table_or_a_label_set_error(block, csv_text, as_csv):
+    _count("label table")
+    try:
+        table = _labels_from_csv(csv_text, "t.csv") if as_csv else labels_from_mapping(block, "t.json")
+    except LabelSetError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert table[0] == "background" and all(type(k) is int and 0 <= k < IGNORE_LABEL for k in table)
+    assert all(isinstance(n, str) and n and len(n) <= 1024 and n.isprintable() for k, n in table.items() if k)
+
+
+@settings(FUZZ, max_examples=100)
+@given(value=st.one_of(st.text(max_size=8), st.integers(-10, 10**12).map(str), st.floats().map(str)))
+def test_any_environment_limit_is_a_whole_number_or_an_error_naming_the_variable(value):
+    _count("environment limit")
+    with pytest.MonkeyPatch.context() as patch:
+        try:
+            patch.setenv("SWINBOB_MAX_VOXELS", value)
+        except ValueError:  # a NUL byte cannot be in the environment at all
+            return
+        try:
+            got = limit("max_voxels")
+        except LimitError as exc:
+            assert "SWINBOB_MAX_VOXELS" in str(exc)
+            return
+    assert type(got) is int and got >= 1
+
+
 def test_fuzz_inputs_are_counted_in_the_fault_report():
     """Runs last in this module: one report row per fuzzed consumer, with the count generated."""
     if not COUNTS:
-        pytest.skip("the fuzz tests did not run in this session")
+        pytest.skip("the fuzz tests did not run in this run")
     for kind, count in sorted(COUNTS.items()):
         record_input("fuzzed (Hypothesis)", f"{count} generated {kind}s", "none raised an uncaught exception")
-    assert sum(COUNTS.values()) >= 500 or len(COUNTS) < 5
+    assert sum(COUNTS.values()) >= 500 or len(COUNTS) < 9
 

@@ -44,7 +44,7 @@ def _launch_two_nodes(cohort: Path, logdir: Path, *extra: str) -> list[subproces
     port, job = _free_port(), uuid.uuid4().hex[:8]
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{port}", f"--rdzv_id={job}", "--max_restarts=0",
-               "-m", "swinbob.train.engine", f"--json_list={cohort / 'dataset.json'}", f"--data_dir={cohort}",
+               "-m", "swinbob.train.cli", f"--json_list={cohort / 'dataset.json'}", f"--data_dir={cohort}",
                f"--logdir={logdir}", *TRAIN, *extra]
     return [subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]

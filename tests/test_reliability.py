@@ -1,4 +1,4 @@
-"""Reliability, round two: one test per attack of issue 13 that went wrong, by class.
+"""Reliability under attack: one test per attack class that once went wrong.
 
 1 stale cached training data · 2 transient SOLF failures remembered as permanent · 3 two runs in
 one output folder · 4 SOLF workers orphaned by a SIGTERM · 5 resources spent on untrusted files ·
@@ -76,7 +76,7 @@ CLASS_OF = {
     "test_a_legal_long_file_name_is_written_despite_its_longer_temporary_name": "8 silent skips and coercions",
     "test_links_fifos_and_analyze_pairs_in_an_input_dir_are_named": "8 silent skips and coercions",
 }
-"""Each test's attack class (issue 13), for the class table of the fault report."""
+"""Each test's attack class, for the class table of the fault report."""
 
 
 @pytest.fixture(autouse=True)

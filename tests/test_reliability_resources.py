@@ -1,4 +1,4 @@
-"""Reliability, round two, classes 5 and 6 (see test_reliability.py): resources spent on untrusted
+"""Reliability under attack, classes 5 and 6 (see test_reliability.py): resources spent on untrusted
 files, quadratic evaluation bookkeeping. Each test records its attack in the fault report."""
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def test_all_features_equal_the_naive_per_organ_loop_of_the_benchmark(monkeypatc
     assert_same(measure_organs(label, affine, images, CHANNELS), naive_features(label, affine, images))
 
 
-# Mutation-testing follow-up (issue 16): exact messages, dtypes and edge volumes the tests above
+# From mutation testing: exact messages, dtypes and edge volumes the tests above
 # did not pin down. Survivors that cannot change a result are in tests/mutation_equivalents.md.
 
 @pytest.mark.parametrize("data, message", [

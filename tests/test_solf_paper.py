@@ -143,3 +143,15 @@ def test_body_masks_give_the_body_volume_and_a_mismatched_mask_fails_the_scan(tm
     assert table.columns["body_volume_mm3"].tolist() == [8**3 * 12.0]
     assert organ_filtering_entry(["--input_dir", str(tmp_path / "labels"), "--output_dir", str(tmp_path / "out"),
                                   "--body_dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_body_volume_is_the_label_union_unless_a_positive_finite_body_mask_was_measured():
+    from swinbob.solf.paper import body_volume, paper_features
+
+    columns = {"case_index": np.array([0, 0, 1, 2, 2, 3, 4, 5]), "volume_mm3": np.array([10.0, 30, 7, 1, 2, 5, 6, 8]),
+               "sphericity": np.full(8, 0.5), "eccentricity": np.full(8, 0.3)}
+    table = FeatureTable([f"scan_{i}" for i in range(6)], columns, [], [])
+    assert body_volume(table).tolist() == [40, 40, 7, 3, 3, 5, 6, 8]  # each scan's sum of label volumes, by hand
+    columns["body_volume_mm3"] = np.array([100.0, 100, np.nan, 0, 0, -5, np.inf, 0.5])  # only 100 and 0.5 are usable
+    assert body_volume(table).tolist() == [100, 100, 7, 3, 3, 5, 6, 0.5]
+    assert paper_features(table)["normalised_volume"].tolist() == pytest.approx([0.1, 0.3, 1, 1 / 3, 2 / 3, 1, 1, 16])

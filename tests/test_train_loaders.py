@@ -168,7 +168,7 @@ def test_ranks_draw_disjoint_batches_of_equal_count_each_epoch(size):
         assert {index for _, index in drawn} == set(range(size))
 
 
-# --- Sampler edges and defaults (mutation survivors of issue 16) ---
+# --- Sampler edges and defaults (from mutation testing) ---
 
 def test_epoch_sampler_rejects_no_cases_and_a_rank_outside_the_world():
     assert EpochSampler(1).size == 1  # one case is enough

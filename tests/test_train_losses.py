@@ -166,7 +166,7 @@ def test_train_step_skips_a_nan_loss_without_touching_weights_or_optimizer():
 
 
 def test_classes_absent_from_a_patch_add_no_constant_to_the_dice_term():
-    """73 outputs, 3 classes present, near-perfect logits: Dice term ~0, not 70/73 (issue 12's loss floor)."""
+    """73 outputs, 3 classes present, near-perfect logits: Dice term ~0, not 70/73 (the loss floor absent classes would add)."""
     target = torch.zeros(1, 1, 8, 8, 8)
     target[:, :, :4], target[:, :, 4:6] = 5, 2
     onehot = torch.nn.functional.one_hot(target[:, 0].long(), 73).movedim(-1, 1).float()
@@ -187,7 +187,7 @@ def test_classes_absent_from_a_patch_add_no_constant_to_the_dice_term():
 
 
 def test_validation_mean_dice_averages_only_classes_present_in_label_or_prediction():
-    """Issue 12: absent classes must not drag the mean (0.37 for two classes at 0.92); a stray
+    """Absent classes must not drag the mean (0.37 for two classes at 0.92); a stray
     predicted voxel of a class absent from the label does count, as a 0."""
     import dataclasses
 

@@ -1,8 +1,8 @@
 """End-to-end training runs on synthetic cohorts with a tiny Swin-UNETR (feature_size 12).
 
 A 32x32x64 ROI is the smallest that trains: at 32^3 the bottleneck is one voxel, which instance
-normalisation refuses in training mode. Runs use one CPU thread per process: on a shared 2-core
-machine two threads per process cost more in contention than they gain.
+normalisation refuses in training mode. Runs use one CPU thread per process: on a small CI machine
+two threads per process cost more in contention than they gain.
 """
 
 import logging

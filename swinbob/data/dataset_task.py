@@ -24,7 +24,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from swinbob.files import read_nifti
+from swinbob.files import read_bounded_text, read_nifti
+from swinbob.limits import limit
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
 
@@ -35,6 +36,10 @@ VOXELS_PER_CASE = 10_000
 """Foreground voxels sampled per case for the CT intensity statistics (seeded)."""
 
 
+MAX_NAME_CHARS = 1024
+"""Longest label name accepted (file names built from it are shortened: :func:`swinbob.files.safe_name`)."""
+
+
 class DatasetJsonError(ValueError):
     """A dataset.json that cannot define a task; the message names the file and the field."""
 
@@ -42,22 +47,48 @@ class DatasetJsonError(ValueError):
 def read_dataset_json(path: str | Path) -> dict[str, Any]:
     """The parsed dataset.json at ``path`` (a :class:`DatasetJsonError` naming it otherwise)."""
     try:
-        content = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        content = json.loads(read_bounded_text(path, "dataset.json"))
+    except (OSError, ValueError) as exc:  # unreadable, too large, not UTF-8, not JSON
         raise DatasetJsonError(f"{path}: cannot read dataset.json ({exc})") from exc
     if not isinstance(content, dict):
         raise DatasetJsonError(f"{path}: dataset.json must hold a JSON object")
     return content
 
 
-def _int(value: Any, path: str | Path, what: str) -> int:
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int(value: Any, path: str | Path, what: str, field: str = "labels") -> int:
+    """A label value: a non-negative integer (``true``, ``1.5``, ``1e999`` or ``"x"`` are one-line errors)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DatasetJsonError(f"{path}: '{field}': {_shown(what)} {_shown(value)} is not an integer label value")
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise DatasetJsonError(f"{path}: 'labels': {what} {value!r} is not an integer label value") from None
-    if number < 0 or number != float(value):
-        raise DatasetJsonError(f"{path}: 'labels': {what} {value!r} is not a non-negative integer")
+        exact = number == float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DatasetJsonError(f"{path}: '{field}': {_shown(what)} {_shown(value)} is not an integer label value") from None
+    if number < 0 or not exact:
+        raise DatasetJsonError(f"{path}: '{field}': {_shown(what)} {_shown(value)} is not a non-negative integer")
     return number
+
+
+def _check_classes(label_map: Mapping[int, str], ignore_value: int | None, path: str | Path) -> None:
+    """Class IDs become output channels (the largest ID + 1): 255, SOLF's ignore value, is never a class,
+    and the largest ID stays within ``--max_channels``, before anything is sized from it."""
+    for number, name in label_map.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetJsonError(f"{path}: 'labels': label {number} has the name {_shown(name)}; names are non-empty text")
+        if len(name) > MAX_NAME_CHARS:
+            raise DatasetJsonError(f"{path}: 'labels': the name of label {number} has {len(name)} characters "
+                                   f"(at most {MAX_NAME_CHARS})")
+    if IGNORE_LABEL in label_map and ignore_value != IGNORE_LABEL:
+        raise DatasetJsonError(f"{path}: 'labels': {IGNORE_LABEL} ({_shown(label_map[IGNORE_LABEL])}) is the ignore value "
+                               "of cleaned labels and cannot be a class; renumber it")
+    if label_map and max(label_map) + 1 > (most := limit("max_channels")):
+        raise DatasetJsonError(f"{path}: 'labels': the largest label {max(label_map)} needs {max(label_map) + 1} output "
+                               f"channels, more than {most} (--max_channels)")
 
 
 def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") -> dict[str, Any]:
@@ -69,8 +100,14 @@ def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") 
     labels = content.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise DatasetJsonError(f"{path}: 'labels' must be a non-empty object, e.g. {{\"0\": \"background\", \"1\": \"liver\"}}")
+    if len(labels) > (most := limit("max_channels")):
+        raise DatasetJsonError(f"{path}: 'labels' has {len(labels)} entries, more than {most} (--max_channels)")
     decathlon = all(re.fullmatch(r"\d+", str(k)) for k in labels)
-    named: dict[str, Any] = {str(v): int(k) for k, v in labels.items()} if decathlon else dict(labels)
+    if decathlon:
+        for key, name in labels.items():
+            if not isinstance(name, str):
+                raise DatasetJsonError(f"{path}: 'labels': label {key} has the name {_shown(name)}; Decathlon names are text")
+    named: dict[str, Any] = {str(v): _int(k, path, "ID") for k, v in labels.items()} if decathlon else dict(labels)
     ignore = named.pop("ignore", None)
     ignore_value = None if ignore is None else _int(ignore, path, "ignore")
     regions = {name: ids for name, ids in named.items() if isinstance(ids, (list, tuple))}
@@ -89,12 +126,16 @@ def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") 
         raise DatasetJsonError(f"{path}: 'labels' has no background (value 0)")
     if ignore_value is not None and ignore_value in label_map:
         raise DatasetJsonError(f"{path}: 'labels': the ignore value {ignore_value} is also the label {label_map[ignore_value]!r}")
+    _check_classes(label_map, ignore_value, path)
     region_sets = {n: tuple(_int(v, path, n) for v in (ids if isinstance(ids, (list, tuple)) else [ids]))
                    for n, ids in named.items() if n != label_map.get(0)} if regions else {}
-    order = content.get("regions_class_order") or [max(ids) for ids in region_sets.values()]
-    if regions and len(order) != len(region_sets):
+    order = content.get("regions_class_order") or []  # no default: task_from_dataset requires it for regions
+    if not isinstance(order, (list, tuple)):
+        raise DatasetJsonError(f"{path}: 'regions_class_order' must be a list of labels, one per region, got {_shown(order)}")
+    order = [_int(o, path, "entry", "regions_class_order") for o in order]
+    if regions and order and len(order) != len(region_sets):
         raise DatasetJsonError(f"{path}: 'regions_class_order' needs one label per region ({len(region_sets)})")
-    return {"label_map": label_map, "regions": region_sets, "region_labels": tuple(int(o) for o in order),
+    return {"label_map": label_map, "regions": region_sets, "region_labels": tuple(order),
             "ignore_value": ignore_value}
 
 
@@ -147,6 +188,9 @@ def ct_intensity(entries: Sequence[Mapping[str, Any]], seed: int = 0) -> Intensi
         raise DatasetJsonError("CT intensity statistics: no foreground voxel in the training labels")
     values = np.concatenate(samples).astype(np.float64)
     low, high = np.percentile(values, [0.5, 99.5])
+    if not high > low:  # a window of zero width would divide by zero in every scan
+        raise DatasetJsonError(f"CT intensity statistics: the training foreground is constant ({low:g}); "
+                               "give the window with --a_min/--a_max")
     clipped = np.clip(values, low, high)
     mean, std = float(clipped.mean()), max(float(clipped.std()), 1e-8)
     return Intensity("window", a_min=float(low), a_max=float(high), b_min=(low - mean) / std, b_max=(high - mean) / std)
@@ -184,6 +228,9 @@ def task_from_dataset(
     median spacing and CT statistics when ``spacing``/``window`` are not given."""
     content = read_dataset_json(path)
     labels = parse_labels(content, path)
+    if labels["regions"] and not labels["region_labels"]:  # no order is right for every nesting (nnU-Net refuses too)
+        raise DatasetJsonError(f"{path}: region labels need 'regions_class_order', the label each region writes "
+                               f"(later regions over earlier ones, as nnU-Net), e.g. [1, 2, 3] for {list(labels['regions'])}")
     channels = parse_channels(content, path)
     intensity = modality_intensity(channels, window)
     if intensity is None:

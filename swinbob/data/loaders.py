@@ -8,6 +8,8 @@ label values the task cannot represent), so a multi-day UKBOB run never dies hou
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import itertools
 import json
 import logging
@@ -26,9 +28,10 @@ from monai.utils import MAX_SEED
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
+from swinbob.data.nnunet_raw import RawDatasetError
 from swinbob.data.transforms import case_name, load_datalist
 from swinbob.files import (
-    NiftiError, atomic_write_text, check_finite, file_identity, load_nifti_header, read_nifti, same_grid,
+    NiftiError, atomic_write_text, check_finite, check_resampled_size, file_identity, load_nifti_header, read_nifti, same_grid,
 )
 from swinbob.tasks import LabelValueError, Task
 
@@ -56,15 +59,20 @@ def load_splits(
     data_dir: str | os.PathLike,
     fold: int | None = None,
     allow_absolute: bool = False,
+    splits: str | os.PathLike | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training and validation entries of a Decathlon datalist (``fold`` selects BraTS folds).
+    """Training and validation entries of a Decathlon datalist (``fold`` selects BraTS folds), or
+    of an nnU-Net v2 raw folder (``fold`` of ``splits``, see :mod:`swinbob.data.nnunet_raw`).
 
     Any problem reading the list itself (not found, bad JSON, a path escaping ``data_dir``)
-    becomes a :class:`DatalistError` so that the caller has one error type to report.
+    becomes a :class:`DatalistError` so that the caller has one error type to report; the raw
+    folder's problems (missing or extra channel and label files) are listed one by one.
     """
     try:
-        train = load_datalist(json_list, data_dir, "training", fold, allow_absolute)
-        val = load_datalist(json_list, data_dir, "validation", fold, allow_absolute)
+        train = load_datalist(json_list, data_dir, "training", fold, allow_absolute, splits)
+        val = load_datalist(json_list, data_dir, "validation", fold, allow_absolute, splits)
+    except RawDatasetError as exc:
+        raise DatalistError(exc.problems, source=exc.source) from exc
     except (OSError, ValueError) as exc:
         raise DatalistError([str(exc)], source=str(json_list)) from exc
     if not train:
@@ -103,13 +111,15 @@ def _image_grid(path: str, read_data: bool) -> tuple[tuple[int, ...], np.ndarray
     return shape, affine
 
 
-def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True, read_images: bool = True) -> list[str]:
+def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = True, read_images: bool = True,
+                   spacing: Sequence[float] | None = None) -> list[str]:
     """Every problem of one datalist entry, as messages that name the file.
 
     Images are read in full (``read_images``: NaN/Inf voxels and truncated data are found now,
     not hours into training) or checked from their headers only (exists, readable, sane
     affine). Labels are always read in full because their values must be checked
     (``task.check_label_values``). All images and the label must share one grid (shape and affine).
+    With ``spacing``, each image's size once resampled to it must stay within ``--max_voxels``.
     """
     problems: list[str] = []
     grids: list[tuple[str, tuple, np.ndarray]] = []
@@ -118,6 +128,8 @@ def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = T
     for path in images:
         try:
             shape, affine = _image_grid(path, read_images)
+            if spacing is not None:
+                check_resampled_size(path, shape, affine, spacing)
         except NiftiError as exc:
             problems.append(str(exc))
             continue
@@ -142,14 +154,15 @@ def entry_problems(entry: Mapping[str, Any], task: Task, require_label: bool = T
 
 
 def check_datalist(
-    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4, read_images: bool = True
+    entries: Sequence[Mapping[str, Any]], task: Task, require_label: bool = True, workers: int = 4, read_images: bool = True,
+    spacing: Sequence[float] | None = None,
 ) -> list[str]:
     """Problems of all ``entries`` (empty when usable), checked in parallel threads (see :func:`entry_problems`).
 
     Threads suffice: the work is file I/O and zlib, both of which release the GIL.
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = pool.map(lambda e: entry_problems(e, task, require_label, read_images), entries)
+        found = pool.map(lambda e: entry_problems(e, task, require_label, read_images, spacing), entries)
         return [problem for problems in found for problem in problems]
 
 
@@ -168,9 +181,10 @@ def make_dataset(
     """In-memory ``CacheDataset`` (default), on-disk ``PersistentDataset`` or plain ``Dataset``.
 
     Caches hold the output of the deterministic preprocessing only; random augmentation runs
-    on every access. The persistent cache key includes the transform chain and each file's identity
-    (:func:`identity_hash`), so neither changing e.g. the spacing nor replacing a file in place
-    ever silently reuses stale volumes.
+    on every access. The persistent cache key includes every setting of the deterministic transform
+    chain (:func:`transform_hash`) and each file's identity (:func:`identity_hash`), so neither
+    changing e.g. the spacing or the intensity window nor replacing a file in place ever silently
+    reuses stale volumes.
     """
     data = list(entries)
     if use_normal_dataset:
@@ -178,7 +192,9 @@ def make_dataset(
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         note_changed_files(data, Path(cache_dir))
-        return PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=identity_hash, hash_transform=json_hashing)
+        dataset = PersistentDataset(data, transform, cache_dir=cache_dir, hash_func=identity_hash, hash_transform=transform_hash)
+        note_new_preprocessing(data, dataset.transform_hash, Path(cache_dir))
+        return dataset
     return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=max(1, workers), progress=False)
 
 
@@ -194,6 +210,70 @@ def identity_hash(entry: Mapping[str, Any]) -> bytes:
     datalist check read the new file: training silently used stale labels.
     """
     return json_hashing({"entry": dict(entry), "files": {p: file_identity(p) for p in _entry_files(entry)}})
+
+
+def describe(obj: Any, depth: int = 0, seen: frozenset[int] = frozenset()) -> Any:
+    """A JSON-able, process-independent description of ``obj``'s content (the settings a transform holds).
+
+    MONAI's own transform hash falls back to the transforms' class names as soon as one attribute
+    is not JSON-serialisable (a tuple of floats inside ``Spacing``, an ``Enum``), so two runs with
+    other ``--space_*`` or ``--a_min`` shared one cache entry. This walks objects' attributes
+    instead; memory addresses never enter (unknown leaves are described by their type's name).
+    """
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, enum.Enum):
+        return [type(obj).__qualname__, describe(obj.value, depth + 1, seen)]
+    if isinstance(obj, (np.generic,)):
+        return describe(obj.item(), depth + 1, seen)
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        array = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
+        if array.size <= 4096 and array.dtype.kind in "biuf":
+            return {"array": str(array.dtype), "values": [describe(v) for v in array.ravel().tolist()], "shape": list(array.shape)}
+        return {"array": str(array.dtype), "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
+    if isinstance(obj, (type, torch.dtype, np.dtype)):
+        return str(obj)
+    if callable(obj) and hasattr(obj, "__qualname__") and not hasattr(obj, "__dict__") or isinstance(obj, type(describe)):
+        return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+    if depth > 8 or id(obj) in seen:
+        return type(obj).__qualname__
+    seen = seen | {id(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): describe(v, depth + 1, seen) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [describe(v, depth + 1, seen) for v in items]
+    fields = getattr(obj, "__dict__", None)
+    if isinstance(fields, dict):
+        return {"type": f"{type(obj).__module__}.{type(obj).__qualname__}",
+                **{k: describe(v, depth + 1, seen) for k, v in sorted(fields.items()) if k not in _VOLATILE}}
+    return type(obj).__qualname__
+
+
+_VOLATILE = frozenset({"R", "_lazy", "lazy", "_do_transform", "overrides"})
+"""Attributes that hold run state (random generators, lazy-execution switches), not preprocessing settings."""
+
+
+def transform_hash(transforms: Any) -> bytes:
+    """Persistent-cache key of a transform chain, from every setting its transforms hold (:func:`describe`)."""
+    return json_hashing(describe(transforms))
+
+
+def note_new_preprocessing(entries: Sequence[Mapping[str, Any]], key: str, cache_dir: Path) -> int:
+    """Log once when ``cache_dir`` holds volumes of these ``entries`` preprocessed with other settings
+    (cache files are named entry key + preprocessing key: those are not used, the entries are
+    preprocessed again); returns how many entries are cached only under other settings."""
+    other = 0
+    for entry in entries:
+        stem = identity_hash(entry).decode()
+        cached = [p.name for p in cache_dir.glob(f"{stem}*.pt")]
+        other += bool(cached) and f"{stem}{key}.pt" not in cached
+    if other:
+        log.warning("--cache_dir %s: %d volume(s) were cached with other preprocessing settings (spacing, intensity "
+                    "window, crop, task ...); they are preprocessed again under the new settings", cache_dir, other)
+    return other
 
 
 CACHE_MANIFEST = "file_identities.json"

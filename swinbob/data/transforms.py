@@ -21,7 +21,10 @@ from monai import transforms as T
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 
-from swinbob.files import NiftiError, check_finite, load_nifti_header, nifti_stem, resolve_inside
+from swinbob.data.nnunet_raw import is_raw_dataset, raw_entries
+from swinbob.files import (
+    NiftiError, check_finite, check_resampled_size, load_nifti_header, nifti_stem, read_bounded_text, resolve_inside,
+)
 from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
 
@@ -96,21 +99,30 @@ def load_datalist(
     split: str = "training",
     fold: int | None = None,
     allow_absolute: bool = False,
+    splits: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Read a Decathlon datalist and return entries with paths resolved inside ``data_dir``.
 
     ``split`` is ``"training"`` or ``"validation"``. With ``fold`` (BraTS), entries of the
     ``training`` list whose ``"fold"`` equals it form the validation split and the others the
-    training split, as in the upstream BraTS folds file.
+    training split, as in the upstream BraTS folds file. An nnU-Net v2 dataset.json (no case
+    lists) is read from its raw folder instead: ``fold`` of ``splits`` (``splits_final.json``),
+    ``split="test"`` for ``imagesTs`` (:mod:`swinbob.data.nnunet_raw`).
     """
     path = find_datalist(json_list, data_dir)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        text = read_bounded_text(path, "datalist")
+    except (OSError, ValueError) as exc:  # not a regular file, too large, not UTF-8
+        raise ValueError(f"datalist {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from exc
+    try:
+        content = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"datalist {path} is not valid JSON ({exc})") from exc
     if not isinstance(content, dict):
         raise ValueError(f"datalist {path} must be a JSON object with 'training' (and 'validation') lists, "
                          f"got a JSON {type(content).__name__}")
+    if is_raw_dataset(content):
+        return raw_entries(path, content, split, fold, splits)
     for name in ("training", "validation", split):
         if not isinstance(content.get(name, []), list):
             raise ValueError(f"datalist {path}: '{name}' must be a list of entries, got {json.dumps(content[name])[:60]}")
@@ -164,13 +176,22 @@ class LoadCheckedImaged(T.LoadImaged):
 
     Trailing singleton dimensions beyond one channel axis are squeezed, as :func:`read_nifti`
     does, so that a label saved as X×Y×Z×1×1 loads as the datalist check saw it.
+
+    With ``spacing`` (the chain's target, mm), a volume whose resampled size would exceed
+    ``--max_voxels`` is refused from its header, before it is read or resampled.
     """
+
+    def __init__(self, *args: Any, spacing: Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
 
     def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
         sources = {key: data[key] for key in self.key_iterator(dict(data))}
         for source in sources.values():
             for path in _file_paths(source):
-                load_nifti_header(path)
+                header = load_nifti_header(path)
+                if self.spacing is not None:
+                    check_resampled_size(path, header.shape, header.affine, self.spacing)
         d = super().__call__(data, reader)
         for key, source in sources.items():
             if d[key].ndim < 3:  # would fail deep in the network ("Inputs must have 5 dimensions")
@@ -251,7 +272,7 @@ class NormalizeForegroundd(T.MapTransform):
 
     Why not MONAI's ``NormalizeIntensityd(nonzero=True)``: with noise in the background every voxel
     is non-zero, so the "brain" statistics become those of the whole field of view and the tissue
-    contrast that the network learnt moves (the issue's real-MRI failure: grey matter predicted in
+    contrast that the network learnt moves (the failure seen on real MRI: grey matter predicted in
     the noisy background). Otsu's threshold separates the dark background from tissue whatever the
     gain, clipping to the foreground's ``low_pct``..``high_pct`` percentiles flattens background noise
     below the darkest tissue and bright outliers, and the mean and std come from the clipped
@@ -321,7 +342,7 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
     chain: list[T.Transform] = [
-        LoadCheckedImaged(keys=keys, image_only=True),
+        LoadCheckedImaged(keys=keys, image_only=True, spacing=config.spacing),
         T.EnsureChannelFirstd(keys=keys),
         T.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         T.Spacingd(keys=keys, pixdim=config.spacing, mode=modes),

@@ -29,7 +29,7 @@ from swinbob.infer.etta import OPTIMIZERS, EttaConfig
 from swinbob.infer.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
-    NiftiError, OutputError, check_writable_folder, folder_lock,
+    NiftiError, OutputError, check_writable_folder, folder_lock, read_bounded_text,
 )
 from swinbob.infer.model_loading import load_inference_model, stored_config, stored_task, trained_preprocessing
 from swinbob.data.inputs import Case, datalist_cases, folder_cases
@@ -44,8 +44,8 @@ from swinbob.viz import GifSettings
 log = logging.getLogger(__name__)
 
 
-EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed; "
-              "2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
+EXIT_CODES = ("exit codes: 0 at least one case evaluated (or all done before); 1 every case failed and none is "
+              "done from an earlier run (docs/reruns.md); 2 configuration error (a wrong flag, checkpoint, label map or datalist; nothing evaluated)")
 
 
 def build_parser(default_task: str) -> argparse.ArgumentParser:
@@ -65,8 +65,8 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     io_.add_argument("--pretrained_model_name", default="model_final.pt", help="checkpoint file name")
     io_.add_argument("--exp_name", default="test", help="outputs go to ./outputs/<exp_name> unless --output_dir")
     io_.add_argument("--output_dir", default=None, help="output folder (default ./outputs/<exp_name>)")
-    io_.add_argument("--split", default="validation", help="datalist split to evaluate")
-    io_.add_argument("--fold", type=int, default=None, help="BraTS fold used as the evaluated split")
+    io_.add_argument("--split", default="validation", help="datalist split to evaluate (nnU-Net raw dataset: validation or training of --fold, or test = imagesTs)")
+    io_.add_argument("--fold", type=int, default=None, help="fold used as the evaluated split (BraTS datalists; nnU-Net raw datasets, default 0)")
     io_.add_argument("--input_dir", default=None, help="predict every image in this folder (no labels, no datalist)")
     io_.add_argument("--save_predictions", dest="save_predictions", action="store_true", default=True,
                      help="write NIfTI predictions (the default; kept for upstream commands)")
@@ -139,8 +139,8 @@ def read_label_map_text(text: str) -> str:
     if text.lstrip().startswith("{"):
         return text
     try:
-        return Path(text).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return read_bounded_text(text, "--label_map file")
+    except (OSError, ValueError) as exc:  # unreadable, not a regular file, too large, not UTF-8
         raise ConfigError(f"--label_map {text!r} is neither a JSON object nor a readable JSON file "
                           f"({getattr(exc, 'strerror', None) or exc})") from exc
 
@@ -260,8 +260,12 @@ def check_dataset(task: Task, path: Path, args: argparse.Namespace, strict: bool
 
 
 def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Path) -> Task:
-    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given."""
-    recorded = stored_task(stored)
+    """The task to evaluate: the checkpoint's own (no task flags needed), or the ``--task`` given.
+    A stored task is validated before any scan is read (a :class:`CheckpointError` naming ``path``)."""
+    try:
+        recorded = stored_task(stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     if args.task is None and recorded is not None and not args.label_map:
         check_dataset(recorded, path, args)
         return recorded
@@ -269,10 +273,14 @@ def eval_task(args: argparse.Namespace, stored: dict[str, Any] | None, path: Pat
         if recorded is not None:
             check_dataset(recorded, path, args, strict=True)
             return recorded
-        entries = load_datalist(args.json_list, args.data_dir, split="training", allow_absolute=args.allow_absolute_paths)
+        entries = load_datalist(args.json_list, args.data_dir, split="training", fold=args.fold,
+                                allow_absolute=args.allow_absolute_paths, splits=args.splits)
         return cli.auto_task(args, entries)
     task = get_task(args.task or args.script_task, et_label=args.et_label)
-    return trained_preprocessing(task, stored)
+    try:
+        return trained_preprocessing(task, stored)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSettings, dict]:
@@ -299,7 +307,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
         cases = folder_cases(args.input_dir, task.channel_names)
     else:
         entries = load_datalist(args.json_list, args.data_dir, split=args.split, fold=args.fold,
-                                allow_absolute=args.allow_absolute_paths)
+                                allow_absolute=args.allow_absolute_paths, splits=args.splits)
         cases = datalist_cases(entries, task.channel_names)
     if not cases:
         source = args.input_dir or f"split {args.split!r} of {args.json_list}"
@@ -365,7 +373,7 @@ def main(argv: Sequence[str] | None = None, default_task: str = "btcv") -> int:
         if "interrupted" in summary:
             return EXIT_INTERRUPTED
         attempted = summary["cases"]["evaluated"] + summary["cases"]["failed"]
-        return 1 if attempted and not summary["cases"]["evaluated"] else 0
+        return 1 if attempted and not summary["cases"]["evaluated"] and not summary["cases"]["skipped"] else 0
     finally:
         for handler in handlers:
             logging.getLogger("swinbob").removeHandler(handler)

@@ -57,25 +57,19 @@ class EttaConfig:
     """ETTA settings. With the defaults a case costs, over plain inference of the same volume: the
     source prediction (1x), 3 eager forward-backward steps on 2 windows, the adapted sliding window
     over the foreground box (in proportion to its windows, not its voxels) and the integration.
-    Measured: 2.87x on an H100 (bf16, feature 48, ROI 96, 240x240x160 voxels, window batch 16,
-    box 70 % of the volume; benchmarks/RESULTS.md, issue 6), before the integration became one
-    pass per prediction (not re-measured on a GPU since). On a 2-core CPU (fp32, feature 12,
-    ROI 64x32x32, 128x64x48 voxels, box 91 % with as many windows as the volume): 2.8x, of which
-    adaptation 0.75x, adapted window 1.0x, integration 0.02x (0.05x before); all of these with the
-    adapted window at overlap 0.5. ``bench_infer.py --etta`` prints these stages.
+    ``bench_infer.py --etta`` prints these stages; their measured costs are in
+    benchmarks/RESULTS.md.
 
     ``overlap``: sliding-window overlap of the adapted pass only (the source prediction keeps the
     caller's ``WindowSettings.overlap``). The adapted output is only averaged with the source
     probabilities, which are already blended from 0.5-overlap Gaussian windows, so a coarser tiling
     is cheaper: 0.25 cuts the windows per axis from ceil((side - ROI) / (ROI/2)) + 1 to
-    ceil((side - ROI) / (3/4·ROI)) + 1 (on a 2-core CPU, 160x80x48 voxels, box 88 %: 32 -> 18
-    windows, ETTA 8.73 s -> 7.06 s; on a box under about 1.7 ROIs per axis the counts are equal).
-    It stays 0.5 by default because the fallback test and the weights of step (4) compare the mean
-    entropies of the two predictions, and the tiling alone moves the mean entropy of the box:
-    in ``bench_etta_shift.py`` (weak CPU model) by +0.001 to +0.006 at 0.25, against -0.00002
-    (lr 1e-3) to -0.0003 (lr 1e-2) from the adaptation, so at 0.25 ETTA fell back ("entropy did
-    not decrease") on 5/6 shifted cases instead of 1/6, for a reason unrelated to adaptation.
-    Lower it only with an entropy test that compares like with like."""
+    ceil((side - ROI) / (3/4·ROI)) + 1 (on a box under about 1.7 ROIs per axis the counts are
+    equal). It stays 0.5 by default because the fallback test and the weights of step (4) compare
+    the mean entropies of the two predictions, and the tiling alone moves the mean entropy of the
+    box, in ``bench_etta_shift.py`` by more than the adaptation does, so that at 0.25 ETTA falls
+    back ("entropy did not decrease") on most shifted cases for a reason unrelated to adaptation
+    (benchmarks/RESULTS.md). Lower it only with an entropy test that compares like with like."""
 
     steps: int = 3
     lr: float = 1e-3

@@ -33,7 +33,7 @@ from monai.transforms import Compose
 from swinbob.data.transforms import DataConfig, eval_transforms
 from swinbob.infer.etta import EttaConfig, EttaOutcome, etta_predict
 from swinbob.files import (
-    atomic_write_text, read_nifti, remove_stale_temp_files,
+    atomic_write_text, read_nifti, remove_stale_temp_files, short_name,
     resolve_inside, voxel_spacing,
 )
 from swinbob.data.inputs import Case, iterate_cases, root_cause
@@ -98,9 +98,10 @@ class EvalSettings:
 
 
 def output_file(folder: Path, name: str, suffix: str) -> Path:
-    """``folder/<name><suffix>``; a case name that would land outside ``folder`` is a :class:`CaseError`."""
+    """``folder/<name><suffix>`` (a name too long for the file system shortened with a stable hash,
+    :func:`~swinbob.files.short_name`); a case name that would land outside ``folder`` is a :class:`CaseError`."""
     try:
-        return resolve_inside(folder, f"{name}{suffix}")
+        return resolve_inside(folder, short_name(name, suffix))
     except ValueError as exc:
         raise CaseError(f"case name {name!r} refused: {exc}") from exc
 
@@ -234,14 +235,39 @@ def evaluate_case(
 # The run
 # ----------------------------------------------------------------------------------------------
 
-def is_done(case: Case, settings: EvalSettings) -> bool:
-    """An unlabelled case whose every prediction file already exists (skipped unless overwrite)."""
+def is_done(case: Case, settings: EvalSettings, with_statistics: frozenset[str] = frozenset()) -> bool:
+    """An unlabelled case whose every requested output exists (skipped unless overwrite).
+
+    Every output counts, not the predictions alone: a run killed between a case's prediction and
+    its probability map, GIF or ``statistics.json`` record (``with_statistics``: the cases that
+    file holds) left the case half done, and the rerun must complete it.
+    """
     if settings.overwrite or case.label is not None:
         return False
     try:
-        return all(settings.prediction_path(m, case).exists() for m in settings.methods)
+        files = [settings.prediction_path(m, case) for m in settings.methods]
+        if settings.save_probabilities:
+            files.append(output_file(settings.output_dir / "probabilities", case.name, ".nii.gz"))
+        if settings.gif is not None:
+            files.append(settings.gif_path(case))
     except CaseError:  # reported when the case runs
         return False
+    return all(path.exists() for path in files) and (not settings.statistics or case.name in with_statistics)
+
+
+def read_statistics(path: Path) -> dict[str, Any]:
+    """The per-case records of an earlier ``statistics.json`` (empty when there is none or it is unreadable)."""
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable (%s): it is rewritten with this run's cases only", path, exc)
+        return {}
+    if not isinstance(known, dict):
+        log.warning("%s is not a JSON object: it is rewritten with this run's cases only", path)
+        return {}
+    return known
 
 
 def write_summary(settings: EvalSettings, rows: list[dict], summary: dict) -> None:
@@ -267,10 +293,12 @@ def run_evaluation(
     stale = sum(remove_stale_temp_files(folder) for folder in settings.output_folders())
     if stale:
         log.warning("removed %d temporary file(s) left by an interrupted run", stale)
-    skipped = [c.name for c in cases if is_done(c, settings)]
+    statistics_path = settings.output_dir / "statistics.json"
+    known_statistics = read_statistics(statistics_path) if settings.statistics else {}
+    skipped = [c.name for c in cases if is_done(c, settings, frozenset(known_statistics))]
     todo = [c for c in cases if c.name not in set(skipped)]
     for name in skipped:
-        log.info("%s: predictions exist, skipped (pass --overwrite to redo)", name)
+        log.info("%s: outputs exist, skipped (pass --overwrite to redo)", name)
     summary: dict[str, Any] = {
         **(context or {}), "task": settings.task.name, "methods": list(settings.methods),
         "classes": {k: list(v) for k, v in scored_classes(settings.task, settings.label_map).items()},
@@ -278,7 +306,7 @@ def run_evaluation(
         "failures": [], "skipped": skipped, "etta": {},
     }
     rows: list[dict] = []
-    metrics_log = MetricsLog(settings.output_dir / "metrics.csv")
+    metrics_log = MetricsLog(settings.output_dir / "metrics.csv", redone={c.name for c in todo})
     statistics: dict[str, Any] = {}
     started = time.perf_counter()
     stopped: str | BaseException | None = None
@@ -296,8 +324,9 @@ def run_evaluation(
         raise
     finally:
         metrics_log.close()
-        if statistics:  # once, like the summary: rewriting it per case would be quadratic
-            atomic_write_text(settings.output_dir / "statistics.json", json.dumps(json_ready(statistics), indent=2) + "\n")
+        if statistics:  # once, like the summary (per case would be quadratic); merged with the earlier runs' cases
+            merged = {**known_statistics, **statistics}
+            atomic_write_text(statistics_path, json.dumps(json_ready(merged), indent=2) + "\n")
         summary["elapsed_s"] = round(time.perf_counter() - started, 2)
         if stopped is not None:
             summary["interrupted"] = stopped if isinstance(stopped, str) else (type(stopped).__name__ + f": {stopped}")

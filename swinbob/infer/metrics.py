@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from swinbob.files import atomic_write_text
 from swinbob.labels import IGNORE_LABEL
+
+log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("case", "method", "class", "dice", "hd95_mm")
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
@@ -207,20 +211,38 @@ class MetricsLog:
 
     Each case costs one append and one flush, so bookkeeping stays linear in the number of cases
     (rewriting the whole table after every case was quadratic: 8,000 entries took minutes). An
-    interrupted run leaves the rows of every finished case.
+    interrupted run leaves the rows of every finished case. Rows an earlier run wrote for cases
+    not in ``redone`` are kept (a rerun on part of a folder must not drop the others' scores).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redone: Collection[str] = ()) -> None:
         self.path = path
+        self.redone = set(redone)
         self._handle = None
+
+    def _kept_rows(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8", newline="") as handle:
+                reader = csv.reader(handle)
+                if next(reader, None) != list(CSV_FIELDS):
+                    return ""
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\n")
+                writer.writerows(row for row in reader if row and row[0] not in self.redone)
+                return buffer.getvalue()
+        except FileNotFoundError:
+            return ""
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            log.warning("%s is unreadable (%s): it is rewritten with this run's cases only", self.path, exc)
+            return ""
 
     def append(self, rows: Sequence[dict]) -> None:
         if not rows:
             return
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "w", encoding="utf-8")
-            self._handle.write(metrics_csv([]))
+            atomic_write_text(self.path, metrics_csv([]) + self._kept_rows())
+            self._handle = open(self.path, "a", encoding="utf-8")
         self._handle.write(metrics_csv(rows, header=False))
         self._handle.flush()
 

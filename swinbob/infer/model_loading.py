@@ -29,15 +29,21 @@ def stored_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
 
 def trained_preprocessing(task: Task, stored: dict[str, Any] | None) -> Task:
     """``task`` with the spacing and intensity settings its checkpoint was trained with (same task
-    only: a zero-shot model from another task is fed the dataset's own preprocessing)."""
+    only: a zero-shot model from another task is fed the dataset's own preprocessing); stored
+    settings are validated (:meth:`Task.check`): a :class:`CheckpointError` otherwise."""
     if not stored or stored.get("task") != task.name:
         return task
     changes: dict[str, Any] = {}
-    if stored.get("spacing"):
-        changes["spacing"] = tuple(float(s) for s in stored["spacing"])
-    if isinstance(stored.get("intensity"), dict):
-        changes["intensity"] = Intensity(**stored["intensity"])
-    return dataclasses.replace(task, **changes)
+    try:
+        if stored.get("spacing"):
+            changes["spacing"] = tuple(float(s) for s in stored["spacing"])
+        if isinstance(stored.get("intensity"), dict):
+            changes["intensity"] = Intensity(**stored["intensity"])
+        trained = dataclasses.replace(task, **changes)
+        trained.check()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"the checkpoint's stored preprocessing is invalid ({exc})") from exc
+    return trained
 
 
 def stored_task(stored: dict[str, Any] | None) -> Task | None:
@@ -52,7 +58,8 @@ def stored_task(stored: dict[str, Any] | None) -> Task | None:
     try:
         return _stored_task(stored)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise CheckpointError(f"the checkpoint's stored task is unreadable ({type(exc).__name__}: {exc})") from exc
+        shown = str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}"  # Task.check names the field
+        raise CheckpointError(f"the checkpoint's stored task is invalid ({shown})") from exc
 
 
 def _stored_task(stored: dict[str, Any]) -> Task | None:

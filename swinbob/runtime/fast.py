@@ -11,9 +11,8 @@ be undone. The training and evaluation engines call::
 On a GPU the command lines' defaults are the fast path (``--compile auto``: compiled on a GPU, the
 CPU stays eager; evaluation's ``--sw_batch_size auto``: the window batch from free GPU memory;
 bf16; Inductor's kernels cached on disk, :func:`use_compile_cache`); ``--no_compile`` and an
-explicit ``--sw_batch_size`` turn them off. Speed measured through these engine functions:
-pending a GPU (benchmarks/RESULTS.md, issue 15); the H100 figures of issue 6 (2.12x training,
-6.1x inference) came from copies of the step in the benchmarks, not from the engine.
+explicit ``--sw_batch_size`` turn them off. The benchmarks time these engine functions
+themselves (benchmarks/RESULTS.md).
 
 What each switch does and why it is exact:
 
@@ -59,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import swin_unetr as _swin
 
+from swinbob.errors import ConfigError
 from swinbob.runtime.devices import autocast
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,11 @@ def enable_sdpa(model: torch.nn.Module, cudnn_attention: bool = False) -> int:
     """Use fused SDPA in every window attention of ``model``; returns how many were switched.
 
     Unless ``cudnn_attention``, PyTorch's cuDNN attention backend is switched off (process-wide):
-    on the H100 (torch 2.11, cuDNN 9.19) SDPA picks it for grad-free calls with our float bias,
-    and the whole-volume logits then differed from fp32 by 7e-2 (relative L2), against 3e-3
-    for plain bf16 and 9e-3 for the memory-efficient kernel that training selects. cuDNN's SDPA
-    has known mask/padding bugs on sm90 when the sequence length (343 here) is not a multiple of
-    its tile (pytorch/pytorch#196678). The memory-efficient kernel is then used everywhere.
+    on sm90 GPUs SDPA picks it for grad-free calls with our float bias, and the whole-volume
+    logits then differed from fp32 far more than with plain bf16 or with the memory-efficient
+    kernel that training selects (benchmarks/RESULTS.md). cuDNN's SDPA has known mask/padding
+    bugs on sm90 when the sequence length (343 here) is not a multiple of its tile
+    (pytorch/pytorch#196678). The memory-efficient kernel is then used everywhere.
     """
     if not cudnn_attention and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -333,7 +333,7 @@ class FixedBatch(torch.nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 COMPILE_CHOICES = ("auto", "on", "off", "cudagraphs")
-"""``--compile``: ``auto`` compiles on a GPU only (the CPU path stays eager, as before); ``on``
+"""``--compile``: ``auto`` compiles on a GPU only (the CPU path stays eager); ``on``
 everywhere; ``cudagraphs`` compiles with CUDA graphs (``mode="reduce-overhead"``, not measured yet)."""
 SW_BATCH_CANDIDATES = (4, 8, 16)
 """Window batches ``--sw_batch_size auto`` chooses from on a GPU (16 was the benchmark's setting)."""
@@ -362,6 +362,58 @@ def prepare_compile(choice: str | bool, device: torch.device, cache: str | None 
     if enabled:
         use_compile_cache(cache)
     return enabled
+
+
+class CompileError(ConfigError):
+    """``torch.compile`` failed while ``--compile`` asked for it explicitly (exit status 2)."""
+
+
+def _compile_error_types() -> tuple[type[BaseException], ...]:
+    import torch._inductor.exc as inductor_exc
+
+    names = ("InductorError", "TritonMissing", "GPUTooOldForTriton", "CppCompileError", "InvalidCxxCompiler",
+             "CUDACompileError", "LoweringException")
+    return (torch._dynamo.exc.TorchDynamoException,
+            *(getattr(inductor_exc, name) for name in names if hasattr(inductor_exc, name)))
+
+
+def compile_error(exc: BaseException) -> BaseException | None:
+    """The ``torch.compile`` failure (Dynamo, Inductor, a backend, a missing Triton) in ``exc`` or
+    its causes, or None when ``exc`` is an ordinary runtime error (out of memory, a bad input)."""
+    types_ = _compile_error_types()
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, types_):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def fall_back_to_eager(exc: BaseException, choice: str | bool, where: str) -> None:
+    """Answer a failed compile: ``--compile on``/``cudagraphs`` (asked for explicitly) raises
+    :class:`CompileError`, one line naming the cause; ``auto`` logs one warning and returns, and
+    the caller goes on with the eager model. ``exc`` must come from :func:`compile_error`."""
+    inner = getattr(exc, "inner_exception", None) or exc  # a backend's own error, e.g. no Triton
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    cause = f"{type(inner).__name__}: {lines[0] if lines else 'no message'}"[:300]
+    torch._dynamo.reset()  # drop the failed graphs and their guards
+    if choice not in ("auto", False):
+        raise CompileError(f"--compile {choice}: torch.compile failed in {where} ({cause}); "
+                           "run with --compile off, or fix the compiler set-up (Triton, a C++ compiler)") from exc
+    log.warning("torch.compile failed in %s (%s): going on eager, same results, slower "
+                "(--compile off skips compiling)", where, cause)
+
+
+def is_compiled(net: torch.nn.Module) -> bool:
+    """Whether ``net`` (possibly DDP- or batch-wrapped) runs a ``torch.compile`` graph."""
+    while True:
+        if isinstance(net, (torch._dynamo.eval_frame.OptimizedModule, CompiledInference)):
+            return True
+        inner = getattr(net, "module", None) if isinstance(net, torch.nn.parallel.DistributedDataParallel) else None
+        inner = net.model if isinstance(net, FixedBatch) else inner
+        if inner is None:
+            return False
+        net = inner
 
 
 def use_compile_cache(folder: str | None) -> str | None:
@@ -440,8 +492,15 @@ def inference_net(
     net = accelerate(model, sdpa=False, cached_masks=False, channels_last=device.type == "cuda", compile="inference",
                      compile_mode=compile_mode(compile), fixed_batch=batch)
     tic = time.perf_counter()  # warm up as evaluation calls it (no_grad, the same autocast): one graph
-    with torch.no_grad(), autocast(device, amp_dtype):
-        net(torch.zeros(batch, in_channels, *roi, device=device))
+    try:
+        with torch.no_grad(), autocast(device, amp_dtype):
+            net(torch.zeros(batch, in_channels, *roi, device=device))
+    except Exception as exc:
+        failure = compile_error(exc)
+        if failure is None:
+            raise
+        fall_back_to_eager(failure, compile, "the inference warm-up")
+        return model, batch
     log.info("compiled the model for window batch %d in %.1f s (cache: %s)", batch, time.perf_counter() - tic,
              os.environ.get("TORCHINDUCTOR_CACHE_DIR", "Inductor's default folder"))
     return net, batch

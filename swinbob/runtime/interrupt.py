@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+EXIT_INTERRUPTED = 4
+"""Exit status of a command stopped by SIGTERM/SIGINT (training, evaluation and SOLF alike)."""
 FORWARDED_STOP = signal.SIGUSR1
 """What the ``--distributed`` launcher sends its ranks when it receives SIGTERM or SIGINT."""
 _DEFAULT_ACTION = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}

@@ -1,6 +1,8 @@
 """Finding the scans of a SOLF run on disk and measuring one scan (the unit of parallel work).
 
-A case is one label file ``{case_id}.nii.gz`` (or ``.nii``) in the input folder. Its images, when
+A case is one label file ``{case_id}.nii.gz`` (or ``.nii``) in the input folder, or one folder
+``{case_id}/`` of per-structure masks as TotalSegmentator writes them (``liver.nii.gz``, ...,
+merged on the fly, see :mod:`swinbob.solf.structures`). Its images, when
 an image folder is given, are found by case id in either naming scheme:
 
 * UKBOB: ``{case_id}_{channel}.nii.gz`` per channel name (``fat``, ``in_phase``, ...);
@@ -25,6 +27,7 @@ import numpy as np
 from swinbob.errors import ConfigError
 from swinbob.files import NIFTI_SUFFIXES, NiftiError, TransientReadError, check_finite, nifti_stem, read_nifti, same_grid
 from swinbob.solf.features import MAX_LABEL, LabelError, measure_organs, validate_labels
+from swinbob.solf.structures import is_structure_folder, mask_files, read_label_source
 
 FEATURE_FORMAT = 1
 """Bumped when the feature definitions change, so that resumed runs re-measure every scan."""
@@ -42,6 +45,8 @@ class CaseTask:
     image_error: str | None = None
     max_label: int = MAX_LABEL
     body_path: str | None = None
+    structures: tuple[tuple[str, int], ...] = ()
+    """``(name, id)`` of the label set when ``label_path`` is a folder of per-structure masks."""
 
 
 def case_id_of(path: Path) -> str | None:
@@ -85,19 +90,23 @@ def _not_a_case(path: Path) -> str | None:
     return None
 
 
-def discover_inputs(input_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Label files of ``input_dir`` by case id, sorted, and the files that look like inputs but
-    cannot be read (``name -> reason``, see :func:`_not_a_case`); refuses a missing or empty folder."""
+def discover_inputs(input_dir: Path, exclude: tuple[Path, ...] = ()) -> tuple[dict[str, Path], dict[str, str]]:
+    """Label files (and folders of per-structure masks) of ``input_dir`` by case id, sorted, and the
+    files that look like inputs but cannot be read (``name -> reason``, see :func:`_not_a_case`);
+    refuses a missing or empty folder. Folders in ``exclude`` (the run's outputs, its image and
+    body mask folders) are no cases."""
     if not input_dir.is_dir():
         raise ConfigError(f"input folder {input_dir} does not exist")
     cases: dict[str, Path] = {}
     skipped: dict[str, str] = {}
+    excluded = {p.resolve() for p in exclude}
     for path in sorted(input_dir.iterdir()):
         if (reason := _not_a_case(path)) is not None:
             skipped[path.name] = reason
             continue
-        case_id = case_id_of(path)
-        if case_id is None or not path.is_file():
+        folder = is_structure_folder(path) and path.resolve() not in excluded
+        case_id = path.name if folder else case_id_of(path)
+        if case_id is None or not (folder or path.is_file()):
             continue
         if not is_text(case_id):  # would crash the report writers after hours of work
             raise ConfigError(f"file name {path.name!r} in {input_dir} is not valid UTF-8; rename it")
@@ -106,7 +115,7 @@ def discover_inputs(input_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
         cases[case_id] = path
     if not cases:
         extra = f" ({len(skipped)} file(s) not read, e.g. {next(iter(skipped.values()))})" if skipped else ""
-        raise ConfigError(f"no label files (*.nii.gz, *.nii) in {input_dir}{extra}")
+        raise ConfigError(f"no label files (*.nii.gz, *.nii) nor folders of structure masks in {input_dir}{extra}")
     return dict(sorted(cases.items())), skipped
 
 
@@ -136,16 +145,20 @@ def find_image_channels(image_names: set[str], image_dir: Path, case_id: str,
                             f"or {case_id}_0000..{len(channel_names) - 1:04d}.nii.gz")
 
 
-def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL) -> str:
+def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int = MAX_LABEL,
+                structures: tuple[tuple[str, int], ...] = ()) -> str:
     """Identity of a scan's inputs (size and modification time of each file, feature format).
 
     A resumed run re-measures a scan whose fingerprint changed, so edited or replaced files are
     never served stale features. Another label set (its highest ID) changes what is valid, so it
-    is part of the identity too (left out for the default set, so older logs stay current).
+    is part of the identity too (left out for the default set, so older logs stay current), and so
+    are the names of ``structures`` for folders of per-structure masks (names make the IDs).
     """
     parts: list = [FEATURE_FORMAT, list(channel_names)]
     if max_label != MAX_LABEL:
         parts.append(["max_label", max_label])
+    if structures:
+        parts.append(["structures", [list(s) for s in structures]])
     for path in paths:
         try:
             stat = os.stat(path)
@@ -156,9 +169,11 @@ def fingerprint(paths: list[str], channel_names: tuple[str, ...], max_label: int
 
 
 def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_names: set[str],
-              channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None) -> CaseTask:
+              channel_names: tuple[str, ...], max_label: int = MAX_LABEL, body_dir: Path | None = None,
+              structures: tuple[tuple[str, int], ...] = ()) -> CaseTask:
     """The :class:`CaseTask` of one case, with its image channels resolved if images are used, and
-    its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used."""
+    its body mask ``{body_dir}/{case_id}.nii.gz`` (or ``.nii``) if body masks are used;
+    ``structures`` names the IDs of a folder of per-structure masks (unused for label files)."""
     image_paths: tuple[str, ...] = ()
     image_error = None
     if image_dir is not None:
@@ -171,17 +186,28 @@ def make_task(case_id: str, label_path: Path, image_dir: Path | None, image_name
     if body_dir is not None:
         body = next((str(body_dir / f"{case_id}{s}") for s in NIFTI_SUFFIXES if (body_dir / f"{case_id}{s}").is_file()),
                     str(body_dir / f"{case_id}.nii.gz"))  # a missing mask fails the scan with its path
-    inputs = [str(label_path), *image_paths, *([body] if body else [])]
-    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label), image_error,
-                    max_label, body)
+    folder = label_path.is_dir()
+    structures = structures if folder else ()
+    labels = [str(p) for p in mask_files(label_path)] if folder else [str(label_path)]
+    inputs = [*labels, *image_paths, *([body] if body else [])]
+    return CaseTask(case_id, str(label_path), image_paths, names, fingerprint(inputs, names, max_label, structures),
+                    image_error, max_label, body, structures)
 
 
 def body_volume(path: str, shape: tuple[int, ...], affine: np.ndarray) -> float:
-    """Volume (mm³) of the non-zero voxels of a body mask on the label grid."""
+    """Volume (mm³) of the non-zero voxels of a body mask on the label grid.
+
+    A mask with NaN/Inf voxels or without any body voxel is refused (the scan fails, naming the
+    file): NaN counted as body and an empty mask was silently replaced by the union of the labels.
+    """
     mask, mask_affine = read_nifti(path, ndim=3)
     if mask.shape != shape or not same_grid(mask_affine, affine):
         raise NiftiError(f"{path}: body mask/label grid mismatch (shape {mask.shape}, label shape {shape})")
-    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(affine[:3, :3])))
+    check_finite(mask, [path], "body mask")
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        raise NiftiError(f"{path}: the body mask is empty (no non-zero voxel)")
+    return float(count) * abs(float(np.linalg.det(affine[:3, :3])))
 
 
 def _read_images(task: CaseTask, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -219,8 +245,8 @@ def measure_case(task: CaseTask) -> dict:
     image/label grid mismatch).
     """
     try:
-        data, affine = read_nifti(task.label_path, ndim=3)
-        label = validate_labels(data, task.max_label)
+        source = read_label_source(task.label_path, task.structures)
+        label, affine = validate_labels(source.data, task.max_label), source.affine
         if task.image_error:
             return failed_record(task, task.image_error)
         images = _read_images(task, label.shape, affine) if task.image_paths else None
@@ -241,4 +267,5 @@ def measure_case(task: CaseTask) -> dict:
         "case_id": task.case_id, "status": "ok", "reason": "", "fingerprint": task.fingerprint,
         "shape": list(label.shape), "spacing": np.linalg.norm(affine[:3, :3], axis=0).round(6).tolist(),
         "orientation": "".join(nib.aff2axcodes(affine)), **body, "organs": organs,
+        **({"notes": source.notes} if source.notes else {}),
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 from swinbob.cli import add_limit_args, apply_limit_args
 from swinbob.errors import ConfigError
 from swinbob.files import disk_full
+from swinbob.runtime.interrupt import EXIT_INTERRUPTED
 from swinbob.runtime.logs import configure_logging
 from swinbob.solf.labelsets import LabelSetError
 from swinbob.solf.pipeline import STAGES, SolfConfig, run_solf
@@ -93,6 +94,9 @@ def organ_filtering_entry(argv: list[str] | None = None) -> int:
     except (ConfigError, RulesError, LabelSetError, ValueError) as exc:
         log.error("configuration error: %s", exc)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; what was measured is in the logs
+        log.error("interrupted (Ctrl-C): finished scans are kept; the same command resumes")
+        return EXIT_INTERRUPTED
     except OSError as exc:  # a full disk, a vanished share: the run stops; a rerun resumes from the logs
         where = exc.filename or config.output_dir
         hint = "free some space and run again: finished scans are kept" if disk_full(exc) else "run again once fixed"

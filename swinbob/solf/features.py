@@ -191,7 +191,7 @@ def _intensity_rows(label: np.ndarray, images: np.ndarray, present: np.ndarray,
 
     Label maps are piecewise constant along the contiguous axis, so each slab of about a million
     voxels is cut once into runs of one label; per channel, ``np.add.reduceat`` sums each run (a
-    sequential pass) and a bincount over the few runs adds them up per label. That is ~5x fewer
+    sequential pass) and a bincount over the few runs adds them up per label. That is far fewer
     scattered additions than a weighted bincount per voxel, with the same float64 sums (only the
     order of the additions differs). Slabs keep the float64 copies small.
     """

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob.data.dataset_task import DatasetJsonError, parse_labels
+from swinbob.data.dataset_task import MAX_NAME_CHARS, DatasetJsonError, parse_labels
+from swinbob.files import read_bounded_text
 from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
 
 PRESETS: dict[str, dict[int, str]] = {"totalvibe": TOTALVIBE_LABELS, "totalsegmentator": TOTALSEGMENTATOR_LABELS}
@@ -47,8 +48,14 @@ def _checked(table: dict[int, str], where: str) -> dict[int, str]:
             continue
         if not 1 <= label < IGNORE_LABEL:
             raise LabelSetError(f"{where}: label ID {label} outside 1..{IGNORE_LABEL - 1}")
+        if not isinstance(name, str):
+            raise LabelSetError(f"{where}: label {label} has the name {_shown(name)}; names are text")
         if not name or name != name.strip():
-            raise LabelSetError(f"{where}: label {label} has an empty or padded name {name!r}")
+            raise LabelSetError(f"{where}: label {label} has an empty or padded name {_shown(name)}")
+        if not name.isprintable():  # names become file names and report cells
+            raise LabelSetError(f"{where}: the name of label {label} holds non-printable characters {_shown(name)}")
+        if len(name) > MAX_NAME_CHARS:
+            raise LabelSetError(f"{where}: the name of label {label} has {len(name)} characters (at most {MAX_NAME_CHARS})")
         if name in seen:
             raise LabelSetError(f"{where}: name {name!r} used by IDs {seen[name]} and {label}")
         seen[name] = label
@@ -58,9 +65,16 @@ def _checked(table: dict[int, str], where: str) -> dict[int, str]:
     return out
 
 
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _as_int(value: object, where: str) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
-        raise LabelSetError(f"{where}: label ID {value!r} is not a non-negative integer")
+        raise LabelSetError(f"{where}: label ID {_shown(value)} is not a non-negative integer")
+    if int(value) >= LABEL_SLOTS:
+        raise LabelSetError(f"{where}: label ID {_shown(value)} outside 1..{IGNORE_LABEL - 1}")
     return int(value)
 
 
@@ -71,6 +85,10 @@ def labels_from_mapping(mapping: dict, where: str) -> dict[int, str]:
     if not isinstance(mapping, dict) or not mapping:
         raise LabelSetError(f"{where}: expected a non-empty 'labels' mapping")
     decathlon = all(re.fullmatch(r"\d+", str(k)) for k in mapping)
+    if not decathlon:  # nnU-Net regions (lists of IDs) are skipped: SOLF cleans the organs themselves
+        mapping = {k: v for k, v in mapping.items() if not isinstance(v, (list, tuple))}
+        if not mapping:
+            raise LabelSetError(f"{where}: only nnU-Net regions (lists of IDs), no labels")
     if decathlon and "0" not in mapping:
         mapping = {"0": "background", **mapping}
     elif not decathlon and 0 not in mapping.values() and "background" not in mapping:
@@ -83,7 +101,10 @@ def labels_from_mapping(mapping: dict, where: str) -> dict[int, str]:
 
 
 def _labels_from_csv(text: str, where: str) -> dict[int, str]:
-    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    except csv.Error as exc:  # a field over the csv module's limit, a NUL byte ...
+        raise LabelSetError(f"{where}: not a CSV label table ({exc})") from exc
     if rows and not rows[0][0].strip().isdigit():
         rows = rows[1:]  # header
     table: dict[int, str] = {}
@@ -107,9 +128,9 @@ def load_label_set(spec: str | Path | None) -> dict[int, str]:
     if not path.is_file():
         raise LabelSetError(f"label set {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelSetError(f"{path}: cannot read ({exc})") from exc
+        text = read_bounded_text(path, "label table")
+    except (OSError, ValueError) as exc:  # unreadable, too large, not UTF-8
+        raise LabelSetError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
     if path.suffix.lower() == ".csv":
         return _labels_from_csv(text, str(path))
     try:

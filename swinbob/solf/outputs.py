@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from swinbob.files import NiftiError, atomic_write_text, disk_full, load_nifti_header, read_nifti, write_nifti
+from swinbob.files import NiftiError, atomic_write_text, disk_full, write_nifti
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, Decisions
 from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, MAX_ORGAN_ID, LabelError, validate_labels
 from swinbob.solf.labelsets import LABEL_SLOTS, name_of
 from swinbob.solf.rules import RuleSet
 from swinbob.solf.store import FeatureTable, csv_text, write_csv_columns
+from swinbob.solf.structures import label_header, read_label_source, structure_ids
 
 DECISION_COLUMNS = ("case_id", "label", "name", "decision", "reasons", "paper_reasons", "voxel_count", "n_components",
                     "largest_share", "z_log_volume", "z_log_surface", "z_sphericity", "z_eccentricity",
@@ -47,6 +48,8 @@ class CleanTask:
     rejected: tuple[int, ...]
     keep_components: dict[int, int] = field(default_factory=dict)
     max_label: int = MAX_LABEL
+    structures: tuple[tuple[str, int], ...] = ()
+    """``(name, id)`` of the label set, for inputs that are folders of per-structure masks."""
 
     def key(self, fingerprint: str) -> str:
         """Manifest key: changes when the input or the decisions for this scan change."""
@@ -90,9 +93,10 @@ def clean_label(label: np.ndarray, rejected: tuple[int, ...] | list[int], keep_c
 def clean_case(task: CleanTask) -> tuple[str, str | None]:
     """Write one cleaned label map with the input's affine and header; ``(case_id, error or None)``."""
     try:
-        header = load_nifti_header(task.label_path).header.copy()
-        data, affine = read_nifti(task.label_path, ndim=3)
-        cleaned = clean_label(validate_labels(data, task.max_label), task.rejected, task.keep_components)
+        source = read_label_source(task.label_path, task.structures)
+        header = label_header(source, task.label_path).copy()
+        cleaned = clean_label(validate_labels(source.data, task.max_label), task.rejected, task.keep_components)
+        affine = source.affine
         dtype = output_dtype(header.get_data_dtype())
         header.set_slope_inter(1.0, 0.0)
         write_nifti(task.output_path, cleaned.astype(dtype), affine, header=header)
@@ -122,7 +126,7 @@ def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, inc
             keep[case][label] = int(decisions.keep_components[row])
     return [CleanTask(table.case_ids[i], str(label_paths[table.case_ids[i]]),
                       str(labels_dir / f"{table.case_ids[i]}{suffix}"), tuple(rejected[i]), keep[i],
-                      max(decisions.rules.labels))
+                      max(decisions.rules.labels), structure_ids(decisions.rules.labels))
             for i in sorted(wanted)]
 
 

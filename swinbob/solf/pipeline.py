@@ -42,6 +42,7 @@ from swinbob.solf.outputs import (CleanTask, clean_case, clean_tasks, dataset_js
                                   summary, write_decisions_csv, write_failures, write_json)
 from swinbob.solf.pool import WORKER_DIED, parallel_map
 from swinbob.solf.rules import RuleSet, load_rules
+from swinbob.solf.structures import structure_ids
 from swinbob.solf.store import (FeatureTable, ShardLog, build_table, read_records, select_current, shard_cases,
                                 shard_log_path, write_features_csv, write_scans_csv)
 from swinbob.tasks import UKBOB_CHANNELS
@@ -139,13 +140,15 @@ def check_config(config: SolfConfig) -> None:
 def case_tasks(config: SolfConfig) -> tuple[dict[str, CaseTask], dict[str, str]]:
     """The :class:`CaseTask` of every input scan (images matched by case id), by case id, and the
     input files that cannot be read (``name -> reason``; each is logged and listed in failures)."""
-    labels, skipped = discover_inputs(config.input_dir)
+    own = (config.labels_dir, config.features_dir, config.report, config.image_dir, config.body_dir)
+    labels, skipped = discover_inputs(config.input_dir, tuple(p for p in own if p is not None))
     for reason in skipped.values():
         log.warning("input not read: %s", reason)
     names = set(os.listdir(config.image_dir)) if config.image_dir is not None else set()
-    max_label = max(config.label_set())
-    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max_label, config.body_dir)
-             for case, path in labels.items()}
+    label_set = config.label_set()
+    structures = structure_ids(label_set)
+    tasks = {case: make_task(case, path, config.image_dir, names, config.channel_names, max(label_set), config.body_dir,
+                             structures) for case, path in labels.items()}
     return tasks, skipped
 
 
@@ -186,6 +189,8 @@ def run_features(config: SolfConfig, tasks: dict[str, CaseTask]) -> int:
             shard_log.append(record)
             if record["status"] == "failed":
                 log.warning("scan %s failed: %s", record["case_id"], record["reason"])
+            elif record.get("notes"):  # a folder of structure masks: unknown names, overlaps
+                log.warning("scan %s: %s", record["case_id"], "; ".join(record["notes"]))
     return len(todo)
 
 

@@ -81,7 +81,11 @@ def die_with_parent(parent: int) -> None:
     shutting the pool down; its workers would be re-parented and wait forever on their queue,
     holding the caller's pipes open, so the caller hung. Linux delivers ``SIGTERM`` to a worker
     whose parent dies (``PR_SET_PDEATHSIG``); elsewhere the pool's own shutdown has to do.
+
+    Ctrl-C reaches every process of the terminal's group: workers ignore ``SIGINT`` (each printed
+    a ``KeyboardInterrupt`` traceback), the main process stops the run and shuts the pool down.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):

@@ -20,18 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from swinbob.files import NiftiError, atomic_write, read_nifti
+from swinbob.files import NiftiError, atomic_write, read_nifti, short_name
 from swinbob.solf.decide import REJECTED, Decisions
 from swinbob.solf.labelsets import name_of, side_pairs
 from swinbob.solf.store import FeatureTable
+from swinbob.solf.structures import read_label_source, structure_ids
 from swinbob.viz import ras_spacing, to_ras
 
 log = logging.getLogger(__name__)
 
 
 def preview_name(case_id: str, label: int, name: str) -> str:
-    """File name of one preview (characters that are unsafe in file names become ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_id}__{label:03d}_{name}") + ".png"
+    """File name of one preview (characters that are unsafe in file names become ``_``; a long organ or
+    case name is shortened with a stable hash of the full name, :func:`~swinbob.files.short_name`)."""
+    return short_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_id}__{label:03d}_{name}"), ".png")
 
 
 def rejected_rows(decisions: Decisions, limit: int) -> list[int]:
@@ -94,6 +96,7 @@ def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, labe
         log.warning("matplotlib is not installed; skipping the previews of rejected organs (pip install matplotlib)")
         return 0
     cols, labels = table.columns, decisions.rules.labels
+    structures = structure_ids(labels)
     partners = {a: b for pair in side_pairs(labels) for a, b in (pair, pair[::-1])}
     wanted: dict[str, list[int]] = {}
     for row in rows:
@@ -101,7 +104,8 @@ def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, labe
     written: set[str] = set()
     for case_id, case_rows in wanted.items():
         try:
-            label, affine = read_nifti(label_paths[case_id], ndim=3)
+            source = read_label_source(label_paths[case_id], structures)
+            label, affine = source.data, source.affine
             channels = image_paths.get(case_id, ())
             image = read_nifti(channels[0], ndim=3)[0] if channels else None
         except (NiftiError, OSError) as exc:

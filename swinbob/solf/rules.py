@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swinbob.files import read_bounded_text
 from swinbob.labels import TOTALVIBE_LABELS
 from swinbob.solf.labelsets import is_totalvibe
 
@@ -239,7 +240,10 @@ def read_rules_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RulesError(f"rules file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_bounded_text(path, "rules file")
+    except (OSError, ValueError) as exc:
+        raise RulesError(f"{path}: cannot read the rules file ({getattr(exc, 'strerror', None) or exc})") from exc
     if path.suffix.lower() in (".yaml", ".yml"):
         if importlib.util.find_spec("yaml") is None:
             raise RulesError(f"{path}: YAML rules need PyYAML (pip install pyyaml), or use JSON")

@@ -28,7 +28,7 @@ from swinbob.solf.features import SHAPE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SCAN_COLUMNS = ("case_id", "status", "reason", "n_organs", "shape", "spacing", "orientation")
+SCAN_COLUMNS = ("case_id", "status", "reason", "n_organs", "shape", "spacing", "orientation", "notes")
 
 
 def shard_log_path(features_dir: Path, shard_id: int, num_shards: int) -> Path:
@@ -182,6 +182,7 @@ def build_table(records: list[dict]) -> FeatureTable:
         "shape": "x".join(str(n) for n in r.get("shape", [])),
         "spacing": "x".join(f"{s:g}" for s in r.get("spacing", [])),
         "orientation": r.get("orientation", ""),
+        "notes": "; ".join(r.get("notes", [])),
     } for r in records]
     return FeatureTable(case_ids, columns, scans, feature_names)
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from swinbob.checkpoint import previous_checkpoint
 from swinbob.data.dataset_task import DatasetJsonError
-from swinbob.files import NiftiError, OutputError, check_writable_folder, folder_lock
+from swinbob.data.nnunet_raw import SPLITS_FILE, raw_fold_split, splits_text
+from swinbob.data.transforms import find_datalist
+from swinbob.files import NiftiError, OutputError, atomic_write_text, check_writable_folder, folder_lock
 from swinbob.cli import (
     HelpFormatter, apply_limit_args, add_compile_args, add_data_args, add_model_args, add_task_args, check_settings, data_config,
     infer_overlap, model_config, presets_epilog, resolve_task,
@@ -75,7 +77,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--RandShiftIntensityd_prob", type=float, default=0.1)
     g.add_argument("--shift_augment", action="store_true",
                    help="scanner-shift augmentation: bias field, gamma, noise, blur, low resolution (MONAI transforms)")
-    g.add_argument("--fold", type=int, default=None, help="BraTS: validation fold of the datalist (default 0)")
+    g.add_argument("--fold", type=int, default=None, help="validation fold: BraTS datalists, nnU-Net raw datasets (default 0)")
     g.add_argument("--use_normal_dataset", action="store_true", help="no caching (plain MONAI Dataset)")
     g.add_argument("--data_check", default="full", choices=["full", "headers"],
                    help="before training, read every image in full (NaN/Inf voxels, truncated data), or only "
@@ -166,7 +168,7 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     if preset is not None:
         check_task_flags(args, preset)
     fold = args.fold if args.fold is not None or args.task != "brats" else 0
-    train, val = load_splits(args.json_list, args.data_dir, fold, args.allow_absolute_paths)
+    train, val = load_splits(args.json_list, args.data_dir, fold, args.allow_absolute_paths, args.splits)
     task = preset or resolve_task(args, train)
     check_task_flags(args, task)
     model = model_config(args, task)
@@ -194,6 +196,26 @@ def resolve_plan(args: argparse.Namespace) -> TrainPlan:
     )
 
 
+def record_split(args: argparse.Namespace, logdir: Path) -> None:
+    """nnU-Net raw datasets: log the folds the run uses and keep them as ``LOGDIR/splits_final.json``
+    (nnU-Net's format: evaluate the same fold later with ``--splits`` pointing there).
+
+    A run folder holding other folds (the dataset's cases changed, another splits file) is refused:
+    resuming would validate on cases it trained on.
+    """
+    split = raw_fold_split(find_datalist(args.json_list, args.data_dir), args.fold, args.splits)
+    if split is None:
+        return
+    target, text = logdir / SPLITS_FILE, splits_text(split)
+    if target.is_file() and target.read_text(encoding="utf-8") != text:
+        raise ConfigError(f"{target} holds other folds than {split.source}; use another --logdir, or --splits={target}")
+    if not target.is_file():
+        atomic_write_text(target, text)
+    chosen = split.splits[split.fold]
+    log.info("fold %d of %s: %d training, %d validation case(s); folds kept in %s", split.fold, split.source,
+             len(chosen["train"]), len(chosen["val"]), target)
+
+
 def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
     """Parse upstream-compatible flags, check flags and datalist, and train; returns an exit code."""
     args = build_parser(default_task).parse_args(argv)
@@ -204,6 +226,8 @@ def main(argv: Sequence[str] | None = None, default_task: str = "ukbob") -> int:
         for folder, flag in ((plan.logdir, "--logdir"), (args.cache_dir, "--cache_dir")):
             if folder is not None:
                 check_writable_folder(folder, flag)
+        if os.environ.get("RANK", "0") == "0" and args.rank == 0:
+            record_split(args, plan.logdir)
     except (DatalistError, OutputError, ValueError) as exc:
         log.error("%s", exc)
         return engine.EXIT_BAD_DATA

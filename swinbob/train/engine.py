@@ -154,7 +154,8 @@ def check_files(plan: TrainPlan, ctx: DistContext) -> None:
     entries = shard(plan.train_entries + plan.val_entries, ctx.rank, ctx.world_size)
     # Reading files waits on the disk and on zlib (which releases the GIL): use a few threads at least.
     workers, read_images = max(4, plan.options.workers), plan.options.data_check == "full"
-    problems = all_gather_objects(check_datalist(entries, plan.task, workers=workers, read_images=read_images))
+    problems = all_gather_objects(check_datalist(entries, plan.task, workers=workers, read_images=read_images,
+                                                      spacing=plan.data.spacing))
     found = [p for rank_problems in problems for p in rank_problems]
     if found:
         raise DatalistError(found, source=str(plan.options.json_list))
@@ -271,6 +272,22 @@ def interrupted(run: TrainingRun, where: str) -> TrainingInterrupted:
                                f"{run.plan.logdir / 'last.pt'}, continue with --resume")
 
 
+def step_or_fall_back(run: TrainingRun, batch: dict) -> tuple[torch.Tensor, bool]:
+    """:func:`train_step` on ``run.net``; when ``torch.compile`` fails there (first step or a later
+    recompile: no Triton, an Inductor error), the step is retried on the eager network, which
+    the run keeps (:func:`swinbob.runtime.fast.fall_back_to_eager`; ``--compile on`` stops instead).
+    Nothing was applied by the failed step: its gradients are cleared by the retry."""
+    try:
+        return train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.amp_dtype)
+    except Exception as exc:
+        failure = fast.compile_error(exc) if fast.is_compiled(run.net) else None
+        if failure is None:
+            raise
+        fast.fall_back_to_eager(failure, run.plan.options.compile, "a training step")
+        run.net = wrap(run.model, "off", run.ctx)
+    return train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.amp_dtype)
+
+
 def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict, batches: Iterator) -> float:
     """One epoch: the next ``len(run.train_loader)`` batches of ``batches`` (the run's
     :func:`~swinbob.data.loaders.batch_stream`, positioned at the start of ``epoch``); returns the mean
@@ -299,7 +316,7 @@ def train_epoch(run: TrainingRun, epoch: int, epoch_rng: dict, batches: Iterator
             continue
         lr = learning_rate(epoch + (step + 1) / steps, plan.lr, args.lrschedule, plan.warmup_epochs, plan.max_epochs)
         set_lr(run.optimizer, lr)
-        loss, stepped = train_step(run.net, batch, run.loss_fn, run.optimizer, run.scaler, run.amp_dtype)
+        loss, stepped = step_or_fall_back(run, batch)
         if stepped:
             run.nan_streak = 0
             run.state.global_step += 1
@@ -446,6 +463,10 @@ def train_worker(ctx: DistContext, plan: TrainPlan) -> int:
     except (DatalistError, ResumeMismatch) as exc:
         if ctx.is_main:
             log.error("%s", exc)
+        return EXIT_BAD_DATA
+    except fast.CompileError as exc:
+        if ctx.is_main:
+            log.error("configuration error: %s", exc)
         return EXIT_BAD_DATA
     except (TrainingDiverged, CheckpointError) as exc:
         if ctx.is_main:  # every rank raises alike: DDP keeps their weights identical
