@@ -42,8 +42,8 @@ and read rarely, so speed matters more than the last percent of size."""
 
 def _isal_gzip_open(filename: str, mode: str = "rb", compresslevel: int = GZIP_LEVEL, mtime: int = 0,
                     keep_open: bool = False) -> gzip.GzipFile:
-    """nibabel's ``gzip_open`` on ISA-L (``isal.igzip``): same files (no name, ``mtime`` 0), several
-    times faster to read and write. ``keep_open`` is nibabel's (indexed_gzip) option, not needed here."""
+    """nibabel's ``gzip_open`` on ISA-L (``isal.igzip``): same files (no name, ``mtime`` 0), faster to
+    read and write (benchmarks/RESULTS.md). ``keep_open`` is nibabel's (indexed_gzip) option, not needed here."""
     return _DeterministicIGzipFile(filename, mode if "b" in mode else f"{mode}b", GZIP_LEVEL, mtime=mtime)
 
 
