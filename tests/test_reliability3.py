@@ -248,6 +248,17 @@ for argv in json.loads(sys.argv[1]):
 """
 
 
+def _micro_voxel_dataset(root: Path) -> Path:
+    """Three tiny cases whose headers say 0.01 mm voxels but for one at 2 mm: ``--task auto`` takes
+    the median spacing (0.01 mm) as its target, which would resample the 2 mm case to ~10^11 voxels."""
+    datalist = write_dataset(root, "MRI", num_cases=3)
+    for index in (0, 1):
+        for path in (root / "imagesTr" / f"case{index}_0000.nii.gz", root / "labelsTr" / f"case{index}.nii.gz"):
+            img = nib.load(path)
+            nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([0.01, 0.01, 0.01, 1.0])), path)
+    return datalist
+
+
 def test_small_hostile_inputs_stay_within_an_address_space_limit(tmp_path):
     """Each input of under 1 MB, run in a process whose address space is capped: a refusal naming the
     file or flag, never a MemoryError, a kill or an allocation attempt of the size they claim."""
@@ -258,11 +269,15 @@ def test_small_hostile_inputs_stay_within_an_address_space_limit(tmp_path):
     scans = _big_voxels(tmp_path / "in").parent
     csv_table = tmp_path / "cells.csv"
     csv_table.write_text("1," + "x" * 900_000 + "\n")
+    micro = _micro_voxel_dataset(tmp_path / "micro")
     predict = ["predict", "-i", str(scans), "-m"]
     cases = {
         "16^3 scan of 600 mm voxels -> swinbob predict": ([*predict, str(model), "-o", str(tmp_path / "o1")], 1, "(--max_voxels)"),
         "task_spec label id 10^9 -> swinbob predict": ([*predict, str(huge), "-o", str(tmp_path / "o2")], 2, "(--max_channels)"),
         "900 kB label-table cell -> SOLF --labels": (["labels", str(csv_table)], 2, "not a CSV label table"),
+        "headers of 0.01 mm voxels, no --space_* -> swinbob train --task auto": (
+            ["train", "--task=auto", f"--json_list={micro}", f"--data_dir={micro.parent}", f"--logdir={tmp_path / 'run'}",
+             "--max_epochs=1", "--workers=0", *TINY_TRAIN_FLAGS[:4]], 2, "(--max_voxels)"),
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     jobs = [argv if argv[0] == "labels" else [*argv, "--device=cpu"] for argv, _, _ in cases.values()]
