@@ -10,8 +10,8 @@ Claims measured (benchmarks/RESULTS.md, docs/recipe.md):
 2. Pretraining pays: the claim-1 cleaned model (Swin-BOB) fine-tuned (``--pretrained_dir``,
    ``--pretrained_model_name``) into another task (grey/white matter without hemispheres) on scans
    under a scanner shift, with 1, 2 and 4 labelled subjects, against scratch at equal steps.
-3. Adaptation: none / flip TTA / ETTA / both (``test_etta.py --compare_etta [--tta flip]``) on the
-   fine-tuned model, on test scans under a second shift.
+3. Adaptation: none / flip TTA / ETTA / both (``test_etta.py --compare_etta [--tta flip]``) and flip +
+   self-training (``--tta_adapt selftrain``) on the fine-tuned model, on test scans under a second shift.
 
 Data: :mod:`swinbob.solf.brain_cohort` (MNI152 2009 from the nilearn wheel: ``pip install '.[bench]'``).
 This script only orchestrates: every model is trained by ``main.py``'s entry, cleaned by
@@ -51,6 +51,10 @@ STAGES = ("data", "solf", "train", "evaluate", "finetune", "adapt", "report")
 VARIANTS = ("raw", "cleaned", "intact")
 SOLF_METHODS = ("ours", "paper")
 STRUCTURES = {k: v for k, v in STRUCTURE_LABELS.items() if k}
+CLAIM3_RUNS = {"none": ("none", "entropy"), "flip": ("flip", "entropy"), "flip_selftrain": ("flip", "selftrain")}
+"""Claim-3 ``test_etta.py --compare_etta`` runs: name → (``--tta``, ``--tta_adapt``)."""
+CLAIM3_NAMES = {"none": ("none", "ETTA"), "flip": ("flip", "flip + ETTA"), "flip_selftrain": (None, "flip + selftrain")}
+"""Table rows of each run's unadapted and adapted results (the third run's unadapted pass repeats ``flip``)."""
 ROI = ("64", "32", "32")
 """Patches 192 × 96 × 96 mm: the whole left-right width (the side of a structure is visible), a quarter of the grid."""
 log = logging.getLogger("bench_recipe")
@@ -221,11 +225,11 @@ def stage_finetune(args: argparse.Namespace, work: Path) -> None:
 
 
 def stage_adapt(args: argparse.Namespace, work: Path) -> None:
-    """Claim 3: none / ETTA and flip / flip+ETTA on the fine-tuned model, test scans under a second shift."""
+    """Claim 3: none / ETTA, flip / flip+ETTA and flip+self-training on the fine-tuned model, test scans under a second shift."""
     _, test = downstream_lists(args, work, "downstream_adapt")
     model = work / "models" / f"claim2_swinbob_n{max(args.labelled)}"
-    for tta in ("none", "flip"):
-        evaluate(work, model, test, work / "eval" / f"claim3_{tta}", ["--compare_etta", "--tta", tta])
+    for name, (tta, adapt) in CLAIM3_RUNS.items():
+        evaluate(work, model, test, work / "eval" / f"claim3_{name}", ["--compare_etta", "--tta", tta, "--tta_adapt", adapt])
 
 
 # ---- tables ---------------------------------------------------------------------------------------
@@ -353,13 +357,14 @@ def stage_report(args: argparse.Namespace, work: Path) -> None:
                          f"{row['scratch']['hd95']:.2f} |")
     lines += ["", f"### Claim 3: adaptation of the fine-tuned model on test scans under {args.adapt_shift}", "",
               "| method | mean Dice | HD95 mm |", "|---|---|---|"]
-    for tta, names in (("none", ("none", "ETTA")), ("flip", ("flip", "flip + ETTA"))):
-        path = work / "eval" / f"claim3_{tta}" / "summary.json"
+    for run, names in CLAIM3_NAMES.items():
+        path = work / "eval" / f"claim3_{run}" / "summary.json"
         if path.exists():
             summary = json.loads(path.read_text())
             for method, name in zip(("no_etta", "etta"), names):
-                r = out["claim3"][name] = overall(summary, method)
-                lines.append(f"| {name} | {r['dice']:.4f} | {r['hd95']:.2f} |")
+                if name:
+                    r = out["claim3"][name] = overall(summary, method)
+                    lines.append(f"| {name} | {r['dice']:.4f} | {r['hd95']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     atomic_write_text(work / "report.md", text)

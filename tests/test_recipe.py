@@ -83,7 +83,7 @@ def test_bench_recipe_runs_every_stage_on_a_tiny_cohort(tmp_path: Path) -> None:
     assert all(0 <= d <= 1 for v in ("raw", "cleaned") for d in results["claim1"][v]["dice"])
     row = results["claim2"]["1"]
     assert {"swinbob", "scratch"} <= set(row) and row["swinbob"]["curve"][0][0] == 1
-    assert set(results["claim3"]) == {"none", "ETTA", "flip", "flip + ETTA"}
+    assert set(results["claim3"]) == {"none", "ETTA", "flip", "flip + ETTA", "flip + selftrain"}
     assert figure.stat().st_size > 0
     # the fine-tuned model started from the cleaned claim-1 model (main.py's transfer log)
     assert "claim1_cleaned_s0/model_final.pt: loaded" in (work / "models" / "claim2_swinbob_n1.log").read_text()
