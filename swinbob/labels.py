@@ -6,8 +6,18 @@ checkpoint configs and reports without conversion.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 IGNORE_LABEL = 255
 """Label value written by SOLF for rejected organs: such voxels give no supervision at all."""
+
+LEFT_RIGHT_AXIS = 0
+"""The spatial axis that runs from the body's left to its right once scans are oriented to RAS (as
+every chain in :mod:`swinbob.data.transforms` does): mirroring along it swaps the sides."""
+
+_SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
+_LEFT_WORD = re.compile(r"(^|[_\-. ])left($|[_\-. ])")
 
 _TOTALVIBE_NAMES = (
     "background spleen kidney_right kidney_left gallbladder liver stomach pancreas "
@@ -84,3 +94,58 @@ def brats_regions(et_label: int = 3) -> dict[str, tuple[int, ...]]:
 def ids_by_name(label_map: dict[int, str]) -> dict[str, int]:
     """Inverse of a label map, for readable rules and tests (``ids_by_name(m)["liver"]``)."""
     return {name: label for label, name in label_map.items()}
+
+
+def mirror_name(name: str) -> str | None:
+    """The name of the other side (``kidney_left`` -> ``kidney_right``, ``left_lung`` ->
+    ``right_lung``, ``rib_left_3`` -> ``rib_right_3``), or None if no word says left or right.
+
+    Words are separated by ``_``, ``-``, ``.`` or spaces, so ``cleft`` or ``brightness`` never count.
+    """
+    parts = re.split(r"([_\-. ]+)", name)
+    sides = [i for i, part in enumerate(parts) if part in _SIDE_WORDS]
+    if len(sides) != 1:
+        return None
+    parts[sides[0]] = _SIDE_WORDS[parts[sides[0]]]
+    return "".join(parts)
+
+
+def side_pairs(labels: Mapping[int, str]) -> list[tuple[int, int]]:
+    """(left ID, right ID) of every pair of labels whose names differ only by left/right, by
+    increasing left ID. Names are compared without regard to case (``Kidney_Left`` pairs with
+    ``kidney_right``); a name whose lower-case form occurs twice pairs with nothing, and a side
+    without its partner (``atrial_appendage_left``) stays unpaired."""
+    by_name: dict[str, int] = {}
+    clashes: set[str] = set()
+    for label, name in labels.items():
+        key = name.lower()
+        if key in by_name:
+            clashes.add(key)
+        by_name[key] = label
+    pairs = []
+    for key, label in sorted(by_name.items(), key=lambda item: item[1]):
+        partner = mirror_name(key)
+        if partner in by_name and _LEFT_WORD.search(key) and not {key, partner} & clashes:
+            pairs.append((label, by_name[partner]))
+    return pairs
+
+
+def mirror_permutation(labels: Mapping[int, str]) -> tuple[int, ...] | None:
+    """What each label value 0..max (a softmax channel) becomes in the left-right mirror image:
+    its partner for the labels of :func:`side_pairs`, itself otherwise; None when there is no pair.
+
+    Used wherever an image is mirrored along :data:`LEFT_RIGHT_AXIS` (training augmentation, flip
+    TTA): the anatomy changes sides, so the names of left/right structures must change with it.
+    """
+    pairs = side_pairs(labels)
+    if not pairs:
+        return None
+    permutation = list(range(max(labels) + 1))
+    for left, right in pairs:
+        permutation[left], permutation[right] = right, left
+    return tuple(permutation)
+
+
+def describe_side_pairs(labels: Mapping[int, str]) -> str:
+    """The pairs of :func:`side_pairs` by name for logs (``kidney_left/kidney_right, ...``; ``none``)."""
+    return ", ".join(f"{labels[left]}/{labels[right]}" for left, right in side_pairs(labels)) or "none"

@@ -21,6 +21,7 @@ from swinbob.labels import (
     IGNORE_LABEL,
     TOTALVIBE_LABELS,
     brats_regions,
+    mirror_permutation,
 )
 from swinbob.limits import limit
 
@@ -129,6 +130,14 @@ class Task:
         if self.mode == "regions":
             return list(range(len(self.regions)))
         return [i for i in sorted(self.label_map) if i != 0 and self.label_map[i] != "unused"]
+
+    @property
+    def mirror_channels(self) -> tuple[int, ...] | None:
+        """Softmax tasks: what each label value (output channel) becomes in a left-right mirror image,
+        the two of every left/right pair named in ``label_map`` swapped
+        (:func:`~swinbob.labels.mirror_permutation`); None without such pairs and for region tasks,
+        whose regions (BraTS's TC/WT/ET) have no side."""
+        return mirror_permutation(self.label_map) if self.mode == "softmax" else None
 
     @property
     def valid_label_values(self) -> frozenset[int]:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from swinbob.files import read_nifti, write_nifti
-from swinbob.labels import BTCV_LABELS, IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS
+from swinbob.labels import BTCV_LABELS, IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS, mirror_name, side_pairs
 from swinbob.data.phantoms import btcv_case, ukbob_case
 from swinbob.solf.inject import fragment, inject, swap
-from swinbob.solf.labelsets import LabelSetError, load_label_set, mirror_name, remap_by_name, side_pairs
+from swinbob.solf.labelsets import LabelSetError, load_label_set, remap_by_name
 from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.rules import RulesError, learn_component_rules, load_rules
 

@@ -41,8 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from swinbob.labels import side_pairs
 from swinbob.solf.features import MAX_PIECES
-from swinbob.solf.labelsets import LABEL_SLOTS, finite_values_by_label, side_pairs
+from swinbob.solf.labelsets import LABEL_SLOTS, finite_values_by_label
 from swinbob.solf.paper import paper_flags
 from swinbob.solf.rules import OUTLIER_FEATURES, RuleSet, learn_component_rules
 from swinbob.solf.store import FeatureTable
@@ -164,7 +165,7 @@ def robust_z(values: np.ndarray, labels: np.ndarray, population: Population) -> 
 def wrong_side_rows(table: FeatureTable, centroid_x: np.ndarray, lateral_z: np.ndarray,
                     labels: dict[int, str]) -> np.ndarray:
     """Rows of organs on the wrong side of their left/right partner (see module docstring);
-    partners are found from the names of ``labels`` (:func:`swinbob.solf.labelsets.side_pairs`)."""
+    partners are found from the names of ``labels`` (:func:`swinbob.labels.side_pairs`)."""
     cols = table.columns
     row_of = np.full((len(table.case_ids), LABEL_SLOTS), -1, dtype=np.int64)
     row_of[cols["case_index"], cols["label"]] = np.arange(cols["label"].size)

@@ -11,7 +11,7 @@ classes) or from a file given with ``--labels``:
 Background (ID 0) is implied. IDs must be integers 1..254 (255 is SOLF's ignore value); nnU-Net
 region entries (lists of IDs) are skipped. Everything organ-specific beyond the names is learned
 from the cohort when the label set is not TotalVibeSegmentator (see :mod:`swinbob.solf.rules`),
-and left/right partners are found from the names (:func:`side_pairs`).
+and left/right partners are found from the names (:func:`swinbob.labels.side_pairs`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from swinbob.labels import IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABE
 PRESETS: dict[str, dict[int, str]] = {"totalvibe": TOTALVIBE_LABELS, "totalsegmentator": TOTALSEGMENTATOR_LABELS}
 LABEL_SLOTS = 256
 """Size of per-label lookup arrays: every uint8 value (labels are stored as uint8 by pass 1)."""
-_SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
 
 
 class LabelSetError(ValueError):
@@ -161,31 +160,6 @@ def label_set_channels(spec: str | Path | None) -> tuple[str, ...] | None:
 def is_totalvibe(labels: dict[int, str]) -> bool:
     """Whether ``labels`` is TotalVibeSegmentator's table (whose organ rules SOLF has built in)."""
     return labels == TOTALVIBE_LABELS
-
-
-def mirror_name(name: str) -> str | None:
-    """The name of the other side (``kidney_left`` -> ``kidney_right``, ``left_lung`` ->
-    ``right_lung``, ``rib_left_3`` -> ``rib_right_3``), or None if no word says left or right.
-
-    Words are separated by ``_``, ``-``, ``.`` or spaces, so ``cleft`` or ``brightness`` never count.
-    """
-    parts = re.split(r"([_\-. ]+)", name)
-    sides = [i for i, part in enumerate(parts) if part in _SIDE_WORDS]
-    if len(sides) != 1:
-        return None
-    parts[sides[0]] = _SIDE_WORDS[parts[sides[0]]]
-    return "".join(parts)
-
-
-def side_pairs(labels: dict[int, str]) -> list[tuple[int, int]]:
-    """(left ID, right ID) of every pair of labels whose names differ only by left/right."""
-    ids = {name: label for label, name in labels.items()}
-    pairs = []
-    for name, label in sorted(ids.items(), key=lambda item: item[1]):
-        partner = mirror_name(name)
-        if partner in ids and re.search(r"(^|[_\-. ])(left|Left|LEFT)($|[_\-. ])", name):
-            pairs.append((label, ids[partner]))
-    return pairs
 
 
 def name_of(labels: dict[int, str], label: int) -> str:

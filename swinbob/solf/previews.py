@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from swinbob.files import NiftiError, atomic_write, read_nifti, short_name
+from swinbob.labels import side_pairs
 from swinbob.solf.decide import REJECTED, Decisions
-from swinbob.solf.labelsets import name_of, side_pairs
+from swinbob.solf.labelsets import name_of
 from swinbob.solf.store import FeatureTable
 from swinbob.solf.structures import read_label_source, structure_ids
 from swinbob.viz import ras_spacing, to_ras
