@@ -1,9 +1,20 @@
-"""Left/right label pairs under mirroring: the pairs found from label names (``swinbob.labels``)."""
+"""Left/right label pairs under mirroring: the pairs found from label names, and the training flip
+that swaps their label values (``swinbob.labels``, ``swinbob.data.transforms.RandFlipPairsd``)."""
+
+import torch
+from monai import transforms as T
 
 from swinbob.data.mni_cohort import STRUCTURE_LABELS
-from swinbob.labels import TOTALVIBE_LABELS, describe_side_pairs, ids_by_name, mirror_permutation, side_pairs
-from swinbob.tasks import get_task
+from swinbob.data.transforms import DataConfig, RandFlipPairsd, augment_transforms, permute_label_values
+from swinbob.labels import (
+    IGNORE_LABEL, TOTALVIBE_LABELS, describe_side_pairs, ids_by_name, mirror_permutation, side_pairs,
+)
+from swinbob.tasks import Intensity, Task, get_task
 
+LATERAL = Task(name="lateral", channel_names=("ct",), mode="softmax", spacing=(1.0, 1.0, 1.0),
+               intensity=Intensity("window", 0, 10, 0, 10),
+               label_map={0: "background", 1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "atrial_appendage_left"})
+SHAPE = (16, 8, 8)
 TV = ids_by_name(TOTALVIBE_LABELS)
 
 
@@ -41,3 +52,52 @@ def test_task_mirror_channels_come_from_the_label_names_of_softmax_tasks_only():
     assert get_task("ukbob").mirror_channels == mirror_permutation(TOTALVIBE_LABELS)
     assert get_task("brats").mirror_channels is None
     assert mirror_permutation(STRUCTURE_LABELS) == (0, 2, 1, 4, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: the flip along x swaps the label values of each pair
+# ----------------------------------------------------------------------------------------------
+
+def _sample() -> dict[str, torch.Tensor]:
+    """kidney_left (2) at x < 8 and kidney_right (3) at x >= 8, a liver (1), the unpaired appendage (4)
+    and ignored voxels (255), all on the left; the image holds the label values (image and label move together)."""
+    label = torch.zeros(1, *SHAPE)
+    label[0, 2:5, 1:4, 5:7], label[0, 11:14, 1:4, 5:7] = 2, 3
+    label[0, 5:7, 5:7, 1:3], label[0, 1:3, 6:8, 0:2], label[0, 0, 0, 0] = 1, 4, IGNORE_LABEL
+    return {"image": label.clone(), "label": label}
+
+
+def test_mirroring_x_puts_the_right_label_on_the_structure_now_on_the_right():
+    flip = RandFlipPairsd(keys=["image", "label"], prob=1.0, spatial_axis=0, permutation=LATERAL.mirror_channels)
+    sample = _sample()
+    out = flip(sample)
+    label, moved = out["label"][0], out["image"][0]
+    assert torch.equal(moved, sample["image"][0].flip(0))  # the anatomy is mirrored ...
+    assert label[11:14, 1:4, 5:7].eq(3).all() and label[2:5, 1:4, 5:7].eq(2).all()  # ... and renamed by side
+    assert torch.equal(label == 1, moved == 1) and torch.equal(label == 4, moved == 4)
+    assert torch.equal(label == IGNORE_LABEL, moved == IGNORE_LABEL)
+    assert torch.equal(flip.inverse(out)["label"], sample["label"])  # MONAI's inverse undoes flip and swap
+
+
+def test_the_pair_flip_draws_as_randflipd_and_without_pairs_is_randflipd():
+    keys = ["image", "label"]
+    plain = T.RandFlipd(keys=keys, prob=0.5, spatial_axis=0).set_random_state(7)
+    no_pairs = RandFlipPairsd(keys=keys, prob=0.5, spatial_axis=0).set_random_state(7)
+    pairs = RandFlipPairsd(keys=keys, prob=0.5, spatial_axis=0, permutation=LATERAL.mirror_channels).set_random_state(7)
+    flips = 0
+    for _ in range(12):
+        expected = plain(_sample())
+        flipped = not torch.equal(expected["image"], _sample()["image"])
+        flips += flipped
+        assert torch.equal(no_pairs(_sample())["label"], expected["label"])
+        renamed = permute_label_values(expected["label"], LATERAL.mirror_channels) if flipped else expected["label"]
+        assert torch.equal(pairs(_sample())["label"], renamed)
+    assert 0 < flips < 12
+
+
+def test_only_the_left_right_flip_of_the_training_chain_swaps_pairs():
+    config = DataConfig.from_task(LATERAL, roi=SHAPE)
+    flips = [t for t in augment_transforms(LATERAL, config) if isinstance(t, T.RandFlipd)]
+    assert [t.flipper.spatial_axis for t in flips] == [0, 1, 2]
+    assert isinstance(flips[0], RandFlipPairsd) and flips[0].permutation == LATERAL.mirror_channels
+    assert not any(isinstance(t, RandFlipPairsd) for t in flips[1:])

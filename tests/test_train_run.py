@@ -93,6 +93,8 @@ def test_finetuning_btcv_from_the_ukbob_checkpoint_reports_the_transfer(ukbob_ru
     report = next(r.getMessage() for r in caplog.records if "loaded" in r.getMessage() and "tensors" in r.getMessage())
     loaded, total = map(int, report.split("loaded ")[1].split(" tensors")[0].split("/"))
     assert 0 < loaded < total and "out.conv.conv.weight" in report  # new 14-class head
+    assert "left/right label pairs swapped in patches mirrored along x: left_kidney/right_kidney, " \
+           "left_adrenal_gland/right_adrenal_gland" in caplog.text
     assert load_checkpoint(tmp_path / "ft" / "last.pt")["config"]["out_channels"] == 14
 
 
@@ -107,6 +109,7 @@ def test_finetuning_brats_regions_from_the_ukbob_checkpoint(ukbob_run, tmp_path_
     assert train_cli.main(argv, default_task="brats") == 0
     assert "re-initialised (shape differs): out.conv.conv.weight" in caplog.text  # 4 channels in: only the head differs
     assert "validation after epoch 1: mean Dice" in caplog.text and "TC " in caplog.text and "ET " in caplog.text
+    assert "left/right label pairs" not in caplog.text  # regions have no sides
     best = load_checkpoint(tmp_path / "brats" / "model.pt")
     assert best["config"]["mode"] == "regions" and best["config"]["out_channels"] == 3 and best["best_metric"] is not None
 

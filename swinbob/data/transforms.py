@@ -20,12 +20,13 @@ import torch
 from monai import transforms as T
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.utils import TraceKeys
 
 from swinbob.data.nnunet_raw import is_raw_dataset, raw_entries
 from swinbob.files import (
     NiftiError, check_finite, check_resampled_size, load_nifti_header, nifti_stem, read_bounded_text, resolve_inside,
 )
-from swinbob.labels import IGNORE_LABEL
+from swinbob.labels import IGNORE_LABEL, LEFT_RIGHT_AXIS
 from swinbob.tasks import Intensity, Task
 
 
@@ -378,8 +379,59 @@ class CropIndicesd(T.FgBgToIndicesd):
         return d
 
 
+def permute_label_values(label: torch.Tensor, permutation: Sequence[int]) -> torch.Tensor:
+    """A copy of ``label`` in which every value ``v`` below ``len(permutation)`` becomes
+    ``permutation[v]``; other values (the ignore value) and a MetaTensor's metadata are kept."""
+    out = label.clone()
+    values = plain_tensor(out)  # a view: written in place
+    ids = values.long()
+    inside = (ids >= 0) & (ids < len(permutation))
+    table = torch.as_tensor(permutation, device=values.device)
+    values[inside] = table[ids[inside]].to(values.dtype)
+    return out
+
+
+class RandFlipPairsd(T.RandFlipd):
+    """``RandFlipd`` that also swaps the label values of left/right pairs in ``label_key`` whenever it flips.
+
+    Mirroring along the left-right axis moves a left structure to the body's right: without the swap
+    a mirrored patch would teach that ``kidney_left`` may lie on the right. ``permutation`` says what
+    each label value becomes (:attr:`~swinbob.tasks.Task.mirror_channels`); None makes this exactly
+    ``RandFlipd``. One random draw decides the flip and the swap, so the random stream is
+    ``RandFlipd``'s; the inverse undoes both.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.1, spatial_axis: int | Sequence[int] | None = None,
+                 permutation: Sequence[int] | None = None, label_key: str = "label",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, prob=prob, spatial_axis=spatial_axis, allow_missing_keys=allow_missing_keys)
+        self.permutation = None if permutation is None else tuple(permutation)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        d = super().__call__(data, lazy)
+        if self._do_transform:
+            self._swap_pairs(d)
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        flipped = self.permutation is not None and self.label_key in data and \
+            bool(self.get_most_recent_transform(data[self.label_key])[TraceKeys.DO_TRANSFORM])
+        d = super().inverse(data)
+        if flipped:
+            self._swap_pairs(d)
+        return d
+
+    def _swap_pairs(self, d: dict[Hashable, torch.Tensor]) -> None:
+        if self.permutation is not None and self.label_key in d:
+            d[self.label_key] = permute_label_values(d[self.label_key], self.permutation)
+
+
 def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = True) -> list[T.Transform]:
     """Random patch sampling and augmentations of the reference recipes (training only).
+
+    Mirroring the left-right axis swaps the label values of the task's left/right pairs
+    (:class:`RandFlipPairsd`); the other axes keep every side where it is in RAS.
 
     The padding to the ROI and, with ``cache_crop_indices``, the label's foreground/background
     indices (:class:`CropIndicesd`, for label-balanced crops) are deterministic, so cache datasets
@@ -400,7 +452,8 @@ def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool 
             num_samples=config.num_samples, image_key="image", image_threshold=floor, **indices,
         ))
     chain: list[T.Transform] = sampling + [
-        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
+        RandFlipPairsd(keys=keys, prob=config.flip_prob, spatial_axis=LEFT_RIGHT_AXIS,
+                       permutation=task.mirror_channels),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
     ]

@@ -29,6 +29,7 @@ from swinbob.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
 from swinbob.data.transforms import eval_transforms, plain_tensor, train_transforms
 from swinbob.runtime.distributed import DistContext, all_gather_objects, all_reduce_sum
 from swinbob.files import atomic_write_text, remove_stale_temp_files
+from swinbob.labels import describe_side_pairs
 from swinbob.runtime.interrupt import StopRequest, stop_on_signals
 from swinbob.data.loaders import DatalistError, batch_stream, check_datalist, make_dataset, shard, train_loader, val_loader
 from swinbob.runtime.logs import configure_logging
@@ -231,6 +232,9 @@ def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + gradient scaler"}[amp_dtype]
     log.info("%s on %s x%d, %s, %d training / %d validation cases, logging to %s", plan.task.name, ctx.device,
              ctx.world_size, precision, len(plan.train_entries), len(plan.val_entries), plan.logdir)
+    if plan.data.flip_prob > 0 and plan.task.mode == "softmax":
+        log.info("left/right label pairs swapped in patches mirrored along x: %s",
+                 describe_side_pairs(plan.task.label_map))
     return TrainingRun(plan, ctx, model, net, optimizer, scaler, loss_fn, *loaders, amp_dtype, state,
                        run_config(plan.task, plan.model, plan.data), schedule, writer, resume)
 
