@@ -15,6 +15,7 @@ from swinbob.checkpoint import make_checkpoint
 from swinbob.infer.etta import EttaConfig
 from swinbob.infer.cli import build_parser, main, setup
 from swinbob.model import ModelConfig, build_model
+from swinbob.tasks import get_task
 from tiny import WIDE_ROI, tiny_config, tiny_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,9 +186,13 @@ def test_tta_and_new_etta_flags_reach_the_settings_and_the_summary(cohort):
                                             "--etta_sharpness=4", "--etta_min_entropy=0.1"])
     _model, _cases, settings, context = setup(args)
     assert settings.tta == "flip" and context["tta"] == "flip"
+    assert settings.mirror_channels == get_task("btcv").mirror_channels  # BTCV's kidneys and adrenal glands
     assert (settings.etta.diversity, settings.etta.decoder_norms, settings.etta.sharpness, settings.etta.min_entropy) == \
         (0.3, True, 4.0, 0.1)
     assert build_parser("btcv").parse_args([]).tta == "none"
     assert main([*base, "--tta", "flip", "--no_etta"]) == 0
     summary = json.loads((cohort / "outputs" / "test" / "summary.json").read_text())
     assert summary["tta"] == "flip" and summary["cases"]["evaluated"] == 1
+    log = (cohort / "outputs" / "test" / "evaluate.log").read_text()
+    assert "left/right channels swapped in mirror images along x: left_kidney/right_kidney, " \
+           "left_adrenal_gland/right_adrenal_gland" in log

@@ -1,20 +1,30 @@
-"""Left/right label pairs under mirroring: the pairs found from label names, and the training flip
-that swaps their label values (``swinbob.labels``, ``swinbob.data.transforms.RandFlipPairsd``)."""
+"""Left/right label pairs under mirroring: the pairs found from label names, the training flip that
+swaps their label values, and flip TTA that swaps their channels back (``swinbob.labels``,
+``swinbob.data.transforms.RandFlipPairsd``, ``swinbob.infer.tta``)."""
 
+import pytest
 import torch
 from monai import transforms as T
+from torch import nn
 
 from swinbob.data.mni_cohort import STRUCTURE_LABELS
 from swinbob.data.transforms import DataConfig, RandFlipPairsd, augment_transforms, permute_label_values
+from swinbob.infer.cli import mapped_model_labels
+from swinbob.infer.evaluate import NO_ETTA, EvalSettings, predict_case_outputs
+from swinbob.infer.tta import unmirror
+from swinbob.infer.window import WindowSettings
 from swinbob.labels import (
     IGNORE_LABEL, TOTALVIBE_LABELS, describe_side_pairs, ids_by_name, mirror_permutation, side_pairs,
 )
 from swinbob.tasks import Intensity, Task, get_task
+from swinbob.train.state import run_config
+from tiny import tiny_config
 
 LATERAL = Task(name="lateral", channel_names=("ct",), mode="softmax", spacing=(1.0, 1.0, 1.0),
                intensity=Intensity("window", 0, 10, 0, 10),
                label_map={0: "background", 1: "liver", 2: "kidney_left", 3: "kidney_right", 4: "atrial_appendage_left"})
 SHAPE = (16, 8, 8)
+WINDOW = WindowSettings(SHAPE, 1, 0.0)
 TV = ids_by_name(TOTALVIBE_LABELS)
 
 
@@ -101,3 +111,85 @@ def test_only_the_left_right_flip_of_the_training_chain_swaps_pairs():
     assert [t.flipper.spatial_axis for t in flips] == [0, 1, 2]
     assert isinstance(flips[0], RandFlipPairsd) and flips[0].permutation == LATERAL.mirror_channels
     assert not any(isinstance(t, RandFlipPairsd) for t in flips[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Flip TTA: mirror images along x have their pair channels swapped back
+# ----------------------------------------------------------------------------------------------
+
+class PositionModel(nn.Module):
+    """Segments by absolute position, as a model trained on RAS scans may: a kidney (intensity 1) is
+    ``kidney_left`` where x < mid and ``kidney_right`` elsewhere; liver (2) and the unpaired
+    appendage (3) by intensity alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        intensity = x[:, 0]
+        left = (torch.arange(x.shape[2]) < x.shape[2] // 2).view(1, -1, 1, 1)
+        logits = torch.zeros(x.shape[0], 5, *x.shape[2:])
+        logits[:, 0] = 5.0 * (intensity == 0)
+        logits[:, 1] = 5.0 * (intensity == 2)
+        logits[:, 2] = 5.0 * ((intensity == 1) & left)
+        logits[:, 3] = 5.0 * ((intensity == 1) & ~left)
+        logits[:, 4] = 5.0 * (intensity == 3)
+        return logits
+
+
+def _image() -> torch.Tensor:
+    """Kidneys on both sides, a liver and an appendage across the midline, all off-centre in y and z."""
+    image = torch.zeros(1, *SHAPE)
+    image[0, 2:5, 1:4, 5:7] = 1
+    image[0, 11:14, 1:4, 5:7] = 1
+    image[0, 5:11, 5:7, 1:3] = 2
+    image[0, 6:9, 1:3, 1:3] = 3
+    return image
+
+
+def _settings(tmp_path, **kw) -> EvalSettings:
+    return EvalSettings(task=LATERAL, data=DataConfig.from_task(LATERAL, roi=SHAPE), window=WINDOW,
+                        output_dir=tmp_path, methods=(NO_ETTA,), **kw)
+
+
+def test_flip_tta_keeps_each_side_of_a_position_model_on_a_lateral_label_set(tmp_path):
+    model, image = PositionModel().eval(), _image()
+    plain = predict_case_outputs(model, image, _settings(tmp_path))[0][NO_ETTA]
+    assert plain[2:5, 1:4, 5:7].eq(2).all() and plain[11:14, 1:4, 5:7].eq(3).all()
+    for axes in ((0,), (0, 1, 2)):
+        flipped = predict_case_outputs(model, image, _settings(tmp_path, tta="flip", tta_axes=axes))[0][NO_ETTA]
+        assert torch.equal(flipped, plain), axes
+
+
+def test_unmirror_swaps_pair_channels_only_for_subsets_with_the_left_right_axis():
+    logits = torch.arange(5.0).view(1, 5, 1, 1, 1).expand(1, 5, 2, 2, 2).contiguous()
+    permutation = LATERAL.mirror_channels
+    assert unmirror(logits, (0,), permutation)[0, :, 0, 0, 0].tolist() == [0, 1, 3, 2, 4]
+    assert unmirror(logits, (0, 2), permutation)[0, :, 0, 0, 0].tolist() == [0, 1, 3, 2, 4]
+    assert torch.equal(unmirror(logits, (1, 2), permutation), logits)
+    assert torch.equal(unmirror(logits, (0,), None), logits)
+    with pytest.raises(ValueError, match="5 mirror channels for a model with 3 outputs"):
+        unmirror(logits[:, :3], (0,), permutation)
+
+
+def test_a_region_task_has_no_mirror_channels_whatever_its_names(tmp_path):
+    regions = Task(name="regions", channel_names=("t1",), mode="regions", spacing=(1.0, 1.0, 1.0),
+                   intensity=Intensity("window", 0, 10, 0, 10), regions={"left": (1,), "right": (2,)},
+                   label_map={0: "background", 1: "kidney_left", 2: "kidney_right"})
+    settings = EvalSettings(task=regions, data=DataConfig.from_task(regions, roi=SHAPE), window=WINDOW,
+                            output_dir=tmp_path)
+    assert settings.mirror_channels is None
+
+
+def test_a_zero_shot_model_swaps_the_pairs_of_its_own_label_names(tmp_path):
+    ukbob = get_task("ukbob")
+    stored = run_config(ukbob, tiny_config(4, 73), DataConfig.from_task(ukbob))  # what a checkpoint records
+    assert mapped_model_labels(stored, {5: 6}, 73) == TOTALVIBE_LABELS
+    assert mapped_model_labels(stored, None, 73) is None and mapped_model_labels(None, {5: 6}, 73) is None
+    btcv = get_task("btcv")
+    settings = EvalSettings(task=btcv, data=DataConfig.from_task(btcv), window=WINDOW, output_dir=tmp_path,
+                            label_map={5: 6})
+    assert settings.mirror_channels is None  # the model's outputs are not BTCV's, and their names are unknown
+    settings.model_labels = TOTALVIBE_LABELS
+    assert settings.mirror_channels == mirror_permutation(TOTALVIBE_LABELS)

@@ -208,6 +208,18 @@ def parse_label_map(text: str | None, task: Task, out_channels: int) -> dict[int
     return mapping
 
 
+def mapped_model_labels(stored: dict[str, Any] | None, label_map: dict[int, int] | None,
+                        out_channels: int) -> dict[int, str] | None:
+    """The names of the model's output channels when ``label_map`` maps them onto another task's
+    labels (flip TTA swaps the channels of their left/right pairs): those of the task the checkpoint
+    records, if it has ``out_channels`` softmax outputs; None otherwise, and without a ``label_map``
+    (the outputs are then the task's own)."""
+    recorded = stored_task(stored) if label_map else None
+    if recorded is None or recorded.mode != "softmax" or recorded.out_channels != out_channels:
+        return None
+    return dict(recorded.label_map)
+
+
 def _roi(args: argparse.Namespace, default: Sequence[int]) -> tuple[int, int, int]:
     values = [args.roi_x, args.roi_y, args.roi_z]
     if any(v is None for v in values) and any(v is not None for v in values):
@@ -368,7 +380,8 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, list[Case], EvalSe
                         args.etta_min_entropy, args.etta_sharpness, tuple(args.etta_states), args.etta_optimizer),
         adapt=args.tta_adapt, selftrain=selftrain_config(args),
         tta=args.tta,
-        label_map=label_map, save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
+        label_map=label_map, model_labels=mapped_model_labels(stored, label_map, config.out_channels),
+        save_predictions=args.save_predictions, save_probabilities=args.save_probabilities,
         statistics=args.statistics, overwrite=args.overwrite, workers=args.workers,
         gif=GifSettings(args.gif_frames, args.gif_downsample, args.gif_duration) if args.generate_gifs else None,
         device=device, part=part, case_index=case_index, overlap=args.overlap,

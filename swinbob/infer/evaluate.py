@@ -48,7 +48,7 @@ from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.runtime.interrupt import stop_on_signals
 from swinbob.infer.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.infer.statistics import structure_statistics, write_probabilities
-from swinbob.labels import IGNORE_LABEL
+from swinbob.labels import IGNORE_LABEL, LEFT_RIGHT_AXIS, describe_side_pairs, mirror_permutation
 from swinbob.tasks import Task
 from swinbob.infer.tta import flip_tta_logits
 from swinbob.viz import GifSettings, write_gif
@@ -83,6 +83,9 @@ class EvalSettings:
     tta_axes: tuple[int, ...] = (0, 1, 2)
     """Spatial axes mirrored by flip TTA (every subset of them is predicted)."""
     label_map: dict[int, int] | None = None
+    model_labels: dict[int, str] | None = None
+    """Names of the model's output channels where they are not the task's: a model from another task
+    scored through ``label_map``. Unknown (None) with a ``label_map``: no channel is taken for a side."""
     save_predictions: bool = True
     save_probabilities: bool = False
     statistics: bool = False
@@ -97,6 +100,22 @@ class EvalSettings:
     to its journal and the folder's tables are merged when every part has ended."""
     case_index: dict[str, int] = field(default_factory=dict)
     """Position of each case in the whole run's input order (a part's merge orders cases by it)."""
+
+    @property
+    def side_labels(self) -> dict[int, str]:
+        """The model's label names that flip TTA looks for left/right pairs in: the task's own, or
+        ``model_labels``; none for region tasks and for a ``label_map`` without ``model_labels``."""
+        if self.task.mode != "softmax":
+            return {}
+        if self.model_labels is not None:
+            return self.model_labels
+        return self.task.label_map if self.label_map is None else {}
+
+    @property
+    def mirror_channels(self) -> tuple[int, ...] | None:
+        """Each model output channel's counterpart in a left-right mirror image (flip TTA): the
+        left/right pairs of :attr:`side_labels` swapped (:func:`~swinbob.labels.mirror_permutation`)."""
+        return mirror_permutation(self.side_labels)
 
     @property
     def primary(self) -> str:
@@ -153,7 +172,10 @@ def predict_case_outputs(
     x = image.as_tensor()[None].to(settings.device) if hasattr(image, "as_tensor") else image[None].to(settings.device)
     mode, et_label = settings.task.mode, max(settings.task.regions.get("ET", (3,)))
     order = settings.task.region_labels
-    predict = functools.partial(flip_tta_logits, mode=mode, axes=settings.tta_axes) if settings.tta == "flip" else predict_logits
+    predict = predict_logits
+    if settings.tta == "flip":
+        predict = functools.partial(flip_tta_logits, mode=mode, axes=settings.tta_axes,
+                                    mirror_channels=settings.mirror_channels)
     with torch.no_grad():
         logits = predict(model, x, settings.window)
     source = to_labels(logits[0], mode, et_label, region_labels=order)
@@ -348,6 +370,9 @@ def run_evaluation(
     todo = [c for c in cases if c.name not in set(skipped)]
     for name in skipped:
         log.info("%s: outputs exist, skipped (pass --overwrite to redo)", name)
+    if settings.tta == "flip" and LEFT_RIGHT_AXIS in settings.tta_axes:
+        log.info("flip TTA: left/right channels swapped in mirror images along x: %s",
+                 describe_side_pairs(settings.side_labels))
     summary: dict[str, Any] = {
         **(context or {}), "task": settings.task.name, "methods": list(settings.methods),
         "classes": {k: list(v) for k, v in scored_classes(settings.task, settings.label_map).items()},
