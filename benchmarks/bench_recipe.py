@@ -159,7 +159,7 @@ def train_argv(work: Path, datalist: Path, logdir: Path, steps: int, per_epoch: 
             "--optim_lr", str(lr), "--warmup_epochs", str(max(1, warmup_steps // per_epoch)), "--workers", "0",
             "--save_checkpoint", "--seed", str(seed), "--log_every", "25", "--device", "cpu", "--infer_overlap", "0.25",
             "--val_every", str(val_every or epochs + 1), "--sw_batch_size", "4", "--compile", "off"]
-    if not flips:  # as the recorded runs (RESULTS.md): mirrors then put gm_left on the right
+    if not flips:  # upright scans: the side of a hemisphere is also its position along x
         argv += ["--RandFlipd_prob", "0", "--RandRotate90d_prob", "0"]
     return argv
 

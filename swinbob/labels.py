@@ -12,10 +12,6 @@ from collections.abc import Mapping
 IGNORE_LABEL = 255
 """Label value written by SOLF for rejected organs: such voxels give no supervision at all."""
 
-LEFT_RIGHT_AXIS = 0
-"""The spatial axis that runs from the body's left to its right once scans are oriented to RAS (as
-every chain in :mod:`swinbob.data.transforms` does): mirroring along it swaps the sides."""
-
 _SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
 _LEFT_WORD = re.compile(r"(^|[_\-. ])left($|[_\-. ])")
 
@@ -134,8 +130,9 @@ def mirror_permutation(labels: Mapping[int, str]) -> tuple[int, ...] | None:
     """What each label value 0..max (a softmax channel) becomes in the left-right mirror image:
     its partner for the labels of :func:`side_pairs`, itself otherwise; None when there is no pair.
 
-    Used wherever an image is mirrored along :data:`LEFT_RIGHT_AXIS` (training augmentation, flip
-    TTA): the anatomy changes sides, so the names of left/right structures must change with it.
+    Used wherever an image is mirrored (training augmentation, flip TTA): a mirror image of a body,
+    along any axis, is a body whose left and right are exchanged, so the names of left/right
+    structures change with it; two mirrors cancel, as does a rotation, which keeps every name.
     """
     pairs = side_pairs(labels)
     if not pairs:

@@ -194,5 +194,5 @@ def test_tta_and_new_etta_flags_reach_the_settings_and_the_summary(cohort):
     summary = json.loads((cohort / "outputs" / "test" / "summary.json").read_text())
     assert summary["tta"] == "flip" and summary["cases"]["evaluated"] == 1
     log = (cohort / "outputs" / "test" / "evaluate.log").read_text()
-    assert "left/right channels swapped in mirror images along x: left_kidney/right_kidney, " \
+    assert "left/right channels swapped in mirror images: left_kidney/right_kidney, " \
            "left_adrenal_gland/right_adrenal_gland" in log

@@ -207,7 +207,8 @@ def test_existing_outputs_are_kept_unless_overwrite_is_set(tmp_path, caplog):
 
 class MirrorTestModel(nn.Module):
     """Softmax logits that depend on position only: background 3; class 1 at 6 in the lower half of
-    z and 1 in the upper half; class 2 at 10 in the strip x < 8; everything else -20."""
+    z and 1 in the upper half; class 4 (gallbladder: no side, so no mirror renames it) at 10 in the
+    strip x < 8; everything else -20."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -218,7 +219,7 @@ class MirrorTestModel(nn.Module):
         logits[:, 0] = 3.0
         half = x.shape[-1] // 2
         logits[:, 1, ..., :half], logits[:, 1, ..., half:] = 6.0, 1.0
-        logits[:, 2, :8] = 10.0
+        logits[:, 4, :8] = 10.0
         return logits
 
 
@@ -229,11 +230,11 @@ def _flip_settings(tmp_path, **kw):
 def test_flip_tta_averages_softmax_probabilities_over_the_configured_axes_only(tmp_path):
     model, image = MirrorTestModel().eval(), torch.zeros(1, 32, 32, 32)
     plain = predict_case_outputs(model, image, settings_for(get_task("btcv"), tmp_path))[0][NO_ETTA]
-    assert plain[8:, :, :16].eq(1).all() and plain[8:, :, 16:].eq(0).all() and plain[:8].eq(2).all()
+    assert plain[8:, :, :16].eq(1).all() and plain[8:, :, 16:].eq(0).all() and plain[:8].eq(4).all()
     flipped = predict_case_outputs(model, image, _flip_settings(tmp_path))[0][NO_ETTA]
     # mirrored along z only: class 1 has mean softmax probability (0.953 + 0.119) / 2 = 0.536 > 0.464
     # for background (a mean of sigmoids would pick background), and the x < 8 strip stays where it is
-    assert flipped[:8].eq(2).all() and flipped[8:].eq(1).all()
+    assert flipped[:8].eq(4).all() and flipped[8:].eq(1).all()
 
 
 def test_etta_adapts_with_the_same_tta_as_the_source_prediction(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def test_task_mirror_channels_come_from_the_label_names_of_softmax_tasks_only():
 
 
 # ----------------------------------------------------------------------------------------------
-# Training: the flip along x swaps the label values of each pair
+# Training: every mirror swaps the label values of each pair
 # ----------------------------------------------------------------------------------------------
 
 def _sample() -> dict[str, torch.Tensor]:
@@ -105,22 +105,37 @@ def test_the_pair_flip_draws_as_randflipd_and_without_pairs_is_randflipd():
     assert 0 < flips < 12
 
 
-def test_only_the_left_right_flip_of_the_training_chain_swaps_pairs():
+def test_every_mirror_of_the_training_chain_swaps_pairs():
     config = DataConfig.from_task(LATERAL, roi=SHAPE)
     flips = [t for t in augment_transforms(LATERAL, config) if isinstance(t, T.RandFlipd)]
     assert [t.flipper.spatial_axis for t in flips] == [0, 1, 2]
-    assert isinstance(flips[0], RandFlipPairsd) and flips[0].permutation == LATERAL.mirror_channels
-    assert not any(isinstance(t, RandFlipPairsd) for t in flips[1:])
+    assert all(isinstance(t, RandFlipPairsd) and t.permutation == LATERAL.mirror_channels for t in flips)
+
+
+def test_mirrors_along_x_and_y_label_a_patch_as_the_180_degree_rotation_that_gives_it():
+    """The same patch from two augmentations must carry the same labels: two mirrors are a rotation."""
+    def mirror(axis: int) -> RandFlipPairsd:
+        return RandFlipPairsd(keys=["image", "label"], prob=1.0, spatial_axis=axis, permutation=LATERAL.mirror_channels)
+    square = {k: v[:, :8] for k, v in _sample().items()}  # x-y square, so that the rotation keeps the shape
+    mirrored = mirror(1)(mirror(0)(square))
+    rotated = T.Rotate90d(keys=["image", "label"], k=2, spatial_axes=(0, 1))(square)
+    assert torch.equal(mirrored["image"], rotated["image"])
+    assert torch.equal(mirrored["label"], rotated["label"])
+    once = mirror(2)(square)
+    assert once["label"].eq(3).any() and not torch.equal(once["label"] == 3, once["image"] == 3)
 
 
 # ----------------------------------------------------------------------------------------------
-# Flip TTA: mirror images along x have their pair channels swapped back
+# Flip TTA: mirror images along an odd number of axes have their pair channels swapped back
 # ----------------------------------------------------------------------------------------------
 
-class PositionModel(nn.Module):
-    """Segments by absolute position, as a model trained on RAS scans may: a kidney (intensity 1) is
-    ``kidney_left`` where x < mid and ``kidney_right`` elsewhere; liver (2) and the unpaired
-    appendage (3) by intensity alone."""
+class BodyFrameModel(nn.Module):
+    """Names sides as a body does, from its own axes: the side of the intensity centroid along y and
+    along z stands for the anterior and superior directions, and a kidney (intensity 1) is
+    ``kidney_left`` on the side of x that their product says; liver (2) and the unpaired appendage (3)
+    by intensity alone. A mirror along any one axis reverses exactly one of the three, so the
+    prediction on a mirror image is the mirrored prediction with the pair swapped, as for a model
+    trained with mirrored patches renamed by side."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -128,7 +143,13 @@ class PositionModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         intensity = x[:, 0]
-        left = (torch.arange(x.shape[2]) < x.shape[2] // 2).view(1, -1, 1, 1)
+
+        def centred(axis: int) -> torch.Tensor:
+            n = intensity.shape[axis]
+            return (torch.arange(n, dtype=x.dtype) - (n - 1) / 2).view([-1 if a == axis else 1 for a in range(4)])
+
+        frame = torch.sign((intensity * centred(2)).sum()) * torch.sign((intensity * centred(3)).sum())
+        left = centred(1) * frame < 0
         logits = torch.zeros(x.shape[0], 5, *x.shape[2:])
         logits[:, 0] = 5.0 * (intensity == 0)
         logits[:, 1] = 5.0 * (intensity == 2)
@@ -153,21 +174,22 @@ def _settings(tmp_path, **kw) -> EvalSettings:
                         output_dir=tmp_path, methods=(NO_ETTA,), **kw)
 
 
-def test_flip_tta_keeps_each_side_of_a_position_model_on_a_lateral_label_set(tmp_path):
-    model, image = PositionModel().eval(), _image()
+def test_flip_tta_keeps_each_side_of_a_body_frame_model_on_a_lateral_label_set(tmp_path):
+    model, image = BodyFrameModel().eval(), _image()
     plain = predict_case_outputs(model, image, _settings(tmp_path))[0][NO_ETTA]
     assert plain[2:5, 1:4, 5:7].eq(2).all() and plain[11:14, 1:4, 5:7].eq(3).all()
-    for axes in ((0,), (0, 1, 2)):
+    for axes in ((0,), (1,), (2,), (0, 1), (0, 1, 2)):
         flipped = predict_case_outputs(model, image, _settings(tmp_path, tta="flip", tta_axes=axes))[0][NO_ETTA]
         assert torch.equal(flipped, plain), axes
 
 
-def test_unmirror_swaps_pair_channels_only_for_subsets_with_the_left_right_axis():
+def test_unmirror_swaps_pair_channels_only_for_an_odd_number_of_mirrors():
     logits = torch.arange(5.0).view(1, 5, 1, 1, 1).expand(1, 5, 2, 2, 2).contiguous()
     permutation = LATERAL.mirror_channels
-    assert unmirror(logits, (0,), permutation)[0, :, 0, 0, 0].tolist() == [0, 1, 3, 2, 4]
-    assert unmirror(logits, (0, 2), permutation)[0, :, 0, 0, 0].tolist() == [0, 1, 3, 2, 4]
-    assert torch.equal(unmirror(logits, (1, 2), permutation), logits)
+    for subset in ((0,), (1,), (2,), (0, 1, 2)):
+        assert unmirror(logits, subset, permutation)[0, :, 0, 0, 0].tolist() == [0, 1, 3, 2, 4], subset
+    for subset in ((), (0, 1), (0, 2), (1, 2)):
+        assert torch.equal(unmirror(logits, subset, permutation), logits), subset
     assert torch.equal(unmirror(logits, (0,), None), logits)
     with pytest.raises(ValueError, match="5 mirror channels for a model with 3 outputs"):
         unmirror(logits[:, :3], (0,), permutation)

@@ -93,7 +93,7 @@ def test_finetuning_btcv_from_the_ukbob_checkpoint_reports_the_transfer(ukbob_ru
     report = next(r.getMessage() for r in caplog.records if "loaded" in r.getMessage() and "tensors" in r.getMessage())
     loaded, total = map(int, report.split("loaded ")[1].split(" tensors")[0].split("/"))
     assert 0 < loaded < total and "out.conv.conv.weight" in report  # new 14-class head
-    assert "left/right label pairs swapped in patches mirrored along x: left_kidney/right_kidney, " \
+    assert "left/right label pairs swapped in mirrored patches: left_kidney/right_kidney, " \
            "left_adrenal_gland/right_adrenal_gland" in caplog.text
     assert load_checkpoint(tmp_path / "ft" / "last.pt")["config"]["out_channels"] == 14
 

@@ -26,7 +26,7 @@ from swinbob.data.nnunet_raw import is_raw_dataset, raw_entries
 from swinbob.files import (
     NiftiError, check_finite, check_resampled_size, load_nifti_header, nifti_stem, read_bounded_text, resolve_inside,
 )
-from swinbob.labels import IGNORE_LABEL, LEFT_RIGHT_AXIS
+from swinbob.labels import IGNORE_LABEL
 from swinbob.tasks import Intensity, Task
 
 
@@ -394,8 +394,11 @@ def permute_label_values(label: torch.Tensor, permutation: Sequence[int]) -> tor
 class RandFlipPairsd(T.RandFlipd):
     """``RandFlipd`` that also swaps the label values of left/right pairs in ``label_key`` whenever it flips.
 
-    Mirroring along the left-right axis moves a left structure to the body's right: without the swap
-    a mirrored patch would teach that ``kidney_left`` may lie on the right. ``permutation`` says what
+    A mirror image of a body, along any axis, is a body with left and right exchanged (its own left
+    is ``S × A``, and a mirror reverses one of the three): without the swap a mirrored patch would
+    teach that ``kidney_left`` may lie on the body's right, and two augmentations that give the same
+    patch (mirrors along x and y, a 180° rotation in their plane) would give it opposite labels.
+    ``permutation`` says what
     each label value becomes (:attr:`~swinbob.tasks.Task.mirror_channels`); None makes this exactly
     ``RandFlipd``. One random draw decides the flip and the swap, so the random stream is
     ``RandFlipd``'s; the inverse undoes both.
@@ -430,8 +433,8 @@ class RandFlipPairsd(T.RandFlipd):
 def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool = True) -> list[T.Transform]:
     """Random patch sampling and augmentations of the reference recipes (training only).
 
-    Mirroring the left-right axis swaps the label values of the task's left/right pairs
-    (:class:`RandFlipPairsd`); the other axes keep every side where it is in RAS.
+    Each mirror swaps the label values of the task's left/right pairs (:class:`RandFlipPairsd`), so
+    an even number of mirrors, like the 90° rotations, keeps every name.
 
     The padding to the ROI and, with ``cache_crop_indices``, the label's foreground/background
     indices (:class:`CropIndicesd`, for label-balanced crops) are deterministic, so cache datasets
@@ -452,10 +455,8 @@ def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool 
             num_samples=config.num_samples, image_key="image", image_threshold=floor, **indices,
         ))
     chain: list[T.Transform] = sampling + [
-        RandFlipPairsd(keys=keys, prob=config.flip_prob, spatial_axis=LEFT_RIGHT_AXIS,
-                       permutation=task.mirror_channels),
-        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
-        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
+        *(RandFlipPairsd(keys=keys, prob=config.flip_prob, spatial_axis=axis, permutation=task.mirror_channels)
+          for axis in range(3)),
     ]
     if config.roi[0] == config.roi[1]:  # rotating in the x-y plane needs a square patch to batch
         chain.append(T.RandRotate90d(keys=keys, prob=config.rotate90_prob, max_k=3))

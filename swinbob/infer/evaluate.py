@@ -48,7 +48,7 @@ from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.runtime.interrupt import stop_on_signals
 from swinbob.infer.metrics import MetricsLog, json_ready, score_case, summarize
 from swinbob.infer.statistics import structure_statistics, write_probabilities
-from swinbob.labels import IGNORE_LABEL, LEFT_RIGHT_AXIS, describe_side_pairs, mirror_permutation
+from swinbob.labels import IGNORE_LABEL, describe_side_pairs, mirror_permutation
 from swinbob.tasks import Task
 from swinbob.infer.tta import flip_tta_logits
 from swinbob.viz import GifSettings, write_gif
@@ -370,8 +370,8 @@ def run_evaluation(
     todo = [c for c in cases if c.name not in set(skipped)]
     for name in skipped:
         log.info("%s: outputs exist, skipped (pass --overwrite to redo)", name)
-    if settings.tta == "flip" and LEFT_RIGHT_AXIS in settings.tta_axes:
-        log.info("flip TTA: left/right channels swapped in mirror images along x: %s",
+    if settings.tta == "flip":
+        log.info("flip TTA: left/right channels swapped in mirror images: %s",
                  describe_side_pairs(settings.side_labels))
     summary: dict[str, Any] = {
         **(context or {}), "task": settings.task.name, "methods": list(settings.methods),

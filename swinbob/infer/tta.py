@@ -1,9 +1,10 @@
 """Flip test-time augmentation (nnU-Net's mirroring): average the predictions of mirrored inputs.
 
 Every subset of the mirrored spatial axes is predicted (2³ = 8 sliding windows for all three axes),
-each output is flipped back, and the probabilities are averaged. An image mirrored along the
-left-right axis shows the anatomy with its sides swapped, so the channels of each left/right label
-pair of such an output are swapped back before averaging (``mirror_channels``). The result is
+each output is flipped back, and the probabilities are averaged. An image mirrored along an odd
+number of axes shows a body with its left and right exchanged, so the channels of each left/right
+label pair of such an output are swapped back before averaging (``mirror_channels``), as training
+swaps the labels of mirrored patches. The result is
 returned as logits again (log-probabilities for softmax tasks, log-odds for region tasks) so that
 everything that takes the plain sliding window's logits (labels, foreground, ETTA's source
 prediction and its entropy) takes it unchanged.
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 import torch
 
 from swinbob.infer.window import WindowSettings, predict_logits
-from swinbob.labels import LEFT_RIGHT_AXIS
 
 TTA_CHOICES = ("none", "flip")
 EPS = 1e-6
@@ -31,10 +31,11 @@ def flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
 def unmirror(logits: torch.Tensor, subset: Sequence[int], mirror_channels: Sequence[int] | None) -> torch.Tensor:
     """The logits (B, C, X, Y, Z) predicted on an image mirrored along the spatial axes ``subset``,
     mapped back to the unmirrored image: flipped back, and with the channels of left/right pairs
-    swapped (``mirror_channels``: each channel's mirror channel) when ``subset`` holds the left-right axis."""
+    swapped (``mirror_channels``: each channel's mirror channel) when ``subset`` holds an odd number
+    of axes (an even number of mirrors is a rotation, which keeps every side's name)."""
     dims = [a + 2 for a in subset]
     logits = logits.flip(dims) if dims else logits
-    if mirror_channels is None or LEFT_RIGHT_AXIS not in subset:
+    if mirror_channels is None or len(subset) % 2 == 0:
         return logits
     if len(mirror_channels) != logits.shape[1]:
         raise ValueError(f"{len(mirror_channels)} mirror channels for a model with {logits.shape[1]} outputs")
@@ -54,7 +55,7 @@ def flip_tta_logits(
 
     ``axes`` are spatial axes (0 = X). ``plain``: the unflipped image's logits if the caller already
     has them (one sliding window fewer). ``mirror_channels``: each output channel's counterpart in a
-    left-right mirror image (:attr:`~swinbob.tasks.Task.mirror_channels`), None when no channel has a
+    mirror image (:attr:`~swinbob.tasks.Task.mirror_channels`), None when no channel has a
     side. The model must be in eval mode; no gradients are kept.
     """
     total = None

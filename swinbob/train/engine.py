@@ -233,7 +233,7 @@ def setup(plan: TrainPlan, ctx: DistContext) -> TrainingRun:
     log.info("%s on %s x%d, %s, %d training / %d validation cases, logging to %s", plan.task.name, ctx.device,
              ctx.world_size, precision, len(plan.train_entries), len(plan.val_entries), plan.logdir)
     if plan.data.flip_prob > 0 and plan.task.mode == "softmax":
-        log.info("left/right label pairs swapped in patches mirrored along x: %s",
+        log.info("left/right label pairs swapped in mirrored patches: %s",
                  describe_side_pairs(plan.task.label_map))
     return TrainingRun(plan, ctx, model, net, optimizer, scaler, loss_fn, *loaders, amp_dtype, state,
                        run_config(plan.task, plan.model, plan.data), schedule, writer, resume)
