@@ -133,7 +133,7 @@ class Task:
 
     @property
     def mirror_channels(self) -> tuple[int, ...] | None:
-        """Softmax tasks: what each label value (output channel) becomes in a left-right mirror image,
+        """Softmax tasks: what each label value (output channel) becomes in a mirror image,
         the two of every left/right pair named in ``label_map`` swapped
         (:func:`~swinbob.labels.mirror_permutation`); None without such pairs and for region tasks,
         whose regions (BraTS's TC/WT/ET) have no side."""

@@ -113,7 +113,7 @@ class EvalSettings:
 
     @property
     def mirror_channels(self) -> tuple[int, ...] | None:
-        """Each model output channel's counterpart in a left-right mirror image (flip TTA): the
+        """Each model output channel's counterpart in a mirror image (flip TTA): the
         left/right pairs of :attr:`side_labels` swapped (:func:`~swinbob.labels.mirror_permutation`)."""
         return mirror_permutation(self.side_labels)
 
