@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from swinbob.data.dataset_task import DatasetJsonError, parse_labels, task_from_dataset
+from swinbob.data.dataset_task import DatasetJsonError, dataset_label_map, parse_labels, task_from_dataset
 from swinbob.infer.cli import main as evaluate
 from swinbob.infer.model_loading import stored_task
 from swinbob.checkpoint import load_checkpoint
@@ -108,6 +108,30 @@ def test_nnunet_regions_and_ignore_label_parse_into_a_region_task(tmp_path):
         parse_labels({"labels": {"1": "liver"}}, "x.json")
     with pytest.raises(DatasetJsonError, match="used twice"):
         parse_labels({"labels": {"background": 0, "a": 1, "b": 1}}, "x.json")
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("x" * 78, "'" + "x" * 78 + "'"),  # a repr of 80 characters is shown whole
+    ("x" * 79, "'" + "x" * 76 + "..."),  # longer ones are cut to 77 characters and "..."
+])
+def test_label_value_errors_show_the_value_cut_to_80_characters(value, shown):
+    with pytest.raises(DatasetJsonError) as caught:
+        parse_labels({"labels": {"background": 0, "liver": value}}, "x.json")
+    assert str(caught.value) == f"x.json: 'labels': 'liver' {shown} is not an integer label value"
+
+
+def test_dataset_label_map_reads_the_labels_field_or_gives_none(tmp_path):
+    def written(name, content):
+        path = tmp_path / name
+        path.write_text(json.dumps(content))
+        return path
+
+    assert dataset_label_map(written("nnunet.json", {"labels": {"background": 0, "liver": 1}})) == {0: "background", 1: "liver"}
+    assert dataset_label_map(str(written("decathlon.json", {"labels": {"0": "background", "2": "spleen"}}))) == \
+        {0: "background", 2: "spleen"}
+    assert dataset_label_map(written("no_labels.json", {"channel_names": {"0": "CT"}})) is None
+    assert dataset_label_map(written("bad_labels.json", {"labels": {"liver": 1}})) is None  # no background
+    assert dataset_label_map(written("list.json", [1, 2])) is None and dataset_label_map(tmp_path / "missing.json") is None
 
 
 def test_ordered_regions_write_the_last_region_on_top():
