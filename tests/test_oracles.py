@@ -152,6 +152,14 @@ def test_foreground_zscore_of_one_or_two_foreground_voxels():
     assert two.flatten().tolist() == pytest.approx([-0.5 ** 0.5] * 7 + [0.5 ** 0.5], rel=1e-5)
 
 
+def test_voxels_exactly_at_otsus_cut_are_background():
+    # values 0..2 in 256 bins: the cut is the first bin's centre, 2**-8, where two voxels lie; the foreground
+    # is then 1 and 2 only, each clipped to its 0.5/99.5 percentile: -1/sqrt 2 and +1/sqrt 2
+    values = torch.tensor([0.0] * 4 + [2.0**-8] * 2 + [1.0, 2.0]).reshape(1, 8, 1, 1)
+    out = NormalizeForegroundd(keys="image")({"image": values})["image"].flatten().tolist()
+    assert out == pytest.approx([-0.5 ** 0.5] * 7 + [0.5 ** 0.5], rel=1e-5)
+
+
 def test_foreground_zscore_of_more_than_2_to_the_24_foreground_voxels():
     # torch.quantile takes at most 2**24 values: the percentiles come from a regular sub-sample
     half = 2**23 + 1
