@@ -331,11 +331,17 @@ def test_accumulation_bytes_count_two_fp32_copies_per_channel_and_the_count_map_
     assert window.accumulation_bytes(1, (1, 1, 1), (2, 2, 2)) == 96  # 3 x 8 voxels x 4
 
 
-def test_accumulation_stays_on_the_gpu_up_to_half_its_free_memory(monkeypatch):
+def test_accumulation_stays_on_the_gpu_up_to_half_its_free_memory(monkeypatch, caplog):
     needed = 2_088_000_000  # 14 channels over 300 x 300 x 200 voxels (previous test)
-    for free, expected in ((2 * needed, "cuda"), (2 * needed - 2, "cpu")):
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 80 * 2**30))
-        assert window.accumulation_device(torch.device("cuda"), 14, (300, 300, 200), (96, 96, 96)).type == expected
+    asked = []
+    gpu = torch.device("cuda", 1)  # the free memory of the GPU that computes, not of the current one
+    for free, expected in ((2 * needed, gpu), (2 * needed - 2, torch.device("cpu"))):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: asked.append(device) or (free, 80 * 2**30))
+        with caplog.at_level(logging.INFO, logger="swinbob.infer.window"):
+            assert window.accumulation_device(gpu, 14, (300, 300, 200), (96, 96, 96)) == expected
+    assert asked == [gpu, gpu]
+    # 2,088,000,000 B = 1.94 GiB; 4,175,999,998 B = 3.89 GiB
+    assert caplog.messages == ["accumulating 1.9 GiB of logits on the CPU (GPU has 3.9 GiB free)"]
 
 
 @pytest.mark.gpu
