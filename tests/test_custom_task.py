@@ -110,11 +110,67 @@ def test_nnunet_regions_and_ignore_label_parse_into_a_region_task(tmp_path):
         parse_labels({"labels": {"background": 0, "a": 1, "b": 1}}, "x.json")
 
 
+@pytest.mark.parametrize("value, shown", [
+    ("x" * 78, "'" + "x" * 78 + "'"),  # a repr of 80 characters is shown whole
+    ("x" * 79, "'" + "x" * 76 + "..."),  # longer ones are cut to 77 characters and "..."
+])
+def test_label_value_errors_show_the_value_cut_to_80_characters(value, shown):
+    with pytest.raises(DatasetJsonError) as caught:
+        parse_labels({"labels": {"background": 0, "liver": value}}, "x.json")
+    assert str(caught.value) == f"x.json: 'labels': 'liver' {shown} is not an integer label value"
+
+
+def test_a_decathlon_name_given_to_two_labels_is_refused_naming_both():
+    with pytest.raises(DatasetJsonError) as caught:
+        parse_labels({"labels": {"0": "background", "1": "liver", "2": "liver"}}, "x.json")
+    assert str(caught.value) == "x.json: 'labels': labels 1 and 2 are both named 'liver'"
+
+
 def test_ordered_regions_write_the_last_region_on_top():
     from swinbob.infer.outputs import ordered_regions_to_labels
     regions = torch.zeros(3, 4, 1, 1, dtype=torch.bool)
     regions[0, :3], regions[1, 1:3], regions[2, 2] = True, True, True
     assert ordered_regions_to_labels(regions, (1, 2, 3)).flatten().tolist() == [1, 2, 3, 0]
+
+
+def _head(channels: int, features: int = 2) -> torch.nn.Module:
+    """A stem and Swin-UNETR's output head (``out.conv.conv``): the head rows are loaded on their own."""
+    conv = torch.nn.Conv3d(features, channels, 1)
+    return torch.nn.ModuleDict({"stem": torch.nn.Conv3d(1, features, 1),
+                                "out": torch.nn.ModuleDict({"conv": torch.nn.ModuleDict({"conv": conv})})})
+
+
+def test_head_rows_match_names_whatever_their_word_order_case_and_hyphens():
+    from swinbob.train.state import HEAD_KEYS, init_head_rows
+
+    torch.manual_seed(0)
+    state = _head(4).state_dict()
+    source = ["background", "right_kidney", "unused", "Left-Lung", "liver"]  # 4 rows: "liver" names none
+    target = _head(6)
+    fresh = {key: value.clone() for key, value in target.state_dict().items()}
+    rows = init_head_rows(target, state, source, ["background", "liver", "Kidney_Right", "lung_left", "unused", "lesion"])
+    assert rows == [("background", 0, 0), ("Kidney_Right", 1, 2), ("lung_left", 3, 3)]
+    for key in HEAD_KEYS:
+        copied = target.state_dict()[key]
+        assert all(torch.equal(copied[dst], state[key][src]) for _, src, dst in rows)
+        assert all(torch.equal(copied[dst], fresh[key][dst]) for dst in (1, 4, 5))  # no row of their own: fresh
+
+
+@pytest.mark.parametrize("channels, features, head_in_state, with_names", [
+    (6, 2, True, False),  # no class names stored with the source
+    (6, 2, False, True),  # a checkpoint without the head
+    (4, 2, True, True),  # the same shape: already loaded
+    (6, 3, True, True),  # another feature size: nothing to copy
+])
+def test_head_rows_are_left_alone_without_names_a_head_or_a_new_shape(channels, features, head_in_state, with_names):
+    from swinbob.train.state import init_head_rows
+
+    names = ["background", "liver", "spleen", "kidney", "lesion", "cyst"]
+    state = _head(4).state_dict() if head_in_state else {}
+    model = _head(channels, features)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    assert init_head_rows(model, state, names[:4] if with_names else None, names[:channels]) == []
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
 
 
 def test_fine_tuning_swinbob_starts_matching_head_rows_from_its_own_and_logs_them(tmp_path, caplog):

@@ -18,7 +18,7 @@ from swinbob.errors import ConfigError
 from swinbob.infer.cli import parse_label_map
 from swinbob.infer.evaluate import NO_ETTA, Case, EvalSettings, predict_case, run_evaluation
 from swinbob.data.inputs import folder_cases
-from swinbob.infer.outputs import regions_to_labels
+from swinbob.infer.outputs import map_labels, regions_to_labels
 from swinbob.infer.window import WindowSettings, predict_logits
 from swinbob.tasks import Intensity, get_task
 from swinbob.viz import LEGEND_WIDTH, GifSettings, panel_shape, write_gif
@@ -177,6 +177,15 @@ def test_region_masks_become_labels_with_the_chosen_et_value():
     assert regions_to_labels(torch.stack([tc, wt, et]), et_label=4).tolist() == [4, 1, 2, 0]
 
 
+def test_label_map_lookup_sends_unmapped_ids_to_background_and_keeps_integer_labels():
+    labels = torch.tensor([[0, 1, 5], [6, 9, 1]])
+    mapped = map_labels(labels, {1: 1, 5: 6, 80: 7})  # model 5 -> dataset 6; 6 and 9 are not mapped
+    assert mapped.tolist() == [[0, 1, 6], [0, 0, 1]] and mapped.dtype == torch.int16
+    assert map_labels(labels, {}).tolist() == [[0, 0, 0], [0, 0, 0]]  # an empty map: all background
+    empty = map_labels(torch.zeros((0, 3), dtype=torch.int64), {1: 2})  # no voxel at all
+    assert empty.shape == (0, 3) and empty.dtype == torch.int16
+
+
 def test_label_map_scores_a_ukbob_model_zero_shot_on_mapped_classes_only(tmp_path):
     case = write_btcv_case(tmp_path / "data", "mapped", NON_RAS, 0)
     # the "UKBOB model" calls BTCV spleen 1 -> 1, liver 6 -> 5, and everything else intestine (18)
@@ -312,6 +321,27 @@ def test_accumulation_goes_to_the_cpu_when_the_volume_does_not_fit(monkeypatch, 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * 2**30), 80 * 2**30))
     device = window.accumulation_device(torch.device("cuda"), 14, (300, 300, 200), (96, 96, 96))
     assert device.type == expected
+
+
+def test_accumulation_bytes_count_two_fp32_copies_per_channel_and_the_count_map_over_the_padded_volume():
+    # MONAI sums windows into an fp32 output (C channels) plus a count map (1 channel) and divides
+    # into a C-channel copy: (2C + 1) x 4 bytes per voxel; an axis shorter than the ROI is padded to it.
+    assert window.accumulation_bytes(14, (300, 300, 200), (96, 96, 96)) == 2_088_000_000  # 29 x 18e6 x 4
+    assert window.accumulation_bytes(14, (50, 300, 200), (96, 96, 96)) == 668_160_000  # 29 x (96*300*200) x 4
+    assert window.accumulation_bytes(1, (1, 1, 1), (2, 2, 2)) == 96  # 3 x 8 voxels x 4
+
+
+def test_accumulation_stays_on_the_gpu_up_to_half_its_free_memory(monkeypatch, caplog):
+    needed = 2_088_000_000  # 14 channels over 300 x 300 x 200 voxels (previous test)
+    asked = []
+    gpu = torch.device("cuda", 1)  # the free memory of the GPU that computes, not of the current one
+    for free, expected in ((2 * needed, gpu), (2 * needed - 2, torch.device("cpu"))):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: asked.append(device) or (free, 80 * 2**30))
+        with caplog.at_level(logging.INFO, logger="swinbob.infer.window"):
+            assert window.accumulation_device(gpu, 14, (300, 300, 200), (96, 96, 96)) == expected
+    assert asked == [gpu, gpu]
+    # 2,088,000,000 B = 1.94 GiB; 4,175,999,998 B = 3.89 GiB
+    assert caplog.messages == ["accumulating 1.9 GiB of logits on the CPU (GPU has 3.9 GiB free)"]
 
 
 @pytest.mark.gpu

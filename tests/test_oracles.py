@@ -130,6 +130,69 @@ def test_foreground_zscore_clips_to_the_foreground_percentiles_then_standardises
     assert float(out[3000 + 200]) == pytest.approx((1020 - 1050) / std, rel=1e-4)
 
 
+def test_foreground_zscore_uses_the_given_percentiles():
+    values = torch.cat([torch.zeros(3000), 1000 + torch.arange(1001.0) / 10]).reshape(1, 4001, 1, 1)
+    out = NormalizeForegroundd(keys="image", low_pct=20, high_pct=80)({"image": values})["image"].flatten().double()
+    # 20th/80th percentiles of 1000.0, 1000.1, ..., 1100.0: 1020 and 1080 (linear interpolation, numpy's default)
+    foreground = 1000 + np.arange(1001) / 10
+    low, high = np.percentile(foreground, [20, 80])
+    clipped = np.clip(foreground, low, high)
+    mean, std = clipped.mean(), clipped.std(ddof=1)
+    assert (low, high) == pytest.approx((1020.0, 1080.0))
+    assert float(out[0]) == pytest.approx((1020.0 - mean) / std, rel=1e-5)  # background lifted to the low clip
+    assert float(out[-1]) == pytest.approx((1080.0 - mean) / std, rel=1e-5)
+
+
+def test_foreground_zscore_of_one_or_two_foreground_voxels():
+    # one voxel above Otsu's cut: no spread to divide by, only the mean is removed
+    one = NormalizeForegroundd(keys="image")({"image": torch.tensor([0.0, 0, 0, 10]).reshape(1, 4, 1, 1)})["image"]
+    assert one.flatten().tolist() == pytest.approx([-2.5, -2.5, -2.5, 7.5])
+    # two: clipped to their 0.5/99.5 percentiles a, b (std |a - b| / sqrt 2), so they become -+1/sqrt 2
+    two = NormalizeForegroundd(keys="image")({"image": torch.tensor([0.0] * 6 + [10, 20]).reshape(1, 8, 1, 1)})["image"]
+    assert two.flatten().tolist() == pytest.approx([-0.5 ** 0.5] * 7 + [0.5 ** 0.5], rel=1e-5)
+
+
+def test_voxels_exactly_at_otsus_cut_are_background():
+    # values 0..2 in 256 bins: the cut is the first bin's centre, 2**-8, where two voxels lie; the foreground
+    # is then 1 and 2 only, each clipped to its 0.5/99.5 percentile: -1/sqrt 2 and +1/sqrt 2
+    values = torch.tensor([0.0] * 4 + [2.0**-8] * 2 + [1.0, 2.0]).reshape(1, 8, 1, 1)
+    out = NormalizeForegroundd(keys="image")({"image": values})["image"].flatten().tolist()
+    assert out == pytest.approx([-0.5 ** 0.5] * 7 + [0.5 ** 0.5], rel=1e-5)
+
+
+def test_foreground_zscore_of_more_than_2_to_the_24_foreground_voxels():
+    # torch.quantile takes at most 2**24 values: the percentiles come from a regular sub-sample
+    half = 2**23 + 1
+    values = torch.cat([torch.zeros(4000), torch.full((half,), 100.0), torch.full((half,), 110.0)])
+    out = NormalizeForegroundd(keys="image")({"image": values.reshape(1, -1, 1, 1)})["image"].flatten()
+    # halves of 100 and 110 (mean 105, std 5): background clipped to 100, so -1, and +1
+    assert float(out[0]) == pytest.approx(-1.0, rel=1e-4) and float(out[-1]) == pytest.approx(1.0, rel=1e-4)
+    assert float(out[4000]) == pytest.approx(-1.0, rel=1e-4)
+
+
+def test_foreground_zscore_keeps_the_metatensor_geometry_and_operations():
+    from monai.data import MetaTensor
+
+    affine = torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0]))
+    operations = [{"class": "Orientationd", "orig_size": (4, 1, 1)}]
+    image = MetaTensor(torch.tensor([0.0, 0, 0, 10]).reshape(1, 4, 1, 1), affine=affine, applied_operations=operations)
+    out = NormalizeForegroundd(keys="image")({"image": image})["image"]
+    assert isinstance(out, MetaTensor) and torch.equal(out.affine, affine.double())
+    assert out.applied_operations == operations and out.flatten().tolist() == pytest.approx([-2.5, -2.5, -2.5, 7.5])
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 100.0), (0.0, 50.0), (49.0, 50.0)])
+def test_foreground_percentiles_from_0_to_100_are_accepted(low, high):
+    assert (NormalizeForegroundd(keys="image", low_pct=low, high_pct=high).low_pct, high) == (low, high)
+
+
+@pytest.mark.parametrize("low, high", [(50.0, 50.0), (0.0, 100.5), (-0.5, 50.0), (60.0, 40.0)])
+def test_foreground_percentiles_outside_0_to_100_or_not_increasing_are_refused(low, high):
+    with pytest.raises(ValueError) as caught:
+        NormalizeForegroundd(keys="image", low_pct=low, high_pct=high)
+    assert str(caught.value) == f"foreground percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}"
+
+
 def test_gif_shows_the_subjects_right_on_the_viewers_left_and_anterior_up(tmp_path):
     shape = (24, 20, 10)  # stored P, S, L: RAS (10 x 24 x 20) with 4.0 x 0.9 x 1.2 mm voxels
     world = nib.affines.apply_affine(PERMUTED_AFFINE, np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1))

@@ -14,7 +14,8 @@ from swinbob.files import read_nifti, write_nifti
 from swinbob.labels import BTCV_LABELS, IGNORE_LABEL, TOTALSEGMENTATOR_LABELS, TOTALVIBE_LABELS, mirror_name, side_pairs
 from swinbob.data.phantoms import btcv_case, ukbob_case
 from swinbob.solf.inject import fragment, inject, swap
-from swinbob.solf.labelsets import LabelSetError, load_label_set, remap_by_name
+from swinbob.solf import labelsets
+from swinbob.solf.labelsets import LabelSetError, label_set_channels, load_label_set, name_of, remap_by_name
 from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.rules import RulesError, learn_component_rules, load_rules
 
@@ -36,6 +37,12 @@ def test_totalsegmentator_preset_has_its_117_classes_and_32_left_right_pairs():
                                            ("cleft_palate", None), ("brightness", None), ("liver", None)])
 def test_mirror_name_swaps_only_a_whole_word(name, partner):
     assert mirror_name(name) == partner
+
+
+def test_side_pairs_are_listed_by_left_id_whatever_the_case_of_left():
+    labels = {0: "background", 1: "lung_left", 2: "lung_right", 3: "Left-Hippocampus", 4: "Right-Hippocampus",
+              5: "KIDNEY_RIGHT", 6: "KIDNEY_LEFT", 7: "aorta"}
+    assert side_pairs(labels) == [(1, 2), (3, 4), (6, 5)]
 
 
 def test_label_tables_load_from_dataset_json_decathlon_json_and_csv(tmp_path):
@@ -67,6 +74,118 @@ def test_bad_label_tables_are_refused_with_the_reason(tmp_path, content, message
         load_label_set(path)
     with pytest.raises(LabelSetError, match="neither a preset"):
         load_label_set(tmp_path / "missing.json")
+
+
+def test_csv_tables_need_no_header_and_skip_empty_rows(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("1,liver\n,\n 2 , spleen \n\n3," + "a" * 1024 + "\n")  # names up to 1024 characters
+    assert load_label_set(path) == {0: "background", 1: "liver", 2: "spleen", 3: "a" * 1024}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "{path}: no labels besides background"),
+    ("1,liver\n2\n", "{path}: row 2 needs two columns id,name, got ['2']"),
+    ("id,name\nx,liver\n", "{path}: label ID 'x' is not a non-negative integer"),
+    ("1,liver\n256,spleen\n", "{path}: label ID '256' outside 1..254"),
+    ("1,liver\n255,spleen\n", "{path}: label ID 255 outside 1..254"),  # SOLF's ignore value
+    ("1,liver\n1,spleen\n", "{path}: label ID 1 appears twice"),
+    ("1,liver\n2,liver\n", "{path}: name 'liver' used by IDs 1 and 2"),
+    ("1,liv\ter\n", "{path}: the name of label 1 holds non-printable characters 'liv\\ter'"),
+    ("1," + "a" * 1025 + "\n", "{path}: the name of label 1 has 1025 characters (at most 1024)"),
+    ("1," + "a" * 200_000 + "\n", "{path}: not a CSV label table (field larger than field limit (131072))"),
+])
+def test_bad_csv_label_tables_are_refused_naming_the_file_and_the_value(tmp_path, text, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(path)
+    assert str(caught.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize("labels, expected", [
+    ({"1": "liver", "2": "spleen"}, {0: "background", 1: "liver", 2: "spleen"}),  # Decathlon, background implied
+    ({"liver": 1, "tumour_core": [1, 2]}, {0: "background", 1: "liver"}),  # a region's IDs are no labels
+    ({"1": "BACKGROUND"}, {0: "background", 1: "BACKGROUND"}),  # names are case-sensitive
+    ({"BACKGROUND": 1}, {0: "background", 1: "BACKGROUND"}),
+])
+def test_labels_blocks_without_background_get_it_and_regions_are_skipped(tmp_path, labels, expected):
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"labels": labels}))
+    assert load_label_set(path) == expected
+    path.write_text(json.dumps(labels))  # the mapping alone, without a "labels" field
+    assert load_label_set(path) == expected
+
+
+@pytest.mark.parametrize("content, message", [
+    ([1, 2], "{path}: expected a non-empty 'labels' mapping"),
+    ({"labels": {}}, "{path}: expected a non-empty 'labels' mapping"),
+    ({"labels": {"kidneys": [1, 2]}}, "{path}: only nnU-Net regions (lists of IDs), no labels"),
+    ({"labels": {"liver": "x"}}, "{path}: 'labels': 'liver' 'x' is not an integer label value"),
+    ({"labels": {"liver ": 1}}, "{path}: label 1 has an empty or padded name 'liver '"),
+    # a name's repr is shown whole up to 80 characters, else cut to 77 and "..."
+    ({"labels": {"a" * 77 + " ": 1}}, "{path}: label 1 has an empty or padded name '" + "a" * 77 + " '"),
+    ({"labels": {"a" * 78 + " ": 1}}, "{path}: label 1 has an empty or padded name '" + "a" * 76 + "..."),
+])
+def test_bad_json_label_tables_are_refused_naming_the_file_and_the_value(tmp_path, content, message):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(path)
+    assert str(caught.value) == message.format(path=path)
+
+
+def test_presets_missing_and_unreadable_label_tables(tmp_path, monkeypatch):
+    default = load_label_set(None)
+    assert default == TOTALVIBE_LABELS and default is not TOTALVIBE_LABELS
+    missing = str(tmp_path / "missing.json")
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(missing)
+    assert str(caught.value) == f"label set {missing!r} is neither a preset (totalvibe, totalsegmentator) nor a file"
+    large = tmp_path / "large.csv"
+    large.write_text("1,liver\n" + "\n" * 2**21)  # 2 MiB
+    monkeypatch.setenv("SWINBOB_MAX_TABLE_MB", "1")
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(large)
+    assert str(caught.value) == f"{large}: cannot read (label table larger than 1 MiB (--max_table_mb))"
+
+    def denied(path, what):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(labelsets, "read_bounded_text", denied)
+    with pytest.raises(LabelSetError) as caught:
+        load_label_set(large)
+    assert str(caught.value) == f"{large}: cannot read (Permission denied)"
+
+
+def test_channels_come_from_a_labels_dataset_json_only(tmp_path, monkeypatch):
+    def written(name, content):
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        return path
+
+    labels = {"background": 0, "liver": 1}
+    assert label_set_channels(written("nnunet.json", {"labels": labels, "channel_names": {"1": "T2", "0": "T1"}})) == ("T1", "T2")
+    assert label_set_channels(str(written("decathlon.json", {"labels": labels, "modality": {"0": "MRI"}}))) == ("MRI",)
+    assert label_set_channels(written("plain.json", {"labels": labels})) is None
+    assert label_set_channels(written("table.csv", "1,liver\n")) is None
+    assert label_set_channels(written("broken.json", "{")) is None  # load_label_set reports it
+    assert label_set_channels(None) is None and label_set_channels("totalvibe") is None
+    monkeypatch.chdir(tmp_path)  # a file named like a preset: the preset wins, as in load_label_set
+    written("totalsegmentator", {"labels": labels, "channel_names": {"0": "CT"}})
+    assert label_set_channels("totalsegmentator") is None
+    bad = written("bad.json", {"labels": labels, "channel_names": {"1": "CT"}})
+    with pytest.raises(LabelSetError) as caught:
+        label_set_channels(bad)
+    assert str(caught.value) == f"{bad}: channel indices must run 0..0, got ['1']"
+
+
+def test_remap_by_name_keeps_shared_names_and_sends_the_rest_to_background():
+    source = {0: "background", 1: "liver", 2: "spleen", 3: "intestine"}
+    target = {0: "background", 5: "spleen", 7: "liver"}
+    label = np.array([[0, 1, 2, 3, IGNORE_LABEL]], dtype=np.uint8)
+    remapped = remap_by_name(label, source, target)
+    assert remapped.tolist() == [[0, 7, 5, 0, IGNORE_LABEL]] and remapped.dtype == np.uint8
+    assert name_of(target, 7) == "liver" and name_of(target, 3) == "3"
 
 
 def test_rules_files_name_organs_of_the_label_set(tmp_path):

@@ -104,9 +104,13 @@ def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") 
         raise DatasetJsonError(f"{path}: 'labels' has {len(labels)} entries, more than {most} (--max_channels)")
     decathlon = all(re.fullmatch(r"\d+", str(k)) for k in labels)
     if decathlon:
+        first: dict[str, str] = {}
         for key, name in labels.items():
             if not isinstance(name, str):
                 raise DatasetJsonError(f"{path}: 'labels': label {key} has the name {_shown(name)}; Decathlon names are text")
+            if name in first:  # the name -> ID table below would keep only the last
+                raise DatasetJsonError(f"{path}: 'labels': labels {first[name]} and {key} are both named {_shown(name)}")
+            first[name] = str(key)
     named: dict[str, Any] = {str(v): _int(k, path, "ID") for k, v in labels.items()} if decathlon else dict(labels)
     ignore = named.pop("ignore", None)
     ignore_value = None if ignore is None else _int(ignore, path, "ignore")
@@ -250,12 +254,3 @@ def task_from_dataset(
         val_every=5,
         warmup_epochs=10,
     )
-
-
-def dataset_label_map(path: str | Path) -> dict[int, str] | None:
-    """The label map of a datalist's ``labels`` field, or None if it has none (or cannot be read)."""
-    try:
-        content = read_dataset_json(path)
-        return parse_labels(content, path)["label_map"] if "labels" in content else None
-    except DatasetJsonError:
-        return None
