@@ -18,7 +18,7 @@ MUTATION_SCOPE ?= "swinbob.infer.metrics*" "swinbob.train.losses*" "swinbob.infe
 	"swinbob.data.loaders.x_train_loader*" "swinbob.data.loaders.xǁEpochSampler*" "swinbob.data.loaders.xǁEpochBatchSampler*" \
 	"swinbob.data.dataset_task*" "swinbob.infer.statistics*" "swinbob.infer.tta*" "swinbob.infer.outputs*" \
 	"swinbob.infer.window*" "swinbob.viz*" "swinbob.data.shifts*" "swinbob.data.transforms.xǁNormalizeForegroundd*" \
-	"swinbob.solf.paper*" "swinbob.solf.labelsets*" "swinbob.train.state.x_init_head_rows*" "swinbob.train.state.x__name_key*"
+	"swinbob.solf.paper*" "swinbob.solf.labelsets*" "swinbob.labels*" "swinbob.train.state.x_init_head_rows*" "swinbob.train.state.x__name_key*"
 MUTATION_CHILDREN ?= 2
 
 .PHONY: install test demo mutation clean
