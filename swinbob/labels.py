@@ -127,7 +127,7 @@ def side_pairs(labels: Mapping[int, str]) -> list[tuple[int, int]]:
 
 
 def mirror_permutation(labels: Mapping[int, str]) -> tuple[int, ...] | None:
-    """What each label value 0..max (a softmax channel) becomes in the left-right mirror image:
+    """What each label value 0..max (a softmax channel) becomes in a mirror image:
     its partner for the labels of :func:`side_pairs`, itself otherwise; None when there is no pair.
 
     Used wherever an image is mirrored (training augmentation, flip TTA): a mirror image of a body,

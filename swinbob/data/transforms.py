@@ -398,9 +398,8 @@ class RandFlipPairsd(T.RandFlipd):
     is ``S × A``, and a mirror reverses one of the three): without the swap a mirrored patch would
     teach that ``kidney_left`` may lie on the body's right, and two augmentations that give the same
     patch (mirrors along x and y, a 180° rotation in their plane) would give it opposite labels.
-    ``permutation`` says what
-    each label value becomes (:attr:`~swinbob.tasks.Task.mirror_channels`); None makes this exactly
-    ``RandFlipd``. One random draw decides the flip and the swap, so the random stream is
+    ``permutation`` says what each label value becomes (:attr:`~swinbob.tasks.Task.mirror_channels`);
+    None makes this exactly ``RandFlipd``. One random draw decides the flip and the swap, so the random stream is
     ``RandFlipd``'s; the inverse undoes both.
     """
 

@@ -4,10 +4,9 @@ Every subset of the mirrored spatial axes is predicted (2³ = 8 sliding windows 
 each output is flipped back, and the probabilities are averaged. An image mirrored along an odd
 number of axes shows a body with its left and right exchanged, so the channels of each left/right
 label pair of such an output are swapped back before averaging (``mirror_channels``), as training
-swaps the labels of mirrored patches. The result is
-returned as logits again (log-probabilities for softmax tasks, log-odds for region tasks) so that
-everything that takes the plain sliding window's logits (labels, foreground, ETTA's source
-prediction and its entropy) takes it unchanged.
+swaps the labels of mirrored patches. The result is returned as logits again (log-probabilities for
+softmax tasks, log-odds for region tasks) so that everything that takes the plain sliding window's
+logits (labels, foreground, ETTA's source prediction and its entropy) takes it unchanged.
 """
 
 from __future__ import annotations
