@@ -67,12 +67,32 @@ def test_clean_cohort_keeps_everything_and_right_means_larger_world_x():
     assert x[ID["kidney_right"]] > 0 > x[ID["kidney_left"]]  # RAS+: +x is the subject's right
 
 
-def test_swapped_left_right_pair_rejects_both_organs():
+def test_swapped_left_right_pair_is_repaired_by_default_and_rejected_without_repair():
     _, decisions, rows = _decide({3: _swap_kidneys})
     for organ in ("kidney_right", "kidney_left"):
-        verdict, reasons = _verdict(decisions, rows, 3, organ)
-        assert verdict == REJECTED and "wrong_side" in reasons.split(";")
+        assert _verdict(decisions, rows, 3, organ) == (CLEANED, "swapped")
+        assert decisions.swapped[rows[("case_03", organ)]]
     assert _verdict(decisions, rows, 4, "kidney_left")[0] == KEPT
+    assert decisions.swapped.sum() == 2
+    _, decisions, rows = _decide({3: _swap_kidneys}, overrides={"settings": {"repair_swaps": False}})
+    for organ in ("kidney_right", "kidney_left"):
+        verdict, reasons = _verdict(decisions, rows, 3, organ)
+        assert verdict == REJECTED and "wrong_side" in reasons.split(";") and "swapped" not in reasons
+    assert not decisions.swapped.any()
+
+
+def test_swapped_pair_with_another_fault_is_rejected_not_repaired():
+    """An exchange only repairs names: a swapped pair whose one kidney is also far too small stays rejected."""
+    def swap_and_shrink(label):
+        _swap_kidneys(label)
+        shrunk = label == ID["kidney_left"]
+        shrunk[:, :, 5] = False  # one slice of six left
+        label[shrunk] = 0
+
+    _, decisions, rows = _decide({3: swap_and_shrink})
+    assert not decisions.swapped.any()
+    for organ in ("kidney_right", "kidney_left"):
+        assert _verdict(decisions, rows, 3, organ)[0] == REJECTED
 
 
 @pytest.mark.parametrize("moved, partner, x_slab", [
@@ -129,8 +149,8 @@ def test_size_outliers_need_a_population():
 def test_unused_label_and_scan_exclusion():
     def unused(label):
         label[20, 20, 5] = ID["unused"]
-    table, decisions, rows = _decide({8: unused, 9: _swap_kidneys},
-                                     overrides={"settings": {"max_rejected_fraction": 0.2}})
+    table, decisions, rows = _decide({8: unused, 9: _swap_kidneys},  # the swap rejected, not repaired
+                                     overrides={"settings": {"max_rejected_fraction": 0.2, "repair_swaps": False}})
     assert _verdict(decisions, rows, 8, "unused") == (REJECTED, "unexpected_label;too_small")
     excluded = {table.case_ids[i] for i in np.flatnonzero(decisions.scan_excluded)}
     assert excluded == {"case_09"}  # 2 of 6 organs rejected > 20 %; case 8: 1 of 7 < 20 %
@@ -139,9 +159,12 @@ def test_unused_label_and_scan_exclusion():
 
 def test_swapped_pair_below_the_population_size_blames_both_sides():
     """With too few scans for lateral z-scores neither partner looks atypical: both are blamed."""
-    _, decisions, rows = _decide({3: _swap_kidneys}, n=12)
+    _, decisions, rows = _decide({3: _swap_kidneys}, n=12, overrides={"settings": {"repair_swaps": False}})
     for organ in ("kidney_right", "kidney_left"):
         assert _verdict(decisions, rows, 3, organ) == (REJECTED, "wrong_side")
+    _, decisions, rows = _decide({3: _swap_kidneys}, n=12)  # blamed on both: repairable
+    for organ in ("kidney_right", "kidney_left"):
+        assert _verdict(decisions, rows, 3, organ) == (CLEANED, "swapped")
     assert _verdict(decisions, rows, 4, "kidney_right")[0] == KEPT
 
 
@@ -286,7 +309,7 @@ def test_flags_are_strictly_above_their_thresholds():
     table = _table([(0, "liver", {"voxel_count": min_voxels}), (0, "spleen", {"voxel_count": min_voxels - 1})], 1)
     at = {f: np.array([s.mad_threshold, s.mad_threshold + 1e-9]) for f in OUTLIER_FEATURES}
     at["position"] = np.array([s.position_threshold, s.position_threshold + 1e-9])
-    at["rel_x"] = np.zeros(2)
+    at["rel_x"] = at["rel_y"] = at["rel_z"] = np.zeros(2)
     flags = _flags(table, rules, {"centroid_x": np.zeros(2)}, at)
     for reason in ("too_small", "misplaced", *(f"outlier_{f}" for f in OUTLIER_FEATURES if f != "log_volume_share")):
         assert flags[reason].tolist() == [False, True], reason

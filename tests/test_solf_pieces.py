@@ -17,7 +17,7 @@ from swinbob.solf.cli import organ_filtering_entry
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, decide
 from swinbob.solf.features import measure_scan
 from swinbob.solf.outputs import clean_label
-from swinbob.solf.rules import default_rules
+from swinbob.solf.rules import apply_overrides, default_rules
 from swinbob.solf.store import build_table
 from swinbob.tasks import UKBOB_CHANNELS
 
@@ -255,7 +255,7 @@ def test_one_error_does_not_exclude_a_scan_of_a_small_label_set():
         label[6:8, 6:8, 6:8] = ID["wm_left"]
     records, _ = _cohort({4: swap, 7: three})
     table = build_table(records)
-    decisions = decide(table, default_rules(BRAIN))
+    decisions = decide(table, apply_overrides(default_rules(BRAIN), {"settings": {"repair_swaps": False}}))
     assert decisions.scan_rejected_fraction[4] == 0.5 and not decisions.scan_excluded[4]
     assert decisions.scan_rejected_fraction[7] == 0.75 and decisions.scan_excluded[7]
     assert decisions.scan_excluded.sum() == 1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +20,7 @@ from scipy import ndimage
 from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
 from swinbob.data.phantoms import write_cohort
 from swinbob.solf import pipeline
-from swinbob.solf.inject import fragment, swap
+from swinbob.solf.inject import fragment, shrink, swap
 from swinbob.solf.outputs import split_cases
 from swinbob.solf.cli import organ_filtering_entry
 from swinbob.tasks import UKBOB_CHANNELS
@@ -29,17 +31,19 @@ NUM_CASES = 24
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    """24 small UKBOB phantoms; case 2 gets liver fragments and case 5 swapped kidneys."""
+    """24 small UKBOB phantoms; case 2 gets liver fragments, case 5 swapped kidneys, case 8 a shrunken spleen."""
     root = tmp_path_factory.mktemp("solf_cohort")
     write_cohort("ukbob", root, NUM_CASES, shape=(40, 40, 48), seed=3)
-    for case, edit in (("ukbob_0002", "fragment"), ("ukbob_0005", "swap")):
+    for case, edit in (("ukbob_0002", "fragment"), ("ukbob_0005", "swap"), ("ukbob_0008", "shrink")):
         path = root / "labelsTr" / f"{case}.nii.gz"
         img = nib.load(path)
         label = np.asanyarray(img.dataobj)
         if edit == "fragment":
             label = fragment(label, 5, img.affine, np.random.default_rng(0))
-        else:
+        elif edit == "swap":
             label = swap(label, 3, 2)
+        else:
+            label = shrink(label, 1, keep_fraction=0.25)
         nib.save(nib.Nifti1Image(label, img.affine, img.header), path)
     return root
 
@@ -108,22 +112,30 @@ def test_dataset_json_lists_channels_in_order_with_paths_relative_to_its_data_ro
 
 
 def test_ignore_value_exactly_where_organs_were_rejected_or_fragments_removed(reference, cohort):
+    """Rejected: the organ becomes 255; swapped pairs exchange their IDs; cleaned: every piece but the
+    largest becomes 255."""
     decisions = _decisions(reference)
-    verdicts = {(d["case_id"], int(d["label"])): d["decision"] for d in decisions}
-    assert {"kept", "cleaned", "rejected"} <= set(verdicts.values())
-    assert verdicts[("ukbob_0002", 5)] == "cleaned" and verdicts[("ukbob_0005", 2)] == "rejected"
+    verdicts = {(d["case_id"], int(d["label"])): (d["decision"], d["reasons"]) for d in decisions}
+    assert {"kept", "cleaned", "rejected"} <= {v for v, _ in verdicts.values()}
+    assert verdicts[("ukbob_0002", 5)][0] == "cleaned" and verdicts[("ukbob_0008", 1)][0] == "rejected"
+    assert verdicts[("ukbob_0005", 2)] == verdicts[("ukbob_0005", 3)] == ("cleaned", "swapped")
     included = json.loads((reference / "dataset.json").read_text())
     cases = [Path(e["label"]).name.removesuffix(".nii.gz") for e in included["training"] + included["validation"]]
+    ids = {name: i for i, name in TOTALVIBE_LABELS.items()}
     for case in cases:
         source = nib.load(cohort / "labelsTr" / f"{case}.nii.gz")
         cleaned = nib.load(reference / "labelsTr" / f"{case}.nii.gz")
         label, out = np.asanyarray(source.dataobj), np.asanyarray(cleaned.dataobj)
         expected = label.copy()
-        for (c, organ), verdict in verdicts.items():
+        for (c, organ), (verdict, reasons) in verdicts.items():
             if c != case or verdict == "kept":
                 continue
             if verdict == "rejected":
                 expected[label == organ] = IGNORE_LABEL
+            elif reasons == "swapped":
+                name = TOTALVIBE_LABELS[organ]
+                partner = name.replace("_left", "_right") if name.endswith("_left") else name.replace("_right", "_left")
+                expected[label == organ] = ids[partner]
             else:
                 components, _ = ndimage.label(label == organ, structure=np.ones((3, 3, 3)))
                 largest = np.argmax(np.bincount(components.ravel())[1:]) + 1
@@ -131,6 +143,22 @@ def test_ignore_value_exactly_where_organs_were_rejected_or_fragments_removed(re
         np.testing.assert_array_equal(out, expected, err_msg=case)
         assert np.allclose(cleaned.affine, source.affine) and cleaned.get_data_dtype().kind in "iu"
         assert cleaned.header["sform_code"] == source.header["sform_code"]
+
+
+def test_scans_with_enough_rejected_organs_are_left_out_and_excluding_all_is_an_error(cohort, tmp_path, caplog):
+    """--max_rejected_fraction 0 --min_rejected_to_exclude N leaves out exactly the scans with at least
+    N rejected organs (counted here from decisions.csv); when that is every scan the run fails (exit 1)
+    naming the organs rejected in most scans (these phantoms' adrenal glands are rejected in all)."""
+    assert _run(cohort / "labelsTr", tmp_path / "three", "--max_rejected_fraction", "0", "--min_rejected_to_exclude", "3") == 0
+    content = json.loads((tmp_path / "three" / "dataset.json").read_text())
+    kept = {Path(e["label"]).name.removesuffix(".nii.gz") for e in content["training"] + content["validation"]}
+    counts = Counter(d["case_id"] for d in _decisions(tmp_path / "three") if d["decision"] == "rejected")
+    assert kept == {f"ukbob_{i:04d}" for i in range(NUM_CASES)} - {c for c, n in counts.items() if n >= 3}
+    assert "ukbob_0008" not in kept and 0 < len(kept) < NUM_CASES  # the shrunken spleen's scan is left out
+    with caplog.at_level(logging.ERROR, logger="swinbob"):
+        assert _run(cohort / "labelsTr", tmp_path / "all", "--max_rejected_fraction", "0", "--min_rejected_to_exclude", "1") == 1
+    assert "every scan was excluded (--max_rejected_fraction 0, --min_rejected_to_exclude 1)" in caplog.text
+    assert "rejected in most scans: adrenal_gland_left, adrenal_gland_right" in caplog.text
 
 
 def test_reports_are_consistent(reference):
@@ -219,8 +247,9 @@ def test_excluding_scans_removes_them_and_their_stale_outputs(reference, cohort,
     out = tmp_path / "out"
     shutil.copytree(reference, out)
     assert _run(cohort / "labelsTr", out, "--image_dir", str(cohort / "imagesTr"), "--max_rejected_fraction", "0",
-                *overwrite) == 0
-    rejected_cases = {d["case_id"] for d in _decisions(out) if d["decision"] == "rejected"}
+                "--min_rejected_to_exclude", "3", *overwrite) == 0  # 1 would leave none: adrenal glands are rejected in every phantom
+    counts = Counter(d["case_id"] for d in _decisions(out) if d["decision"] == "rejected")
+    rejected_cases = {case for case, n in counts.items() if n >= 3}
     dataset = json.loads((out / "dataset.json").read_text())
     listed = {Path(e["label"]).name.removesuffix(".nii.gz") for e in dataset["training"] + dataset["validation"]}
     assert rejected_cases and not listed & rejected_cases and len(listed) == NUM_CASES - len(rejected_cases)

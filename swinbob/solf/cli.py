@@ -56,13 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position_threshold", type=float, default=None, help="robust z limit for position (default: 4.5)")
     p.add_argument("--max_rejected_fraction", type=float, default=None,
                    help="exclude scans with a larger share of rejected organs (default: 0.25)")
+    p.add_argument("--min_rejected_to_exclude", type=int, default=None, help="and at least this many rejected "
+                   "organs (default: 1; 3 for a --labels set); 1 with --max_rejected_fraction 0 leaves out every "
+                   "scan with a rejected organ")
     p.add_argument("--min_population", type=int, default=None, help="scans needed for population tests (default: 20)")
+    p.add_argument("--no_swap_repair", action="store_true", help="ignore (255) a left/right pair inverted as a whole "
+                   "instead of exchanging its labels (default: exchanged when nothing else is wrong with either)")
     p.add_argument("--seed", type=int, default=0, help="train/validation split seed (default: 0)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of included scans for validation (default: 0.1)")
     p.add_argument("--overwrite", action="store_true", help="re-measure every scan and rewrite every output")
     p.add_argument("--no_figure", action="store_true", help="skip the PNG report figure and the previews")
     p.add_argument("--max_previews", type=int, default=100,
-                   help="report/previews/: one PNG per rejected organ, at most this many, 0 = none (default: %(default)s)")
+                   help="report/previews/: one PNG per rejected or swapped organ, at most this many, 0 = none (default: %(default)s)")
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_limit_args(p)
     return p
@@ -78,7 +83,9 @@ def config_from_args(args: argparse.Namespace) -> SolfConfig:
         position_threshold=args.position_threshold, max_rejected_fraction=args.max_rejected_fraction,
         min_population=args.min_population, seed=args.seed, val_fraction=args.val_fraction,
         max_scans=args.max_scans, overwrite=args.overwrite, figure=not args.no_figure, labels=args.labels,
-        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews, body_dir=args.body_dir)
+        method=args.method, epsilon=args.epsilon, max_previews=args.max_previews, body_dir=args.body_dir,
+        repair_swaps=False if args.no_swap_repair else None,
+        min_rejected_to_exclude=args.min_rejected_to_exclude)
 
 
 def organ_filtering_entry(argv: list[str] | None = None) -> int:

@@ -14,7 +14,10 @@ Three kinds of evidence, all vectorised over the whole (scan × organ) table:
   subject's **right** (nibabel, "Coordinate systems and affines"), so a ``*_right`` organ must
   have a larger centroid x than its ``*_left`` partner. When a pair is inverted, the blame goes
   to the partner(s) whose own lateral position is atypical (|z| >= 2), or to both if neither or
-  both are: a swapped pair flags both organs, an organ moved across the midline only itself;
+  both are: a swapped pair flags both organs, an organ moved across the midline only itself.
+  A pair inverted as a whole with nothing else wrong with either partner (``swapped``, rule
+  ``ours`` with ``repair_swaps``) is cleaned by exchanging its two labels instead of rejected:
+  the outlines are right and the names crossed, so the repair loses no supervision;
 * pieces (every connected component but the largest, see :mod:`swinbob.solf.features`). The
   body's midline is estimated per scan as the median over its left/right pairs of the midpoint of
   the two main bodies; a piece of a left or right structure whose centroid lies on the other side,
@@ -64,7 +67,7 @@ every extra piece of it is a fragment (its component-count rule applies)."""
 
 REJECT_REASONS = ("unexpected_label", "too_small", "too_few_components", "fragmented", "wrong_side", "misplaced",
                   *(f"outlier_{f}" for f in OUTLIER_FEATURES))
-CLEAN_REASONS = ("fragments", "wrong_side_island")
+CLEAN_REASONS = ("fragments", "wrong_side_island", "swapped")
 PIECE_FEATURES = ("log_share", "gap_mm")
 POSITION_AXES = ("x", "y", "z")
 
@@ -96,6 +99,8 @@ class Decisions:
     """The rules applied, with component counts learned from the cohort (label names in ``rules.labels``)."""
     pieces: PieceVerdicts | None = None
     """What happens to each row of ``table.pieces`` when its organ is cleaned."""
+    swapped: np.ndarray | None = None
+    """Rows of left/right pairs repaired by exchanging their labels (``repair_swaps``)."""
 
 
 @dataclass
@@ -181,6 +186,29 @@ def wrong_side_rows(table: FeatureTable, centroid_x: np.ndarray, lateral_z: np.n
         flagged[rows_l[inverted & (blame_l | ~one_sided)]] = True
         flagged[rows_r[inverted & (blame_r | ~one_sided)]] = True
     return flagged
+
+
+def swapped_pair_rows(table: FeatureTable, flags: dict[str, np.ndarray], zscores: dict[str, np.ndarray],
+                      rules: RuleSet) -> np.ndarray:
+    """Rows of left/right pairs inverted as a whole, repairable by exchanging the two labels: both
+    partners on the wrong side, neither with any other reject reason (shape, size, pieces) nor
+    misplaced along y or z (only along x, which the swap explains)."""
+    other = np.zeros(table.columns["label"].size, dtype=bool)
+    for reason in REJECT_REASONS:
+        if reason not in ("wrong_side", "misplaced"):
+            other |= flags[reason]
+    limit = rules.settings.position_threshold
+    off_yz = (np.nan_to_num(np.abs(zscores["rel_y"])) > limit) | (np.nan_to_num(np.abs(zscores["rel_z"])) > limit)
+    fine = flags["wrong_side"] & ~other & ~off_yz
+    row_of = _row_index(table)
+    swapped = np.zeros_like(fine)
+    for left, right in side_pairs(rules.labels):
+        rows_l, rows_r = row_of[:, left], row_of[:, right]
+        both = (rows_l >= 0) & (rows_r >= 0)
+        rows_l, rows_r = rows_l[both], rows_r[both]
+        pair = fine[rows_l] & fine[rows_r]
+        swapped[rows_l[pair]] = swapped[rows_r[pair]] = True
+    return swapped
 
 
 def _row_index(table: FeatureTable) -> np.ndarray:
@@ -290,6 +318,11 @@ def _flags(table: FeatureTable, rules: RuleSet, derived: dict[str, np.ndarray],
     flags["outlier_log_volume_share"] &= rule["check_volume_share"].astype(bool)
     flags["misplaced"] = rule["check_position"].astype(bool) & (np.nan_to_num(zscores["position"]) > s.position_threshold)
     flags["wrong_side"] = wrong_side_rows(table, derived["centroid_x"], zscores["rel_x"], rules.labels)
+    flags["swapped"] = np.zeros_like(flags["wrong_side"])
+    if s.repair_swaps and s.method == "ours":
+        flags["swapped"] = swapped_pair_rows(table, flags, zscores, rules)
+        flags["wrong_side"] &= ~flags["swapped"]
+        flags["misplaced"] &= ~flags["swapped"]
     return flags
 
 
@@ -332,4 +365,4 @@ def decide(table: FeatureTable, rules: RuleSet) -> Decisions:
     fraction = rejected / np.maximum(present, 1)
     excluded = (fraction > s.max_rejected_fraction) & (rejected >= s.min_rejected_to_exclude)
     return Decisions(decision, reasons, zscores, keep, population, fraction, excluded,
-                     paper_reasons, rules, pieces)
+                     paper_reasons, rules, pieces, flags["swapped"] & (decision == CLEANED))

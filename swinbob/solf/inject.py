@@ -35,7 +35,7 @@ KINDS = ("swap", "fragment", "shrink", "grow", "move")
 EXTRA_KINDS = ("island", "missing_slices")
 """Kinds beyond :data:`KINDS` (which the phantom studies iterate), for anatomy with left/right pairs."""
 MATCHING_REASONS: dict[str, frozenset[str]] = {
-    "swap": frozenset({"wrong_side", "misplaced"}),
+    "swap": frozenset({"wrong_side", "misplaced", "swapped"}),
     "fragment": frozenset({"fragments", "fragmented"}),
     "shrink": frozenset({"too_small", "outlier_log_volume", "outlier_log_surface"}),
     "grow": frozenset({"outlier_log_volume", "outlier_log_surface", "outlier_sphericity", "outlier_eccentricity"}),

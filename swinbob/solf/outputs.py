@@ -6,6 +6,12 @@ would teach the model that the organ is absent. Fragments removed from a cleaned
 255 as well: a stray island of "liver" is most likely another tissue mislabelled, but which
 one is unknown, so the honest training signal is none (background would be a guess).
 
+A left/right pair inverted as a whole (decision reason ``swapped``) has its two labels exchanged:
+the one error that can be repaired exactly. What ignoring cannot undo: an organ segmented too
+small, or with missing slices, left its missing part labelled background, and 255 on the organ's
+own voxels keeps that wrong background (benchmarks/RESULTS.md measures it); leaving such scans out
+(``min_rejected_to_exclude`` 1, ``max_rejected_fraction`` 0) removes it.
+
 Every file is written atomically (:func:`swinbob.files.atomic_write`), inputs are only read, and
 re-running is idempotent: outputs are deterministic functions of the inputs and settings (gzip
 without time stamps, sorted tables, no dates in the summary), and cleaned labels whose inputs and
@@ -25,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from swinbob.files import NiftiError, atomic_write_text, disk_full, write_nifti
-from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS
+from swinbob.labels import IGNORE_LABEL, TOTALVIBE_LABELS, side_pairs
 from swinbob.solf.decide import CLEANED, KEPT, REJECTED, Decisions
 from swinbob.solf.features import CONNECTIVITY, MAX_LABEL, MAX_ORGAN_ID, LabelError, validate_labels
 from swinbob.solf.labelsets import LABEL_SLOTS, name_of
@@ -51,12 +57,16 @@ class CleanTask:
     structures: tuple[tuple[str, int], ...] = ()
     """``(name, id)`` of the label set, for inputs that are folders of per-structure masks."""
     drop_pieces: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    swaps: tuple[tuple[int, int], ...] = ()
+    """Left/right pairs whose labels are exchanged."""
 
     def key(self, fingerprint: str) -> str:
         """Manifest key: changes when the input or the decisions for this scan change."""
         payload = [fingerprint, sorted(self.rejected), sorted(self.keep_components.items()), IGNORE_LABEL]
         if self.drop_pieces:  # left out when empty: keys of earlier runs stay valid
             payload.append(sorted((k, list(v)) for k, v in self.drop_pieces.items()))
+        if self.swaps:
+            payload.append(sorted(list(s) for s in self.swaps))
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]
 
 
@@ -69,15 +79,18 @@ def output_dtype(stored: np.dtype) -> np.dtype:
 
 
 def clean_label(label: np.ndarray, rejected: tuple[int, ...] | list[int], keep_components: dict[int, int],
-                drop_pieces: dict[int, tuple[int, ...]] | None = None) -> np.ndarray:
+                drop_pieces: dict[int, tuple[int, ...]] | None = None,
+                swaps: tuple[tuple[int, int], ...] = ()) -> np.ndarray:
     """Cleaned copy of a validated uint8 label map.
 
-    Rejected organs become the ignore value; for each organ in ``keep_components`` only its
-    N largest 26-connected components stay (ties broken by scan order; N = 0: no limit), and the
-    components numbered in ``drop_pieces`` (scan order inside the organ's bounding box, as pass 1
-    numbers them) go too; what goes becomes ignore.
+    Rejected organs become the ignore value; each pair of ``swaps`` exchanges its labels; for
+    each organ in ``keep_components`` only its N largest 26-connected components stay (ties
+    broken by scan order; N = 0: no limit), and the components numbered in ``drop_pieces`` (scan
+    order inside the organ's bounding box, as pass 1 numbers them) go too; what goes becomes ignore.
     """
     lut = np.arange(256, dtype=np.uint8)
+    for left, right in swaps:
+        lut[left], lut[right] = right, left
     lut[list(rejected)] = IGNORE_LABEL
     out = lut[label]
     drop_pieces = drop_pieces or {}
@@ -106,7 +119,7 @@ def clean_case(task: CleanTask) -> tuple[str, str | None]:
         source = read_label_source(task.label_path, task.structures)
         header = label_header(source, task.label_path).copy()
         cleaned = clean_label(validate_labels(source.data, task.max_label), task.rejected, task.keep_components,
-                              task.drop_pieces)
+                              task.drop_pieces, task.swaps)
         affine = source.affine
         dtype = output_dtype(header.get_data_dtype())
         header.set_slope_inter(1.0, 0.0)
@@ -125,6 +138,7 @@ def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, inc
     index = {case: i for i, case in enumerate(table.case_ids)}
     wanted = {index[c] for c in included}
     rejected: dict[int, list[int]] = {i: [] for i in wanted}
+    swapped: dict[int, set[int]] = {i: set() for i in wanted}
     keep: dict[int, dict[int, int]] = {i: {} for i in wanted}
     drops: dict[int, dict[int, tuple[int, ...]]] = {i: {} for i in wanted}
     pieces = decisions.pieces
@@ -140,13 +154,17 @@ def clean_tasks(table: FeatureTable, decisions: Decisions, labels_dir: Path, inc
         if decisions.decision[row] == REJECTED:
             rejected[case].append(label)
             continue
+        if decisions.swapped is not None and decisions.swapped[row]:
+            swapped[case].add(label)
         if decisions.keep_components[row] > 0:
             keep[case][label] = int(decisions.keep_components[row])
         if int(row) in dropped:
             drops[case][label] = tuple(sorted(dropped[int(row)]))
+    pairs = side_pairs(decisions.rules.labels)
     return [CleanTask(table.case_ids[i], str(label_paths[table.case_ids[i]]),
                       str(labels_dir / f"{table.case_ids[i]}{suffix}"), tuple(rejected[i]), keep[i],
-                      max(decisions.rules.labels), structure_ids(decisions.rules.labels), drops[i])
+                      max(decisions.rules.labels), structure_ids(decisions.rules.labels), drops[i],
+                      tuple(pair for pair in pairs if set(pair) <= swapped[i]))
             for i in sorted(wanted)]
 
 

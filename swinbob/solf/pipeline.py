@@ -14,9 +14,10 @@ many more scans and runs pass 2 only once every scan is measured. Layout of ``--
 
 and of the report folder (``--report``, default ``{output_dir}/report``): ``features.csv``,
 ``scans.csv``, ``decisions.csv``, ``summary.json``, ``failures.csv``/``.json``, ``solf_report.png``,
-``previews/`` (one PNG per rejected organ, :mod:`swinbob.solf.previews`).
-Exit status: 0 on success; 1 when every scan failed, no cleaned label could be written, or a write
-failed (a full disk: rerun once there is space, finished scans are kept); 2 for configuration
+``previews/`` (one PNG per rejected or swapped organ, :mod:`swinbob.solf.previews`).
+Exit status: 0 on success; 1 when every scan failed, every scan was excluded, no cleaned label
+could be written, or a write failed (a full disk: rerun once there is space, finished scans are
+kept); 2 for configuration
 errors (flags, folders, an output folder that is not writable or in use by another run).
 
 Interruptions: a killed job loses at most the scans in progress (see ``store``); a rerun goes on
@@ -80,6 +81,8 @@ class SolfConfig:
     epsilon: float | None = None
     max_previews: int = 100
     body_dir: Path | None = None
+    repair_swaps: bool | None = None
+    min_rejected_to_exclude: int | None = None
 
     @property
     def report(self) -> Path:
@@ -112,7 +115,8 @@ class SolfConfig:
         """Default rules, the rules file, then the threshold flags (in that order of precedence)."""
         return load_rules(self.rules_path, self.label_set(), mad_threshold=self.mad_threshold,
                           position_threshold=self.position_threshold, max_rejected_fraction=self.max_rejected_fraction,
-                          min_population=self.min_population, method=self.method, epsilon=self.epsilon)
+                          min_population=self.min_population, method=self.method, epsilon=self.epsilon,
+                          repair_swaps=self.repair_swaps, min_rejected_to_exclude=self.min_rejected_to_exclude)
 
 
 def check_config(config: SolfConfig) -> None:
@@ -356,7 +360,14 @@ def _run_locked(config: SolfConfig, tasks: dict[str, CaseTask], skipped: dict[st
     if not table.case_ids:
         log.error("every scan failed; see %s", config.report / "failures.csv")
         return 1
-    if content["scans"]["clean_failed"] and content["scans"]["training"] + content["scans"]["validation"] == 0:
-        log.error("no cleaned label could be written to %s; see %s", config.labels_dir, config.report / "failures.csv")
+    if content["scans"]["training"] + content["scans"]["validation"] == 0:
+        if content["scans"]["clean_failed"]:
+            log.error("no cleaned label could be written to %s; see %s", config.labels_dir, config.report / "failures.csv")
+        else:
+            common = sorted(n for n, o in content["per_organ"].items() if o["rejected"] > o["present"] / 2)
+            log.error("every scan was excluded (--max_rejected_fraction %g, --min_rejected_to_exclude %d): nothing to "
+                      "train on; rejected in most scans: %s (see %s)", config.rules().settings.max_rejected_fraction,
+                      config.rules().settings.min_rejected_to_exclude, ", ".join(common) or "none",
+                      config.report / "decisions.csv")
         return 1
     return 0

@@ -1,14 +1,15 @@
-"""The audit trail: one PNG per rejected organ, so that SOLF's decisions can be checked by eye.
+"""The audit trail: one PNG per rejected organ and per organ of a repaired swap, so that SOLF's
+decisions can be checked by eye.
 
 ``report/previews/{case}__{label:03d}_{name}.png`` shows two planes through the organ's centroid
 (axial and coronal, in radiological view: the subject's right on the left of the picture, anterior
 and superior at the top, pixels scaled to the voxel spacing). The background is the scan's first
 image channel when ``--image_dir`` is given, otherwise the label map itself in shades of grey; the
-rejected organ is drawn in red over it and its left/right partner, if it has one, in blue (so a
+organ is drawn in red over it (as labelled in the input) and its left/right partner, if it has one, in blue (so a
 swapped pair shows at a glance). The title names the case, the organ and the reasons (ours
 and the paper's, kept apart). At most ``--max_previews`` are drawn (0: none), the first ones in
-case order; previews of organs no longer rejected are removed, so the folder always matches the
-decisions. matplotlib is optional, as for the report figure.
+case order; previews of organs no longer rejected or swapped are removed, so the folder always
+matches the decisions. matplotlib is optional, as for the report figure.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ def preview_name(case_id: str, label: int, name: str) -> str:
     return short_name(re.sub(r"[^A-Za-z0-9._-]", "_", f"{case_id}__{label:03d}_{name}"), ".png")
 
 
-def rejected_rows(decisions: Decisions, limit: int) -> list[int]:
-    """The first ``limit`` rejected rows in (case, label) order."""
-    return np.flatnonzero(decisions.decision == REJECTED)[: max(0, limit)].tolist()
+def preview_rows(decisions: Decisions, limit: int) -> list[int]:
+    """The first ``limit`` rows in (case, label) order that are rejected or repaired swaps."""
+    shown = decisions.decision == REJECTED
+    if decisions.swapped is not None:
+        shown = shown | decisions.swapped
+    return np.flatnonzero(shown)[: max(0, limit)].tolist()
 
 
 def centre_index(mask: np.ndarray) -> np.ndarray:
@@ -92,7 +96,7 @@ def draw_preview(path: Path, label: np.ndarray, image: np.ndarray | None, affine
 def write_previews(folder: Path, table: FeatureTable, decisions: Decisions, label_paths: dict[str, str],
                    image_paths: dict[str, tuple[str, ...]], limit: int) -> int:
     """Draw the previews of the first ``limit`` rejected organs; remove stale ones; return how many."""
-    rows = rejected_rows(decisions, limit)
+    rows = preview_rows(decisions, limit)
     if rows and importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed; skipping the previews of rejected organs (pip install matplotlib)")
         return 0

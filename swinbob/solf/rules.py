@@ -112,6 +112,10 @@ class Settings:
     least ``min_rejected_to_exclude``: label sets given with ``--labels`` default to 3, because one
     segmentation error often rejects two structures (a swap both partners, a leak the neighbour it
     emptied), which in a four-structure set would otherwise drop the scan's correct ones with it.
+
+    With ``repair_swaps`` a left/right pair found inverted as a whole, with nothing else wrong with
+    either partner, gets its two labels exchanged (the segmentation is right, only the names are
+    crossed) instead of being ignored (:mod:`swinbob.solf.outputs`).
     """
 
     method: str = "ours"
@@ -122,6 +126,7 @@ class Settings:
     min_population: int = 20
     max_rejected_fraction: float = 0.25
     min_rejected_to_exclude: int = 1
+    repair_swaps: bool = True
     mad_floor: dict[str, float] = field(default_factory=lambda: {
         "log_volume": 0.1, "log_surface": 0.1, "sphericity": 0.03, "eccentricity": 0.03, "position_mm": 3.0,
         "piece_log_share": 0.5, "piece_gap_mm": 3.0,
