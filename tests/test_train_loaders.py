@@ -117,6 +117,29 @@ def test_cached_crop_indices_give_the_same_patches_as_scanning_the_label(cohort,
                  _epoch(train_loader(scanning, 1, workers=0, seed=7), 1))
 
 
+def test_crop_indices_leave_ignore_voxels_out_of_foreground_and_background():
+    """Brute force over the voxels, apart from MONAI: foreground = a label other than 0 and 255,
+    background = 0 where the image is above the threshold; without 255 the same as MONAI's rule."""
+    from monai.transforms import FgBgToIndicesd
+
+    from swinbob.data.transforms import CropIndicesd
+    rng = np.random.default_rng(0)
+    label = rng.choice([0, 1, 2, 255], size=(1, 6, 5, 4), p=[0.5, 0.2, 0.1, 0.2]).astype(np.float32)
+    image = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)
+    out = CropIndicesd(keys="label", image_key="image", image_threshold=0.5)({"label": torch.as_tensor(label),
+                                                                              "image": torch.as_tensor(image)})
+    flat_label, flat_body = label[0].ravel(), (image > 0.5).any(0).ravel()
+    fg = [i for i in range(flat_label.size) if flat_label[i] not in (0, 255)]
+    bg = [i for i in range(flat_label.size) if flat_label[i] == 0 and flat_body[i]]
+    assert out["label_fg_indices"].tolist() == fg and out["label_bg_indices"].tolist() == bg
+    assert 255 in flat_label and fg and bg
+    clean = {"label": torch.as_tensor(np.where(label == 255, 3, label)), "image": torch.as_tensor(image)}
+    ours = CropIndicesd(keys="label", image_key="image", image_threshold=0.5)(clean)
+    monai = FgBgToIndicesd(keys="label", image_key="image", image_threshold=0.5)(clean)
+    for key in ("label_fg_indices", "label_bg_indices"):
+        assert ours[key].tolist() == np.asarray(monai[key]).tolist()
+
+
 @pytest.mark.parametrize("size", [CASES, 6])
 def test_each_epoch_visits_every_case_once_split_between_ranks(size):
     for epoch in range(3):

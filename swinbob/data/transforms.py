@@ -361,8 +361,13 @@ def preprocess_transforms(task: Task, config: DataConfig, with_label: bool = Tru
 
 
 class CropIndicesd(T.FgBgToIndicesd):
-    """``FgBgToIndicesd`` that stores the flat indices compactly: numpy int32 (int64 only for labels
-    of 2**31 voxels or more) instead of MONAI's int64 MetaTensors.
+    """``FgBgToIndicesd`` that leaves ignore voxels out and stores the flat indices compactly.
+
+    Foreground is a label above 0 other than :data:`~swinbob.labels.IGNORE_LABEL`, background a
+    label of 0 where the image is above ``image_threshold`` (MONAI's rule, which counts the ignore
+    value as foreground: positive crops would centre on voxels that teach nothing, e.g. on what
+    SOLF rejected). Indices are numpy int32 (int64 only for labels of 2**31 voxels or more)
+    instead of MONAI's int64 MetaTensors.
 
     Cached after the deterministic preprocessing, the indices spare ``RandCropByPosNegLabeld`` a scan
     of the whole label on every sample. They cost 4 bytes per voxel inside the body (foreground
@@ -371,11 +376,17 @@ class CropIndicesd(T.FgBgToIndicesd):
     """
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = super().__call__(data)
+        d = dict(data)
+        body = None
+        if self.image_key:
+            body = (plain_tensor(torch.as_tensor(d[self.image_key])) > self.converter.image_threshold).any(0)
         for key in self.key_iterator(d):
-            dtype = np.int32 if int(np.prod(d[key].shape[1:])) < 2**31 else np.int64
-            for name in (f"{key}{self.fg_postfix}", f"{key}{self.bg_postfix}"):
-                d[name] = torch.as_tensor(d[name]).cpu().numpy().astype(dtype)
+            label = plain_tensor(torch.as_tensor(d[key]))
+            foreground = ((label > 0) & (label != IGNORE_LABEL)).any(0)
+            background = (label == 0).all(0) if body is None else (label == 0).all(0) & body
+            dtype = np.int32 if foreground.numel() < 2**31 else np.int64
+            for name, mask in ((f"{key}{self.fg_postfix}", foreground), (f"{key}{self.bg_postfix}", background)):
+                d[name] = np.flatnonzero(mask.cpu().numpy().ravel()).astype(dtype)
         return d
 
 
@@ -437,7 +448,9 @@ def augment_transforms(task: Task, config: DataConfig, cache_crop_indices: bool 
 
     The padding to the ROI and, with ``cache_crop_indices``, the label's foreground/background
     indices (:class:`CropIndicesd`, for label-balanced crops) are deterministic, so cache datasets
-    keep them: each sample then starts from its crop. The crops are the same either way.
+    keep them: each sample then starts from its crop. Without ``cache_crop_indices`` (the loader
+    benchmark's reference) ``RandCropByPosNegLabeld`` finds them itself on every sample, by MONAI's
+    rule: the same crops for labels without ignore voxels.
     """
     keys = ["image", "label"]
     floor = background_level(config.intensity)
