@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import re
+import shlex
 import sys
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from swinbob.files import atomic_write_text  # noqa: E402
 from swinbob.infer.cli import main as test_etta_main  # noqa: E402
 from swinbob.labels import IGNORE_LABEL  # noqa: E402
-from swinbob.solf.brain_cohort import read_injections, write_cohort, write_tissue_cohort  # noqa: E402
+from swinbob.solf.brain_cohort import ERROR_KINDS, read_injections, write_cohort, write_tissue_cohort  # noqa: E402
 from swinbob.solf.cli import organ_filtering_entry  # noqa: E402
 from swinbob.data.mni_cohort import STRUCTURE_LABELS, load_template  # noqa: E402
 from swinbob.train.cli import main as main_py  # noqa: E402
@@ -98,7 +99,8 @@ def stage_data(args: argparse.Namespace, work: Path) -> None:
     """The hemisphere cohort (claim 1) and the tissue task's subjects under two shifts (claims 2, 3)."""
     template = load_template()
     cohort = write_cohort(work / "cohort", train=args.train_subjects, test=args.test_subjects, seed=args.seed,
-                          error_share=args.error_share, overwrite=True, template=template)
+                          error_share=args.error_share, kinds=args.error_kinds, overwrite=True, template=template,
+                          structures=args.error_structures)
     cases = [f"ds{i:03d}" for i in range(args.finetune_pool + args.downstream_test)]
     write_tissue_cohort(work / "downstream", cases, seed=args.seed + 1, shift=args.shift, overwrite=True, template=template)
     write_tissue_cohort(work / "downstream_adapt", cases, seed=args.seed + 1, shift=args.adapt_shift, overwrite=True,
@@ -119,8 +121,7 @@ def stage_solf(args: argparse.Namespace, work: Path) -> None:
                 "--labels", str(cohort / "dataset.json"), "--output_dir", str(solf_dir(work, method)),
                 "--workers", str(args.workers), "--no_figure", "--overwrite", "--min_population",
                 str(min(20, args.train_subjects))]
-        if method == "paper":
-            argv += ["--method", "paper"]
+        argv += ["--method", "paper"] if method == "paper" else shlex.split(args.solf_flags)
         seconds = run_command("organ_filtering.py", organ_filtering_entry, argv, solf_dir(work, method) / "solf.log")
         print(f"SOLF {method}: {seconds:.0f} s")
 
@@ -241,46 +242,56 @@ def read_label(path: Path) -> np.ndarray:
 def solf_scores(work: Path, method: str) -> dict[str, Any]:
     """SOLF's detection of the injected errors, from the cleaned label maps themselves.
 
-    A structure is flagged when its scan is excluded, any of its voxels became the ignore value, or
-    it lost more than 10 % of its voxels. Recall: injections whose primary structures are all
-    flagged. Precision: flags on structures an injection changed, over all flags (an excluded scan
-    is one flag, true if it carries an injection). Clean: share of untouched structures flagged.
+    A structure is flagged when its scan is excluded or any of its voxels changed (became the
+    ignore value, or another label: a repaired swap). Recall: injections whose primary structures
+    are all flagged. Precision: flags on structures an injection changed, over all flags (an
+    excluded scan is one flag, true if it carries an injection). Clean: share of untouched
+    structures flagged. Supervision, per error kind (voxels of the included scans): ``wrong``
+    where the training label differs from the intact one and is not ignored, ``lost`` where the
+    raw label was right and cleaning made it the ignore value.
     """
     cohort = work / "cohort"
     injections = read_injections(cohort)
+    kind_of = {i.case_id: i.kind for i in injections}
     kept = cleaned_cases(work, method)
     cases = sorted(p.name.split(".")[0] for p in (cohort / "labelsTr").glob("*.nii.gz"))
     touched = {(i.case_id, s) for i in injections for s in i.touched}
     flagged: set[tuple[str, int]] = set()
     flags = true_flags = 0
     agreement: dict[str, list[float]] = {"raw": [], "cleaned": [], "raw_same_voxels": []}
+    supervision: dict[str, Counter] = {}
     for case in cases:
         raw, intact = read_label(cohort / "labelsTr" / f"{case}.nii.gz"), read_label(cohort / "labelsTrue" / f"{case}.nii.gz")
         agreement["raw"].append(mean_dice(raw, intact, np.ones(raw.shape, bool)))
+        tally = supervision.setdefault(kind_of.get(case, "none"), Counter())
+        tally["raw_wrong"] += int(np.count_nonzero(raw != intact))
         if case not in kept:
             flagged |= {(case, s) for s in STRUCTURES}
             flags += 1
-            true_flags += any(i.case_id == case for i in injections)
+            true_flags += case in kind_of
+            tally["excluded_scans"] += 1
             continue
         cleaned = read_label(kept[case])
         scored = cleaned != IGNORE_LABEL
+        tally["cleaned_wrong"] += int(np.count_nonzero((cleaned != intact) & scored))
+        tally["cleaned_lost"] += int(np.count_nonzero(~scored & (raw == intact)))
         agreement["cleaned"].append(mean_dice(cleaned, intact, scored))
         agreement["raw_same_voxels"].append(mean_dice(raw, intact, scored))
         for s in STRUCTURES:
-            before = raw == s
-            if (before & ~scored).any() or np.count_nonzero(cleaned == s) < 0.9 * np.count_nonzero(before):
+            if ((raw == s) & (cleaned != s)).any():
                 flagged.add((case, s))
                 flags += 1
                 true_flags += (case, s) in touched
     found = Counter(i.kind for i in injections if all((i.case_id, s) in flagged for s in i.primary))
     kinds = Counter(i.kind for i in injections)
     clean_pairs = [(c, s) for c in cases for s in STRUCTURES if (c, s) not in touched]
-    clean_scans = [(c, s) for c in cases for s in STRUCTURES if not any(i.case_id == c for i in injections)]
+    clean_scans = [(c, s) for c in cases for s in STRUCTURES if c not in kind_of]
     return {"recall": sum(found.values()) / max(1, len(injections)), "precision": true_flags / max(1, flags),
             "clean_flagged": sum(p in flagged for p in clean_pairs) / len(clean_pairs),
             "clean_scans_flagged": sum(p in flagged for p in clean_scans) / max(1, len(clean_scans)),
             "per_kind": {k: f"{found[k]}/{kinds[k]}" for k in kinds}, "excluded": len(cases) - len(kept),
-            "flags": flags, "agreement": {k: float(np.mean(v)) for k, v in agreement.items() if v}}
+            "flags": flags, "agreement": {k: float(np.mean(v)) for k, v in agreement.items() if v},
+            "supervision": {k: dict(v) for k, v in sorted(supervision.items())}}
 
 
 def mean_dice(label: np.ndarray, truth: np.ndarray, scored: np.ndarray) -> float:
@@ -320,6 +331,13 @@ def stage_report(args: argparse.Namespace, work: Path) -> None:
             lines.append(f"| {method} | {s['recall']:.2f} | {s['precision']:.2f} | {s['clean_flagged']:.3f} / {s['clean_scans_flagged']:.3f} | {s['excluded']} | "
                          f"{', '.join(f'{k} {v}' for k, v in sorted(s['per_kind'].items()))} | "
                          f"{a['raw']:.4f} / {a.get('cleaned', float('nan')):.4f} / {a.get('raw_same_voxels', float('nan')):.4f} |")
+    if "ours" in out["solf"]:
+        lines += ["", "### What the training labels teach (SOLF ours; voxels of the training scans)", "",
+                  "| error kind | wrong in raw | wrong after cleaning | right in raw, ignored after cleaning | excluded scans |",
+                  "|---|---|---|---|---|"]
+        for kind, t in out["solf"]["ours"]["supervision"].items():
+            lines.append(f"| {kind} | {t.get('raw_wrong', 0)} | {t.get('cleaned_wrong', 0)} | {t.get('cleaned_lost', 0)} | "
+                         f"{t.get('excluded_scans', 0)} |")
     lines += ["", "### Claim 1: held-out Dice / HD95 on intact test labels (test_etta.py --no_etta)", "",
               "| training labels | mean Dice per seed | mean Dice (mean ± std over seeds) | HD95 mm | "
               + " | ".join(STRUCTURES.values()) + " |", "|---" * (4 + len(STRUCTURES)) + "|"]
@@ -413,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_subjects", type=int, default=32, help="claim-1 training cohort (SOLF's population)")
     p.add_argument("--test_subjects", type=int, default=8, help="claim-1 held-out subjects")
     p.add_argument("--error_share", type=float, default=0.5, help="share of training subjects with an injected error")
+    p.add_argument("--error_kinds", nargs="+", default=list(ERROR_KINDS), choices=ERROR_KINDS,
+                   help="kinds of injected errors, in turn (default: all)")
+    p.add_argument("--error_structures", nargs="+", default=None, choices=[n for i, n in STRUCTURE_LABELS.items() if i],
+                   help="structures the errors go into (default: any); one kind and one structure: a systematic error")
     p.add_argument("--seed", type=int, default=0, help="cohort seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds of every claim-1 variant")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -428,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curve_every", type=int, default=30, help="claim 2: validate every this many steps")
     p.add_argument("--curve_subjects", type=int, default=3, help="claim 2: validation subjects for the curve")
     p.add_argument("--workers", type=int, default=2, help="SOLF worker processes")
+    p.add_argument("--solf_flags", default="", help="more organ_filtering.py flags for our rule, e.g. "
+                   "'--max_rejected_fraction 0 --min_rejected_to_exclude 1' (leave out every scan with a rejected "
+                   "structure) or '--no_swap_repair'")
     p.add_argument("--figure", default=str(Path(__file__).resolve().parents[1] / "assets" / "recipe.png"))
     return p
 

@@ -67,6 +67,17 @@ def test_automatic_labels_differ_only_where_an_error_was_injected(tmp_path: Path
         write_cohort(tmp_path / "c", train=2, test=1)
 
 
+def test_a_systematic_error_goes_into_the_named_structure_only(tmp_path: Path) -> None:
+    write_cohort(tmp_path / "c", train=4, test=1, seed=2, error_share=1.0, kinds=("shrink", "missing_slices"),
+                 structures=("wm_right",))
+    injections = read_injections(tmp_path / "c")
+    assert len(injections) == 4 and {i.primary for i in injections} == {(4,)} and STRUCTURE_LABELS[4] == "wm_right"
+    assert sorted(i.kind for i in injections) == ["missing_slices", "missing_slices", "shrink", "shrink"]
+    with pytest.raises(Exception, match="unknown structure or error kind liver"):
+        write_cohort(tmp_path / "d", train=2, test=1, structures=("liver",))
+    assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
 def test_bench_recipe_runs_every_stage_on_a_tiny_cohort(tmp_path: Path) -> None:
     figure = tmp_path / "recipe.png"
     argv = ["all", "--work_dir", str(tmp_path / "w"), "--train_subjects", "3", "--test_subjects", "1",
@@ -79,6 +90,11 @@ def test_bench_recipe_runs_every_stage_on_a_tiny_cohort(tmp_path: Path) -> None:
     for method in ("ours", "paper"):
         scores = results["solf"][method]
         assert 0 <= scores["recall"] <= 1 and 0 <= scores["precision"] <= 1 and 0 <= scores["clean_flagged"] <= 1
+    tally = results["solf"]["ours"]["supervision"]  # wrong voxels of the raw labels, counted here from the files
+    cohort = work / "cohort"
+    differ = sum(int(np.count_nonzero(nib.load(p).get_fdata() != nib.load(cohort / "labelsTrue" / p.name).get_fdata()))
+                 for p in (cohort / "labelsTr").glob("*.nii.gz"))
+    assert sum(t["raw_wrong"] for t in tally.values()) == differ > 0 and tally.get("none", {}).get("raw_wrong", 0) == 0
     assert set(results["claim1"]) >= {"raw", "cleaned"}
     assert all(0 <= d <= 1 for v in ("raw", "cleaned") for d in results["claim1"][v]["dice"])
     row = results["claim2"]["1"]

@@ -82,16 +82,28 @@ def _check_root(root: Path, overwrite: bool) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
 
+def check_errors(kinds: Sequence[str], structures: Sequence[str] | None) -> None:
+    """Refuse unknown error kinds or structure names (:class:`ConfigError` naming them and the choices)."""
+    unknown = sorted((set(structures or ()) - set(STRUCTURE_LABELS.values())) | (set(kinds) - set(ERROR_KINDS)))
+    if unknown:
+        raise ConfigError(f"unknown structure or error kind {', '.join(unknown)}; structures: "
+                          f"{', '.join(n for i, n in STRUCTURE_LABELS.items() if i)}, kinds: {', '.join(ERROR_KINDS)}")
+
+
 def inject_errors(cases: Sequence[str], labels: dict[str, np.ndarray], affine: np.ndarray, share: float, seed: int,
-                  kinds: Sequence[str] = ERROR_KINDS) -> list[Injection]:
-    """Corrupt ``labels`` in place: one error in ``round(share · len(cases))`` random cases, kinds in turn."""
+                  kinds: Sequence[str] = ERROR_KINDS, structures: Sequence[str] | None = None) -> list[Injection]:
+    """Corrupt ``labels`` in place: one error in ``round(share · len(cases))`` random cases, kinds in
+    turn, each in a random structure of ``structures`` (default: any). One structure and one kind
+    make a systematic error, as an automatic segmenter that fails the same way on many scans."""
+    check_errors(kinds, structures)
+    names = {i: n for i, n in STRUCTURE_LABELS.items() if not structures or n in structures}
     rng = np.random.default_rng([seed, 1])
     chosen = [cases[i] for i in rng.permutation(len(cases))[: int(round(share * len(cases)))]]
     order = list(rng.permutation(len(kinds)))
     done = []
     for index, case in enumerate(chosen):
         kind = kinds[order[index % len(kinds)]]
-        result = inject(case, labels[case], affine, kind, rng, labels=STRUCTURE_LABELS, options=ERROR_OPTIONS)
+        result = inject(case, labels[case], affine, kind, rng, labels=names, options=ERROR_OPTIONS)
         if result is None:
             raise RuntimeError(f"{case}: no structure fits an injected {kind!r}")
         labels[case], injection = result
@@ -100,9 +112,11 @@ def inject_errors(cases: Sequence[str], labels: dict[str, np.ndarray], affine: n
 
 
 def write_cohort(root: str | Path, train: int = 32, test: int = 8, seed: int = 0, error_share: float = 0.5,
-                 kinds: Sequence[str] = ERROR_KINDS, overwrite: bool = False, template: Template | None = None) -> Cohort:
+                 kinds: Sequence[str] = ERROR_KINDS, overwrite: bool = False, template: Template | None = None,
+                 structures: Sequence[str] | None = None) -> Cohort:
     """Write ``train`` + ``test`` subjects, the automatic labels with errors and ``dataset.json`` (see module)."""
     root = Path(root)
+    check_errors(kinds, structures)
     _check_root(root, overwrite)
     template = template or load_template()
     affine = grid_affine()
@@ -117,11 +131,11 @@ def write_cohort(root: str | Path, train: int = 32, test: int = 8, seed: int = 0
         write_nifti(root / ("labelsTrue" if split == "Tr" else "labelsTs") / f"{case}.nii.gz", intact, affine)
         if split == "Tr":
             auto[case] = intact
-    injections = inject_errors(train_ids, auto, affine, error_share, seed, kinds)
+    injections = inject_errors(train_ids, auto, affine, error_share, seed, kinds, structures)
     for case, label in auto.items():
         write_nifti(root / "labelsTr" / f"{case}.nii.gz", label, affine)
     atomic_write_text(root / "injections.json", json.dumps(
-        {"error_share": error_share, "kinds": list(kinds), "options": ERROR_OPTIONS,
+        {"error_share": error_share, "kinds": list(kinds), "structures": list(structures or []), "options": ERROR_OPTIONS,
          "injections": [{**asdict(i), "touched": sorted(i.touched)} for i in injections]}, indent=1) + "\n")
     content = _nnunet_json("MNI152Hemispheres", STRUCTURE_LABELS, _entries(train_ids, "imagesTr", "labelsTr"),
                            _entries(test_ids, "imagesTs", "labelsTs"),
