@@ -310,3 +310,47 @@ def test_an_applied_adaptation_is_pasted_into_its_box_by_the_task_s_label_rule(t
     outside = torch.ones(32, 32, 32, dtype=torch.bool)
     outside[BOX] = False
     assert torch.allclose(probs[:, outside], torch.sigmoid(logits)[:, outside])
+
+
+# Small pieces of the outputs, each against values worked out by hand (mutation survivors of viz and outputs)
+
+def test_gif_settings_refuse_zero_and_accept_one():
+    assert GifSettings(frames=1, downsample=1, duration=0.01).frames == 1  # one frame is a valid GIF
+    for bad in ({"frames": 0}, {"downsample": 0}, {"duration": 0.0}, {"duration": -1.0}):
+        with pytest.raises(ValueError, match="GIF settings must be positive"):
+            GifSettings(**bad)
+
+
+def test_slice_indices_span_first_to_last_slice_or_take_the_middle_one():
+    from swinbob.viz import slice_indices
+    assert slice_indices(10, 4).tolist() == [0, 3, 6, 9]  # 0, 3, 6, 9 = linspace(0, 9, 4) by hand
+    assert slice_indices(10, 2).tolist() == [0, 9]
+    assert slice_indices(10, 1).tolist() == [5] and slice_indices(7, 1).tolist() == [3]  # the middle slice
+    assert slice_indices(3, 60).tolist() == [0, 1, 2]  # never more frames than slices
+
+
+def test_class_colours_follow_the_palette_then_saturated_golden_ratio_hues():
+    import colorsys
+
+    from swinbob.viz import _PALETTE
+    assert [class_colour(k) for k in range(1, len(_PALETTE) + 1)] == list(_PALETTE)
+    extra = [class_colour(k) for k in range(len(_PALETTE) + 1, len(_PALETTE) + 41)]
+    assert len(set(extra)) == len(extra)  # every class its own colour
+    for colour in extra:  # HSV with S = 0.75, V = 0.95: max channel 0.95 · 255, min channel 0.25 of that
+        assert max(colour) == 242 and min(colour) in (60, 59, 61) and all(0 <= c <= 255 for c in colour)
+    hues = [colorsys.rgb_to_hsv(*(c / 255 for c in colour))[0] for colour in extra]
+    for a, b in zip(hues, hues[1:]):  # successive classes step the hue by the golden ratio's 0.618
+        assert min(abs((b - a) % 1.0 - 0.618034), abs((b - a) % 1.0 - 0.618034 + 1)) < 0.01
+
+
+@pytest.mark.parametrize("are_logits, threshold", [(True, 0.0), (False, 0.5)])
+def test_region_foreground_is_any_channel_above_the_decision_threshold(are_logits, threshold):
+    from swinbob.infer.outputs import foreground
+    scores = torch.full((2, 3, 1, 1), threshold - 1.0)
+    scores[0, 0] = threshold + 0.01  # first channel only
+    scores[1, 1] = threshold + 0.01  # second channel only
+    scores[:, 2] = threshold  # exactly at the threshold: not foreground
+    assert foreground(scores, "regions", are_logits).reshape(-1).tolist() == [True, True, False]
+    assert bool(foreground(torch.full((1, 1, 1, 1), 0.3), "regions")) is True  # scores are logits by default
+    softmax = torch.tensor([[0.1, 0.9], [0.8, 0.05], [0.1, 0.05]]).reshape(3, 2, 1, 1)
+    assert foreground(softmax, "softmax").reshape(-1).tolist() == [True, False]

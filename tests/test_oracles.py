@@ -17,6 +17,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from swinbob.files import NiftiError
 from swinbob.data.dataset_task import DatasetJsonError, ct_intensity, median_spacing, parse_labels, task_from_dataset
 from swinbob.data.shifts import apply_shift
 from swinbob.data.transforms import NormalizeForegroundd
@@ -100,6 +101,46 @@ def test_ct_window_clips_to_the_foregrounds_half_and_ninety_nine_and_a_half_perc
     mean, std = 600.0, float(np.sqrt(np.mean((clipped - 600.0) ** 2)))  # symmetric about 600
     assert window.b_min == pytest.approx((105 - mean) / std, rel=1e-6)
     assert window.b_max == pytest.approx((1095 - mean) / std, rel=1e-6)
+
+
+def test_ct_window_reads_the_first_channel_and_samples_reproducibly(tmp_path):
+    """A multi-channel entry takes its CT from the first file; a foreground larger than the per-case
+    sample (VOXELS_PER_CASE) gives the same window on every call and for the default seed 0."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(300.0, 80.0, size=(30, 30, 20)).astype(np.float32)  # 18 000 voxels > 10 000 sampled
+    label = np.ones(image.shape, np.uint8)
+    single = _write_ct_case(tmp_path, "ct", image, label)
+    decoy = _write_ct_case(tmp_path, "decoy", image + 5000.0, label)
+    listed = ct_intensity([{"image": [single["image"], decoy["image"]], "label": single["label"]}])
+    assert listed == ct_intensity([single]) and listed.a_max < 1000  # the decoy (+5000 HU) is never read
+    assert ct_intensity([single]) == ct_intensity([single]) == ct_intensity([single], seed=0)
+    assert ct_intensity([single], seed=1) != ct_intensity([single], seed=0)  # the seed picks the sample
+
+
+def test_ct_window_of_a_four_dimensional_image_uses_its_first_channel_and_keeps_a_small_std(tmp_path):
+    # 1001 foreground values 0.000, 0.001, ..., 1.000 (std ≈ 0.29, below 1: not floored); channel 1 a decoy
+    values = np.arange(1001) / 1000.0
+    image = np.zeros((13, 11, 7, 2), np.float32)
+    label = np.zeros(image.shape[:3], np.uint8)
+    image.reshape(-1, 2)[:1001, 0], image.reshape(-1, 2)[:1001, 1] = values, values + 50.0
+    label.reshape(-1)[:1001] = 1
+    window = ct_intensity([_write_ct_case(tmp_path, "four", image, label)])
+    low, high = np.percentile(values, [0.5, 99.5])  # 0.005 and 0.995, the definition on the known values
+    clipped = np.clip(values, low, high)
+    assert (window.a_min, window.a_max) == pytest.approx((0.005, 0.995), abs=1e-6) == (low, high)
+    assert window.b_max == pytest.approx((high - clipped.mean()) / clipped.std(), rel=1e-5)  # about 1.70
+
+
+def test_ct_window_refuses_a_foreground_that_is_empty_or_constant(tmp_path):
+    image = np.full((6, 5, 4), 40.0, np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    with pytest.raises(DatasetJsonError, match="^CT intensity statistics: no foreground voxel in the training labels$"):
+        ct_intensity([_write_ct_case(tmp_path, "empty", image, label)])
+    label[1:3, 1:3, 1:3] = 1
+    with pytest.raises(DatasetJsonError, match=r"the training foreground is constant \(40\); give the window with --a_min/--a_max"):
+        ct_intensity([_write_ct_case(tmp_path, "flat", image, label)])
+    with pytest.raises(NiftiError, match="two_lbl"):  # a label map of two volumes is refused, naming the file
+        ct_intensity([_write_ct_case(tmp_path, "two", image, np.stack([label, label], axis=-1))])
 
 
 def test_statistics_count_organs_touching_at_a_corner_or_an_edge_as_one_component():
