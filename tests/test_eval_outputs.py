@@ -354,3 +354,52 @@ def test_region_foreground_is_any_channel_above_the_decision_threshold(are_logit
     assert bool(foreground(torch.full((1, 1, 1, 1), 0.3), "regions")) is True  # scores are logits by default
     softmax = torch.tensor([[0.1, 0.9], [0.8, 0.05], [0.1, 0.05]]).reshape(3, 2, 1, 1)
     assert foreground(softmax, "softmax").reshape(-1).tolist() == [True, False]
+
+
+def test_grey_window_maps_the_half_and_ninety_nine_and_a_half_percentiles_to_0_and_255():
+    from swinbob.viz import _grey
+    image = np.arange(1000, dtype=np.float64).reshape(10, 100)  # percentiles 4.995 and 994.005 by hand
+    grey = _grey(image)
+    assert grey.dtype == np.uint8
+    expected = np.floor(np.clip((image - 4.995) / 989.01, 0, 1) * 255)
+    assert np.abs(grey.astype(int) - expected).max() <= 1 and grey.min() == 0 and grey.max() == 255
+    assert grey[0, 0] == 0 and grey[-1, -1] == 255 and grey[0, 50] == int((50 - 4.995) / 989.01 * 255)
+    narrow = _grey(np.linspace(0.0, 0.5, 1000).reshape(10, 100))  # a range under 1 is stretched all the same
+    assert narrow.min() == 0 and narrow.max() == 255
+
+
+def test_overlay_blends_each_class_colour_and_leaves_background_grey():
+    from swinbob.viz import ALPHA, _overlay
+    grey = np.full((2, 2), 100, np.uint8)
+    labels = np.array([[0, 1], [2, 0]])
+    rgb = _overlay(grey, labels)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[0, 0].tolist() == [100, 100, 100] and rgb[1, 1].tolist() == [100, 100, 100]
+    for (i, j), label in (((0, 1), 1), ((1, 0), 2)):
+        expected = [int((1 - ALPHA) * 100 + ALPHA * c) for c in class_colour(label)]
+        assert np.abs(rgb[i, j].astype(int) - expected).max() <= 1
+    assert _overlay(grey, None).tolist() == np.repeat(grey[..., None], 3, axis=-1).tolist()
+
+
+@pytest.mark.parametrize("classes, height, swatches, more", [
+    (3, 4 + 3 * 14, 3, False),  # exactly as many rows as classes: all shown
+    (4, 4 + 3 * 14, 2, True),  # one class too many: rows - 1 swatches and a "+2 more" line
+    (2, 4 + 14 - 1, 0, True),  # room for less than one row: that row says "+2 more"
+    (1, 10, 1, False),
+    (3, 4 + 2 * 14 + 6, 1, True),  # two rows (not three): one swatch and "+2 more"
+])
+def test_legend_shows_one_swatch_per_class_that_fits_then_a_more_line(classes, height, swatches, more):
+    from swinbob.viz import _ROW, _legend
+    assert _ROW == 14
+    panel = _legend(height, list(range(1, classes + 1)), {1: "liver", 2: "spleen"})
+    assert panel.shape == (height, LEGEND_WIDTH, 3) and panel[0, -1].tolist() == [0, 0, 0]  # black background
+    seen = [row for row in range(classes) if 2 + row * _ROW + 6 < height
+            and panel[2 + row * _ROW + 6, 9].tolist() == list(class_colour(row + 1))]
+    assert seen == list(range(swatches))
+    if swatches and height >= 16:  # the first swatch spans rows 3 to 13 and columns 4 to 14, by the layout's numbers
+        column = panel[:16, 9].tolist()
+        assert column[2] == column[14] == [0, 0, 0] and column[3] == column[13] == list(class_colour(1))
+        assert panel[8, 3].tolist() == [0, 0, 0] and panel[8, 4].tolist() == panel[8, 14].tolist() == list(class_colour(1))
+    text_row = 2 + swatches * _ROW
+    has_more = text_row < height and (panel[text_row:text_row + 10, 18:80] > 150).any()
+    assert bool(has_more) == more
