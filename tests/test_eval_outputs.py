@@ -403,3 +403,28 @@ def test_legend_shows_one_swatch_per_class_that_fits_then_a_more_line(classes, h
     text_row = 2 + swatches * _ROW
     has_more = text_row < height and (panel[text_row:text_row + 10, 18:80] > 150).any()
     assert bool(has_more) == more
+
+
+def test_legend_text_reads_id_and_name_cut_to_24_characters_and_a_grey_more_line():
+    """Each row's text, compared with Pillow rendering the expected string alone (the field's library
+    as the oracle for glyphs): white "{id} {name}" cut to 24 characters, a bare id for an unnamed
+    class, then "+N more" in grey 200 on the row after the last swatch."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from swinbob.viz import _ROW, _legend
+
+    def rendered(text: str, fill: tuple[int, int, int]) -> np.ndarray:
+        canvas = Image.new("RGB", (LEGEND_WIDTH - 18, _ROW), (0, 0, 0))
+        ImageDraw.Draw(canvas).text((0, 0), text, fill=fill, font=ImageFont.load_default())
+        return np.asarray(canvas)
+
+    names = {1: "a_structure_name_of_thirty_chars", 2: "spleen"}  # class 3 has no name
+    panel = _legend(4 + 3 * _ROW, [1, 2, 3, 4, 5], names)  # three rows: two classes, then "+3 more"
+    rows = [panel[2 + r * _ROW: 2 + (r + 1) * _ROW, 18:] for r in range(3)]
+    assert np.array_equal(rows[0], rendered("1 a_structure_name_of_thirty_chars"[:24], (255, 255, 255)))
+    assert np.array_equal(rows[1], rendered("2 spleen", (255, 255, 255)))
+    assert np.array_equal(rows[2], rendered("+3 more", (200, 200, 200)))
+    unnamed = _legend(4 + 2 * _ROW, [3], names)
+    assert np.array_equal(unnamed[2: 2 + _ROW, 18:], rendered("3 ", (255, 255, 255)))
+    assert not unnamed[2 + _ROW:, 18:].any()  # everything fits: no "+0 more"
+    assert panel[8, 15].tolist() == [0, 0, 0] and panel[8, 14].tolist() == list(class_colour(1))  # swatch ends at 14
