@@ -40,6 +40,7 @@ if either rejects; our reasons in ``reasons``, the paper's in ``paper_reasons``,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,15 +172,9 @@ def wrong_side_rows(table: FeatureTable, centroid_x: np.ndarray, lateral_z: np.n
                     labels: dict[int, str]) -> np.ndarray:
     """Rows of organs on the wrong side of their left/right partner (see module docstring);
     partners are found from the names of ``labels`` (:func:`swinbob.labels.side_pairs`)."""
-    cols = table.columns
-    row_of = np.full((len(table.case_ids), LABEL_SLOTS), -1, dtype=np.int64)
-    row_of[cols["case_index"], cols["label"]] = np.arange(cols["label"].size)
-    flagged = np.zeros(cols["label"].size, dtype=bool)
+    flagged = np.zeros(table.columns["label"].size, dtype=bool)
     x, z = centroid_x, np.nan_to_num(np.abs(lateral_z), nan=0.0)
-    for left, right in side_pairs(labels):
-        rows_l, rows_r = row_of[:, left], row_of[:, right]
-        both = (rows_l >= 0) & (rows_r >= 0)
-        rows_l, rows_r = rows_l[both], rows_r[both]
+    for rows_l, rows_r in _pair_rows(table, labels):
         inverted = x[rows_r] <= x[rows_l]
         blame_l, blame_r = z[rows_l] >= BLAME_Z, z[rows_r] >= BLAME_Z
         one_sided = blame_l != blame_r
@@ -200,12 +195,8 @@ def swapped_pair_rows(table: FeatureTable, flags: dict[str, np.ndarray], zscores
     limit = rules.settings.position_threshold
     off_yz = (np.nan_to_num(np.abs(zscores["rel_y"])) > limit) | (np.nan_to_num(np.abs(zscores["rel_z"])) > limit)
     fine = flags["wrong_side"] & ~other & ~off_yz
-    row_of = _row_index(table)
     swapped = np.zeros_like(fine)
-    for left, right in side_pairs(rules.labels):
-        rows_l, rows_r = row_of[:, left], row_of[:, right]
-        both = (rows_l >= 0) & (rows_r >= 0)
-        rows_l, rows_r = rows_l[both], rows_r[both]
+    for rows_l, rows_r in _pair_rows(table, rules.labels):
         pair = fine[rows_l] & fine[rows_r]
         swapped[rows_l[pair]] = swapped[rows_r[pair]] = True
     return swapped
@@ -217,6 +208,15 @@ def _row_index(table: FeatureTable) -> np.ndarray:
     row_of = np.full((len(table.case_ids), LABEL_SLOTS), -1, dtype=np.int64)
     row_of[cols["case_index"], cols["label"]] = np.arange(cols["label"].size)
     return row_of
+
+
+def _pair_rows(table: FeatureTable, labels: dict[int, str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per left/right pair of ``labels``: the rows of its left and right organ in the scans that have both."""
+    row_of = _row_index(table)
+    for left, right in side_pairs(labels):
+        rows_l, rows_r = row_of[:, left], row_of[:, right]
+        both = (rows_l >= 0) & (rows_r >= 0)
+        yield rows_l[both], rows_r[both]
 
 
 def scan_midlines(table: FeatureTable, labels: dict[int, str]) -> np.ndarray:

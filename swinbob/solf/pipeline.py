@@ -365,9 +365,9 @@ def _run_locked(config: SolfConfig, tasks: dict[str, CaseTask], skipped: dict[st
             log.error("no cleaned label could be written to %s; see %s", config.labels_dir, config.report / "failures.csv")
         else:
             common = sorted(n for n, o in content["per_organ"].items() if o["rejected"] > o["present"] / 2)
+            settings = config.rules().settings
             log.error("every scan was excluded (--max_rejected_fraction %g, --min_rejected_to_exclude %d): nothing to "
-                      "train on; rejected in most scans: %s (see %s)", config.rules().settings.max_rejected_fraction,
-                      config.rules().settings.min_rejected_to_exclude, ", ".join(common) or "none",
-                      config.report / "decisions.csv")
+                      "train on; rejected in most scans: %s (see %s)", settings.max_rejected_fraction,
+                      settings.min_rejected_to_exclude, ", ".join(common) or "none", config.report / "decisions.csv")
         return 1
     return 0
