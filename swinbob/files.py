@@ -408,9 +408,10 @@ def read_bounded_text(path: str | os.PathLike, what: str = "text file") -> str:
     path = Path(path)
     most = limit("max_table_mb") * 2**20
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO would block a plain open
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # checked first: a folder cannot even be wrapped in a file
+        os.close(descriptor)
+        raise ValueError(f"not a regular file (a {what} must be one)")
     with open(descriptor, "rb", closefd=True) as handle:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise ValueError(f"not a regular file (a {what} must be one)")
         data = handle.read(most + 1)
     if len(data) > most:
         raise ValueError(f"{what} larger than {most // 2**20} MiB (--max_table_mb)")

@@ -157,7 +157,7 @@ def render_frames(
     present = sorted({int(v) for vol in volumes for v in np.unique(vol) if v > 0 and v != 255})
     legend = _legend(height, present, names)
     grey = _grey(image.astype(np.float32))
-    titles = ["image", "prediction"] + (["ground truth"] if label is not None else [])
+    titles = ["prediction"] + (["ground truth"] if label is not None else [])  # the image panel shows the slice
     frames = []
     depth = image.shape[2]
     for z in slice_indices(depth, settings.frames):
@@ -165,8 +165,7 @@ def render_frames(
         panels = [_overlay(plane, None)]
         panels += [_overlay(plane, _display(vol[::step, ::step, z], repeats)) for vol in volumes]
         frame = np.concatenate(panels + [legend], axis=1)
-        texts = [(i * width, title) for i, title in enumerate(titles)]
-        texts[0] = (0, f"slice {z}/{depth - 1}")
+        texts = [(0, f"slice {z}/{depth - 1}")] + [((i + 1) * width, title) for i, title in enumerate(titles)]
         frames.append(_caption(frame, texts))
     return frames
 

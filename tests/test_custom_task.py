@@ -286,3 +286,98 @@ def test_a_datasets_own_ignore_label_is_neither_trained_on_nor_scored(tmp_path):
     data = DataConfig.from_task(task, spacing=(1.0, 1.0, 1.0), roi=(32, 32, 64))
     loaded = eval_transforms(task, data)({"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")})
     assert set(torch.unique(loaded["label"]).tolist()) == {0.0, 1.0, float(IGNORE_LABEL)}  # the loss masks 255
+
+
+# A dataset.json a user wrote by hand: each refusal as its exact message (the file and the field),
+# and the defaults a --task auto run trains with
+
+def _dataset(folder: Path, **fields) -> Path:
+    content = {"labels": {"0": "background", "1": "liver"}, "channel_names": {"0": "MRI"}, **fields}
+    path = folder / "dataset.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+SPACING = (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"labels": {"0": "background", "1": "  "}}, "'labels': label 1 has the name '  '; names are non-empty text"),
+    ({"labels": {"0": "background", "1": "x" * 1025}}, "'labels': the name of label 1 has 1025 characters (at most 1024)"),
+    ({"labels": {"0": "background", "255": "rim"}},
+     "'labels': 255 ('rim') is the ignore value of cleaned labels and cannot be a class; renumber it"),
+    ({"labels": {"0": "background", "40": "last"}},
+     "'labels': the largest label 40 needs 41 output channels, more than 40 (--max_channels)"),
+    ({"channel_names": None}, "needs 'channel_names' or 'modality', e.g. {\"0\": \"MRI\"}"),
+    ({"channel_names": ["T1"]}, "needs 'channel_names' or 'modality', e.g. {\"0\": \"MRI\"}"),
+    ({"channel_names": {"first": "T1"}}, "'channel_names'/'modality' keys must be channel indices 0, 1, ..."),
+])
+def test_a_dataset_json_that_cannot_define_a_task_is_refused_naming_file_and_field(tmp_path, monkeypatch, fields, message):
+    monkeypatch.setenv("SWINBOB_MAX_CHANNELS", "40")
+    path = _dataset(tmp_path, **fields)
+    with pytest.raises(DatasetJsonError) as caught:
+        task_from_dataset(path, spacing=SPACING)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_names_of_1024_characters_label_39_of_40_channels_and_eleven_channels_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWINBOB_MAX_CHANNELS", "40")
+    channels = {str(i): f"c{i}" for i in range(11)}  # in numeric order, not text order (0, 1, 10, 2, ...)
+    task = task_from_dataset(_dataset(tmp_path, labels={"0": "background", "39": "x" * 1024}, channel_names=channels),
+                             spacing=SPACING)
+    assert max(task.label_map) == 39 and task.channel_names == tuple(f"c{i}" for i in range(11))
+
+
+def test_dataset_json_parts_parsed_on_their_own_name_dataset_json():
+    from swinbob.data.dataset_task import parse_channels
+    with pytest.raises(DatasetJsonError) as caught:
+        parse_channels({"labels": {"0": "background"}})
+    assert str(caught.value) == "dataset.json: needs 'channel_names' or 'modality', e.g. {\"0\": \"MRI\"}"
+    with pytest.raises(DatasetJsonError) as caught:
+        parse_labels({"labels": {}})
+    assert str(caught.value).startswith("dataset.json: 'labels' must be a non-empty object")
+
+
+def test_an_unreadable_dataset_json_is_refused_naming_it(tmp_path, monkeypatch):
+    missing = tmp_path / "dataset.json"
+    with pytest.raises(DatasetJsonError) as caught:
+        task_from_dataset(missing, spacing=SPACING)
+    assert str(caught.value) == f"{missing}: cannot read dataset.json ([Errno 2] No such file or directory: '{missing}')"
+    with pytest.raises(DatasetJsonError) as caught:
+        task_from_dataset(tmp_path, spacing=SPACING)  # a folder
+    assert str(caught.value) == f"{tmp_path}: cannot read dataset.json (not a regular file (a dataset.json must be one))"
+    monkeypatch.setenv("SWINBOB_MAX_TABLE_MB", "1")
+    missing.write_text(json.dumps({"labels": {"0": "background"}, "padding": "x" * 2**20}))
+    with pytest.raises(DatasetJsonError) as caught:
+        task_from_dataset(missing, spacing=SPACING)
+    assert str(caught.value) == f"{missing}: cannot read dataset.json (dataset.json larger than 1 MiB (--max_table_mb))"
+    missing.write_text("[1, 2]")
+    with pytest.raises(DatasetJsonError) as caught:
+        task_from_dataset(missing, spacing=SPACING)
+    assert str(caught.value) == f"{missing}: dataset.json must hold a JSON object"
+
+
+def test_an_auto_task_has_the_documented_training_defaults_and_a_given_ct_window(tmp_path):
+    window = {"a_min": -100.0, "a_max": 300.0, "b_min": 0.0, "b_max": 1.0}
+    task = task_from_dataset(_dataset(tmp_path, channel_names={"0": "CT"}), spacing=(0.8, 0.8, 2.5), window=window)
+    assert (task.roi, task.max_epochs, task.val_every, task.warmup_epochs) == ((96, 96, 96), 300, 5, 10)
+    assert task.spacing == (0.8, 0.8, 2.5) and task.mode == "softmax"
+    assert (task.intensity.kind, task.intensity.a_min, task.intensity.a_max) == ("window", -100.0, 300.0)
+    with pytest.raises(DatasetJsonError) as caught:  # an MRI dataset with neither images nor --space_x/y/z
+        task_from_dataset(_dataset(tmp_path))
+    assert str(caught.value) == "no training images to measure the spacing from (give --space_x/y/z)"
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("Liver Tumours (2024)", "liver_tumours_2024"), ("  --  ", "custom"), ("", "custom"), (None, "custom"),
+    ("my_task", "my_task"), ("UKBOB", "custom_ukbob"), ("btcv", "custom_btcv"), ("BraTS", "custom_brats"),
+])
+def test_a_task_is_named_from_the_dataset_in_lower_case_words_never_as_a_preset(name, expected):
+    from swinbob.data.dataset_task import task_name
+    assert task_name({"name": name}) == expected
+
+
+def test_median_spacing_is_rounded_to_four_decimals(tmp_path):
+    from swinbob.data.dataset_task import median_spacing
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.diag([0.123456, 1.0, 2.000049, 1.0])), tmp_path / "a.nii.gz")
+    assert median_spacing([{"image": str(tmp_path / "a.nii.gz")}]) == (0.1235, 1.0, 2.0)

@@ -428,3 +428,129 @@ def test_legend_text_reads_id_and_name_cut_to_24_characters_and_a_grey_more_line
     assert np.array_equal(unnamed[2: 2 + _ROW, 18:], rendered("3 ", (255, 255, 255)))
     assert not unnamed[2 + _ROW:, 18:].any()  # everything fits: no "+0 more"
     assert panel[8, 15].tolist() == [0, 0, 0] and panel[8, 14].tolist() == list(class_colour(1))  # swatch ends at 14
+
+
+@pytest.mark.parametrize("shape, downsample, spacing, expected", [
+    ((32, 40, 5), 1, (1.0, 1.0, 1.0), (160, 128)),  # square pixels, 4x to reach 128 rows: 40*4 by 32*4
+    ((32, 40, 5), 2, (1.0, 1.0, 1.0), (140, 112)),  # 20 rows shown, 7x
+    ((32, 40, 5), 1, (1.0, 1.5, 1.0), (160, 64)),  # rows 1.5 mm, columns 1 mm: 2 row repeats per column, then 2x
+    ((32, 40, 5), 1, (1.5, 1.0, 1.0), (160, 256)),  # columns 1.5 mm: 2 column repeats per row, then 4x
+    ((32, 200, 5), 1, (1.0, 5.0, 1.0), (800, 32)),  # 5:1 is capped at 4:1; already over 128 rows: no more
+    ((32, 200, 5), 1, (5.0, 1.0, 1.0), (200, 128)),  # 1:5 capped at 1:4
+    ((32, 200, 5), 1, (1.0, 1.0, 1.0), (200, 32)),  # tall enough: shown at one pixel per voxel
+])
+def test_panels_repeat_pixels_for_the_voxel_aspect_up_to_four_then_reach_128_rows(shape, downsample, spacing, expected):
+    from swinbob.viz import MIN_PANEL, panel_shape
+    assert MIN_PANEL == 128
+    assert panel_shape(shape, downsample, spacing) == expected  # (rows, columns), worked out by hand
+
+
+def _captioned(width: int, height: int, texts: list[tuple[int, str]]) -> np.ndarray:
+    """A black frame with each text drawn by Pillow in yellow 3 pixels right of ``x``, 2 from the top."""
+    from PIL import Image, ImageDraw, ImageFont
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for x, text in texts:
+        draw.text((x + 3, 2), text, fill=(255, 255, 0), font=ImageFont.load_default())
+    return np.asarray(canvas)
+
+
+@pytest.mark.parametrize("with_label", [True, False])
+def test_frames_are_captioned_with_the_slice_then_each_panel_s_title(with_label):
+    from swinbob.viz import render_frames
+    shape = (16, 20, 3)  # black image, empty prediction and ground truth: only the captions are drawn
+    zeros = np.zeros(shape, np.uint8)
+    label = zeros if with_label else None
+    frames = render_frames(zeros.astype(np.float32), zeros, label, {}, GifSettings(frames=2), spacing=(1.0, 2.0, 1.0))
+    # 1 mm columns, 2 mm rows: 2 row repeats per column, then 4x to reach 128 rows: 160 x 64 panels
+    titles = ["prediction", "ground truth"] if with_label else ["prediction"]
+    width = 64 * (1 + len(titles)) + LEGEND_WIDTH
+    assert len(frames) == 2 and all(frame.shape == (160, width, 3) for frame in frames)
+    for frame, z in zip(frames, (0, 2)):
+        texts = [(0, f"slice {z}/2")] + [(64 * (i + 1), title) for i, title in enumerate(titles)]
+        assert np.array_equal(frame, _captioned(width, 160, texts))
+
+
+def test_the_legend_lists_the_classes_shown_but_not_the_ignore_label():
+    from swinbob.viz import render_frames
+    shape = (16, 20, 3)
+    label = np.zeros(shape, np.uint8)
+    label[:4], label[8:] = 255, 2  # ground truth with an ignored band and class 2
+    frames = render_frames(np.zeros(shape, np.float32), np.zeros(shape, np.uint8), label, {2: "kidney"}, GifSettings(frames=1))
+    legend = frames[0][:, -LEGEND_WIDTH:]
+    assert legend[8, 9].tolist() == list(class_colour(2))  # class 2's swatch on the first row
+    assert not legend[16:].any()  # and no second row
+
+
+def test_gifs_loop_forever_at_the_settings_frame_duration(tmp_path):
+    from PIL import Image
+    from swinbob.viz import write_gif
+    shape = (8, 8, 4)
+    image = np.broadcast_to(np.arange(4, dtype=np.float32), shape)  # a different grey on every slice
+    for duration, milliseconds in ((0.2, 200), (10.0, 10000)):
+        path = write_gif(tmp_path / f"{duration}.gif", image, np.zeros(shape, np.uint8), None, np.eye(4), {},
+                         GifSettings(frames=4, duration=duration))
+        with Image.open(path) as gif:
+            assert gif.n_frames == 4 and gif.info["loop"] == 0 and gif.info["duration"] == milliseconds
+
+
+@pytest.mark.parametrize("values, dtype", [
+    ([], np.uint8), ([0, 255], np.uint8), ([3, 7], np.uint8), ([300], np.int16), ([0, 256], np.int16),
+    ([256], np.int16), ([-1, 3], np.int16),
+])
+def test_label_files_are_uint8_when_every_label_fits_else_int16(values, dtype):
+    from swinbob.infer.outputs import label_dtype
+    assert label_dtype(np.array(values, dtype=np.int64)) == np.dtype(dtype)
+
+
+def test_a_prediction_takes_the_input_s_header_but_not_its_intensity_scaling(tmp_path):
+    from swinbob.infer.outputs import write_prediction
+    reference = tmp_path / "image.nii.gz"
+    intensities = np.linspace(-5000, 100000, 240, dtype=np.float32).reshape(4, 5, 6, 2)  # two channels
+    image = nib.Nifti1Image(intensities, NON_RAS)
+    image.set_data_dtype(np.int16)  # stored scaled: slope and intercept in the header
+    image.set_qform(NON_RAS, code=1)
+    image.set_sform(NON_RAS, code=2)
+    nib.save(image, reference)
+    assert nib.load(reference).dataobj.slope != 1.0
+    labels = np.arange(120).reshape(4, 5, 6) % 4
+    write_prediction(tmp_path / "pred.nii.gz", labels, reference)
+    written = nib.load(tmp_path / "pred.nii.gz")
+    assert written.get_data_dtype() == np.uint8 and written.shape == (4, 5, 6)
+    assert np.array_equal(np.asanyarray(written.dataobj), labels)  # read with the file's scaling: the labels
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (1, 2)  # the input's codes
+    assert np.allclose(written.affine, NON_RAS)
+    with pytest.raises(ValueError) as caught:
+        write_prediction(tmp_path / "bad.nii.gz", labels[:3], reference)
+    assert str(caught.value) == f"prediction shape (3, 5, 6) differs from the input image's (4, 5, 6) ({reference})"
+    assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_labels_go_back_to_the_input_grid_as_integers(tmp_path):
+    from swinbob.data.transforms import eval_transforms
+    from swinbob.files import write_nifti
+    from swinbob.infer.outputs import invert_labels
+    write_nifti(tmp_path / "image.nii.gz", np.ones((6, 7, 8), np.float32), NON_RAS)
+    task = get_task("btcv")
+    preprocess = eval_transforms(task, DataConfig.from_task(task, spacing=(3.0, 3.0, 3.0)), with_label=False)
+    image = preprocess({"image": str(tmp_path / "image.nii.gz")})["image"]
+    labels = torch.full(image.shape[1:], 300, dtype=torch.int16)
+    back = invert_labels(labels, image, preprocess)
+    assert back.dtype == np.int16 and back.shape == (6, 7, 8) and (back == 300).all()
+
+
+@pytest.mark.parametrize("scores, mode, expected, dtype", [
+    ([[2.0, 0.5], [1.0, 3.0]], "softmax", [0, 1], torch.int16),  # argmax over channels
+    ([[0.5, 0.0, -0.5]], "regions", [1, 0, 0], torch.uint8),  # logits by default: above 0, not at 0
+])
+def test_labels_by_default_are_argmax_or_region_logits_above_zero_with_et_as_3(scores, mode, expected, dtype):
+    from swinbob.infer.outputs import to_labels
+    scores = torch.tensor(scores)[..., None, None]
+    if mode == "regions":  # TC, WT, ET all the same: ET where they are positive
+        scores = scores.expand(3, -1, -1, -1)
+        expected = [3 * e for e in expected]
+    labels = to_labels(scores, mode)
+    assert labels.dtype == dtype and labels.flatten().tolist() == expected
+    if mode == "regions":
+        ordered = to_labels(scores, mode, region_labels=(1, 2, 5))
+        assert ordered.flatten().tolist() == [5, 0, 0]

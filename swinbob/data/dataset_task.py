@@ -74,7 +74,7 @@ def _int(value: Any, path: str | Path, what: str, field: str = "labels") -> int:
     return number
 
 
-def _check_classes(label_map: Mapping[int, str], ignore_value: int | None, path: str | Path) -> None:
+def _check_classes(label_map: Mapping[int, str], path: str | Path) -> None:
     """Class IDs become output channels (the largest ID + 1): 255, SOLF's ignore value, is never a class,
     and the largest ID stays within ``--max_channels``, before anything is sized from it."""
     for number, name in label_map.items():
@@ -83,7 +83,7 @@ def _check_classes(label_map: Mapping[int, str], ignore_value: int | None, path:
         if len(name) > MAX_NAME_CHARS:
             raise DatasetJsonError(f"{path}: 'labels': the name of label {number} has {len(name)} characters "
                                    f"(at most {MAX_NAME_CHARS})")
-    if IGNORE_LABEL in label_map and ignore_value != IGNORE_LABEL:
+    if IGNORE_LABEL in label_map:  # (a dataset's own ignore value is never a class: parse_labels refuses that first)
         raise DatasetJsonError(f"{path}: 'labels': {IGNORE_LABEL} ({_shown(label_map[IGNORE_LABEL])}) is the ignore value "
                                "of cleaned labels and cannot be a class; renumber it")
     if label_map and max(label_map) + 1 > (most := limit("max_channels")):
@@ -130,7 +130,7 @@ def parse_labels(content: Mapping[str, Any], path: str | Path = "dataset.json") 
         raise DatasetJsonError(f"{path}: 'labels' has no background (value 0)")
     if ignore_value is not None and ignore_value in label_map:
         raise DatasetJsonError(f"{path}: 'labels': the ignore value {ignore_value} is also the label {label_map[ignore_value]!r}")
-    _check_classes(label_map, ignore_value, path)
+    _check_classes(label_map, path)
     region_sets = {n: tuple(_int(v, path, n) for v in (ids if isinstance(ids, (list, tuple)) else [ids]))
                    for n, ids in named.items() if n != label_map.get(0)} if regions else {}
     order = content.get("regions_class_order") or []  # no default: task_from_dataset requires it for regions

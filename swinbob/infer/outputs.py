@@ -103,6 +103,5 @@ def write_prediction(path: str | os.PathLike, labels: np.ndarray, reference_imag
     if tuple(labels.shape) != spatial:
         raise ValueError(f"prediction shape {labels.shape} differs from the input image's {spatial} ({reference_image})")
     header = reference.header.copy()
-    header.set_data_shape(spatial)
-    header.set_slope_inter(1.0, 0.0)
+    header.set_data_shape(spatial)  # nibabel sets the scaling of the array it writes (slope 1, intercept 0)
     return write_nifti(path, labels.astype(label_dtype(labels)), reference.affine, header=header)
