@@ -320,12 +320,42 @@ def test_a_dataset_json_that_cannot_define_a_task_is_refused_naming_file_and_fie
     assert str(caught.value) == f"{path}: {message}"
 
 
+REGIONS = {"background": 0, "whole": [1, 2], "core": [2]}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"labels": ["liver"]}, "'labels' must be a non-empty object, e.g. {\"0\": \"background\", \"1\": \"liver\"}"),
+    ({"labels": {str(i): f"c{i}" for i in range(41)}}, "'labels' has 41 entries, more than 40 (--max_channels)"),
+    ({"labels": {"0": "background", "1": 5}}, "'labels': label 1 has the name 5; Decathlon names are text"),
+    ({"labels": {"0": "background", "99999999999999999999": "huge"}},
+     "'labels': 'ID' '99999999999999999999' is not a non-negative integer"),  # beyond float precision
+    ({"labels": {"background": 0, "liver": True}}, "'labels': 'liver' True is not an integer label value"),
+    ({"labels": {"background": 0, "liver": "x"}}, "'labels': 'liver' 'x' is not an integer label value"),
+    ({"labels": {"background": 0, "liver": 1.5}}, "'labels': 'liver' 1.5 is not a non-negative integer"),
+    ({"labels": {"background": 0, "liver": -1}}, "'labels': 'liver' -1 is not a non-negative integer"),
+    ({"labels": {"background": 0, "liver": 1, "ignore": "x"}}, "'labels': 'ignore' 'x' is not an integer label value"),
+    ({"labels": {"background": 0, "liver": 1, "ignore": 1}}, "'labels': the ignore value 1 is also the label 'liver'"),
+    ({"labels": {"background": 0, "whole": [1, "x"]}}, "'labels': 'whole' 'x' is not an integer label value"),
+    ({"labels": REGIONS, "regions_class_order": "1,2"},
+     "'regions_class_order' must be a list of labels, one per region, got '1,2'"),
+    ({"labels": REGIONS, "regions_class_order": [1, "x"]}, "'regions_class_order': 'entry' 'x' is not an integer label value"),
+])
+def test_label_values_that_cannot_be_classes_are_refused_naming_file_field_and_value(tmp_path, monkeypatch, fields, message):
+    monkeypatch.setenv("SWINBOB_MAX_CHANNELS", "40")
+    path = _dataset(tmp_path, **fields)
+    with pytest.raises(DatasetJsonError) as caught:
+        task_from_dataset(path, spacing=SPACING)
+    assert str(caught.value) == f"{path}: {message}"
+
+
 def test_names_of_1024_characters_label_39_of_40_channels_and_eleven_channels_are_accepted(tmp_path, monkeypatch):
     monkeypatch.setenv("SWINBOB_MAX_CHANNELS", "40")
     channels = {str(i): f"c{i}" for i in range(11)}  # in numeric order, not text order (0, 1, 10, 2, ...)
     task = task_from_dataset(_dataset(tmp_path, labels={"0": "background", "39": "x" * 1024}, channel_names=channels),
                              spacing=SPACING)
     assert max(task.label_map) == 39 and task.channel_names == tuple(f"c{i}" for i in range(11))
+    full = task_from_dataset(_dataset(tmp_path, labels={str(i): f"c{i}" for i in range(40)}), spacing=SPACING)
+    assert len(full.label_map) == 40  # exactly --max_channels entries
 
 
 def test_dataset_json_parts_parsed_on_their_own_name_dataset_json():

@@ -418,3 +418,111 @@ def test_prediction_files_are_written_for_unlabelled_cases_only_unless_asked(tmp
     settings = settings_for(get_task("btcv"), tmp_path / "out", save_predictions=False)
     run_evaluation(IntensityOracle(), [labelled, unlabelled], settings)
     assert sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir()) == ["no_label.nii.gz"]
+
+
+class _SignPair(nn.Module):
+    """No parameters: logits (x, -x), so every Gaussian-blended window gives back the same values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, -x], dim=1)
+
+
+def test_a_model_without_parameters_runs_on_the_image_s_device_with_the_default_window_settings():
+    image = torch.arange(12 * 10 * 9, dtype=torch.float32).reshape(1, 1, 12, 10, 9) / 100
+    logits = window.sliding_window_logits(_SignPair(), image, (8, 8, 8))  # default batch, overlap and accumulation
+    assert logits.dtype == torch.float32 and logits.shape == (1, 2, 12, 10, 9)
+    assert torch.allclose(logits, torch.cat([image, -image], 1), atol=1e-5)
+
+
+def test_mixed_precision_is_applied_when_asked_and_logits_come_back_in_fp32():
+    torch.manual_seed(0)
+    conv = nn.Conv3d(1, 2, 3, padding=1)
+    image = torch.randn(1, 1, 8, 8, 8)
+    exact = window.sliding_window_logits(conv, image, (8, 8, 8))
+    bf16 = window.sliding_window_logits(conv, image, (8, 8, 8), amp_dtype=torch.bfloat16)
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, exact)  # bf16 arithmetic happened
+    assert torch.allclose(bf16, exact, atol=0.05)  # within bf16's precision
+
+
+def test_accumulation_is_sized_from_a_swin_unetr_s_output_channels():
+    from swinbob.model import build_model
+    assert window._out_channels(build_model(tiny_config(out_channels=5)).eval()) == 5
+    assert window._out_channels(nn.Conv3d(1, 7, 1)) == 1  # not a Swin-UNETR: the estimate assumes one channel
+
+
+def test_the_overlap_asked_for_is_the_one_monai_blends_with():
+    from monai.inferers import sliding_window_inference
+    torch.manual_seed(0)
+    conv = nn.Conv3d(1, 2, 3, padding=1)  # zero padding at each window's edge: the blend depends on the windows
+    image = torch.randn(1, 1, 20, 20, 20)
+    with torch.no_grad():
+        ours = predict_logits(conv, image, WindowSettings((8, 8, 8), overlap=0.5))  # windows every 4 voxels
+        half = sliding_window_inference(image, (8, 8, 8), 4, conv, overlap=0.5, mode="gaussian")
+        quarter = sliding_window_inference(image, (8, 8, 8), 4, conv, overlap=0.25, mode="gaussian")  # every 6
+    assert torch.allclose(ours, half, atol=1e-6) and not torch.allclose(ours, quarter, atol=1e-3)
+
+
+def test_cpu_accumulation_never_asks_a_device_for_its_free_memory(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("accumulation_device consulted although --accumulate cpu was given")
+    monkeypatch.setattr(window, "accumulation_device", refuse)
+    image = torch.ones(1, 1, 8, 8, 8)
+    logits = predict_logits(_SignPair(), image, WindowSettings((8, 8, 8), accumulate="cpu"))
+    assert logits.device.type == "cpu" and torch.allclose(logits[:, 0], image[:, 0])
+
+
+def test_an_unknown_accumulation_place_is_refused_naming_the_choices():
+    with pytest.raises(ValueError) as caught:
+        WindowSettings((8, 8, 8), accumulate="gpu")
+    assert str(caught.value) == "accumulate must be one of auto, device, cpu, got 'gpu'"
+
+
+class _Headed(nn.Module):
+    """A Swin-UNETR-shaped head (``out.conv``) with 2 output channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Module()
+        self.out.conv = nn.Conv3d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out.conv(x)
+
+
+def _recording_window(calls: list, fail_on: str | None):
+    """A stand-in for MONAI's sliding window that records (compute, accumulation) devices and runs out
+    of memory when accumulating on ``fail_on``."""
+    def run(image, roi, batch, model, *, overlap, mode, sw_device, device):
+        calls.append((torch.device(sw_device).type, torch.device(device).type))
+        if torch.device(device).type == fail_on:
+            raise torch.OutOfMemoryError("injected")
+        return torch.zeros(1, 2, *image.shape[2:])
+    return run
+
+
+def test_an_oom_on_the_gpu_frees_its_cache_logs_the_device_and_retries_on_the_cpu(monkeypatch, caplog):
+    calls, emptied = [], []
+    monkeypatch.setattr(window, "sliding_window_inference", _recording_window(calls, "cuda"))
+    monkeypatch.setattr(window, "_model_device", lambda model, image: torch.device("cuda"))  # as if on a GPU
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    with caplog.at_level(logging.WARNING, logger="swinbob.infer.window"):
+        predict_logits(_SignPair(), torch.ones(1, 1, 8, 8, 8), WindowSettings((8, 8, 8), accumulate="device"))
+    assert calls == [("cuda", "cuda"), ("cuda", "cpu")] and emptied == [True]
+    assert caplog.messages == ["CUDA out of memory while accumulating logits on cuda; retrying with CPU accumulation"]
+
+
+def test_an_oom_while_accumulating_on_the_cpu_is_not_retried(monkeypatch):
+    calls, emptied = [], []
+    monkeypatch.setattr(window, "sliding_window_inference", _recording_window(calls, "cpu"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    with pytest.raises(torch.OutOfMemoryError):
+        predict_logits(_SignPair(), torch.ones(1, 1, 8, 8, 8), WindowSettings((8, 8, 8), accumulate="cpu"))
+    assert calls == [("cpu", "cpu")] and emptied == []
+
+
+def test_automatic_accumulation_is_decided_from_the_device_head_volume_and_window(monkeypatch):
+    asked = []
+    monkeypatch.setattr(window, "accumulation_device", lambda *args: asked.append(args) or torch.device("cpu"))
+    predict_logits(_Headed(), torch.ones(1, 1, 12, 10, 9), WindowSettings((8, 8, 8)))
+    (device, channels, shape, roi), = asked
+    assert (device, channels, tuple(shape), tuple(roi)) == (torch.device("cpu"), 2, (12, 10, 9), (8, 8, 8))

@@ -95,3 +95,13 @@ def test_brats_labels_to_regions_with_ignored_voxels_match_a_hand_computed_case(
     for channel, name in enumerate(task.regions):
         assert regions[channel].flatten().tolist() == expected[name], name
     assert IGNORE_LABEL == 255
+
+
+def test_brats_regions_default_to_the_2023_labels_and_refuse_other_et_labels():
+    from swinbob.labels import brats_regions
+    # BraTS 2023: ET is label 3; TC = NCR + ET, WT = NCR + ED + ET (BraTS 2021 used 4 for ET)
+    assert brats_regions() == {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)}
+    assert brats_regions(4) == {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)}
+    with pytest.raises(ValueError) as caught:
+        brats_regions(2)
+    assert str(caught.value) == "BraTS enhancing-tumour label must be 3 (BraTS 2023) or 4 (BraTS 2021), got 2"

@@ -29,6 +29,7 @@ from swinbob.data.transforms import find_datalist, load_datalist
 from swinbob.data.dataset_task import DatasetJsonError, parse_channels, parse_labels, read_dataset_json
 from swinbob.infer.etta import OPTIMIZERS, EttaConfig
 from swinbob.infer.selftrain import ADAPT_CHOICES, SelfTrainConfig
+from swinbob.infer.window import ACCUMULATE_CHOICES
 from swinbob.infer.evaluate import ETTA, EXIT_INTERRUPTED, NO_ETTA, EvalSettings, run_evaluation
 from swinbob.errors import ConfigError
 from swinbob.files import (
@@ -122,7 +123,7 @@ def build_parser(default_task: str) -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if available)")
     run.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast dtype on GPU")
     cli.add_compile_args(run)
-    run.add_argument("--accumulate", default="auto", choices=["auto", "device", "cpu"],
+    run.add_argument("--accumulate", default="auto", choices=ACCUMULATE_CHOICES,
                      help="where window logits are summed (auto: GPU if the volume fits)")
     run.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=True,
                      help="read the next scan and write the last one's outputs in threads while the model runs")

@@ -20,6 +20,7 @@ from swinbob.runtime.devices import autocast
 
 log = logging.getLogger(__name__)
 
+ACCUMULATE_CHOICES = ("auto", "device", "cpu")
 GPU_MEMORY_FRACTION = 0.5
 """Accumulate on the GPU only if the estimated buffers take at most this share of free memory:
 the rest is headroom for the network's activations on a batch of windows."""
@@ -35,6 +36,10 @@ class WindowSettings:
     amp_dtype: torch.dtype | None = None
     accumulate: str = "auto"
     """``auto`` (GPU when it fits, see :func:`accumulation_device`), ``device`` or ``cpu``."""
+
+    def __post_init__(self) -> None:
+        if self.accumulate not in ACCUMULATE_CHOICES:
+            raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE_CHOICES)}, got {self.accumulate!r}")
 
 
 def accumulation_bytes(out_channels: int, spatial_shape: Sequence[int], roi: Sequence[int]) -> int:
@@ -65,8 +70,7 @@ def _model_device(model: torch.nn.Module, image: torch.Tensor) -> torch.device:
 def _out_channels(model: torch.nn.Module) -> int:
     """Output channels of a Swin-UNETR (its ``out`` head); 1 for other modules (only sizes the estimate)."""
     head = getattr(getattr(model, "out", None), "conv", None)
-    conv = getattr(head, "conv", head)
-    return int(getattr(conv, "out_channels", 1))
+    return int(getattr(head, "out_channels", 1))
 
 
 def _sliding_window(model, image, settings: WindowSettings, compute: torch.device, accumulate: torch.device):
