@@ -299,6 +299,7 @@ def _dataset(folder: Path, **fields) -> Path:
 
 
 SPACING = (1.0, 1.0, 1.0)
+REGIONS = {"background": 0, "whole": [1, 2], "core": [2]}
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -311,19 +312,6 @@ SPACING = (1.0, 1.0, 1.0)
     ({"channel_names": None}, "needs 'channel_names' or 'modality', e.g. {\"0\": \"MRI\"}"),
     ({"channel_names": ["T1"]}, "needs 'channel_names' or 'modality', e.g. {\"0\": \"MRI\"}"),
     ({"channel_names": {"first": "T1"}}, "'channel_names'/'modality' keys must be channel indices 0, 1, ..."),
-])
-def test_a_dataset_json_that_cannot_define_a_task_is_refused_naming_file_and_field(tmp_path, monkeypatch, fields, message):
-    monkeypatch.setenv("SWINBOB_MAX_CHANNELS", "40")
-    path = _dataset(tmp_path, **fields)
-    with pytest.raises(DatasetJsonError) as caught:
-        task_from_dataset(path, spacing=SPACING)
-    assert str(caught.value) == f"{path}: {message}"
-
-
-REGIONS = {"background": 0, "whole": [1, 2], "core": [2]}
-
-
-@pytest.mark.parametrize("fields, message", [
     ({"labels": ["liver"]}, "'labels' must be a non-empty object, e.g. {\"0\": \"background\", \"1\": \"liver\"}"),
     ({"labels": {str(i): f"c{i}" for i in range(41)}}, "'labels' has 41 entries, more than 40 (--max_channels)"),
     ({"labels": {"0": "background", "1": 5}}, "'labels': label 1 has the name 5; Decathlon names are text"),
@@ -340,7 +328,7 @@ REGIONS = {"background": 0, "whole": [1, 2], "core": [2]}
      "'regions_class_order' must be a list of labels, one per region, got '1,2'"),
     ({"labels": REGIONS, "regions_class_order": [1, "x"]}, "'regions_class_order': 'entry' 'x' is not an integer label value"),
 ])
-def test_label_values_that_cannot_be_classes_are_refused_naming_file_field_and_value(tmp_path, monkeypatch, fields, message):
+def test_a_dataset_json_that_cannot_define_a_task_is_refused_naming_file_field_and_value(tmp_path, monkeypatch, fields, message):
     monkeypatch.setenv("SWINBOB_MAX_CHANNELS", "40")
     path = _dataset(tmp_path, **fields)
     with pytest.raises(DatasetJsonError) as caught:

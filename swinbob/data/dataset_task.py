@@ -83,7 +83,7 @@ def _check_classes(label_map: Mapping[int, str], path: str | Path) -> None:
         if len(name) > MAX_NAME_CHARS:
             raise DatasetJsonError(f"{path}: 'labels': the name of label {number} has {len(name)} characters "
                                    f"(at most {MAX_NAME_CHARS})")
-    if IGNORE_LABEL in label_map:  # (a dataset's own ignore value is never a class: parse_labels refuses that first)
+    if IGNORE_LABEL in label_map:  # a dataset's own ignore value is never a class: parse_labels refuses that first
         raise DatasetJsonError(f"{path}: 'labels': {IGNORE_LABEL} ({_shown(label_map[IGNORE_LABEL])}) is the ignore value "
                                "of cleaned labels and cannot be a class; renumber it")
     if label_map and max(label_map) + 1 > (most := limit("max_channels")):
